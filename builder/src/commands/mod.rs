@@ -1,0 +1,116 @@
+//! One file per verb; this one dispatches and holds the summary both `inspect` and `verify` print.
+
+mod inspect;
+mod keygen;
+mod pack;
+mod verify;
+
+use crate::cli::{Cli, Command, SigningArgs, TrustArgs};
+use anyhow::{Context as _, Result};
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen(a) => keygen::run(a),
+        Command::Pack(a) => pack::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Inspect(a) => inspect::run(a),
+    }
+}
+
+pub(crate) fn secret_key(a: &SigningArgs) -> Result<keys::SecretKey> {
+    match &a.key {
+        Some(p) => {
+            keys::SecretKey::load(p).with_context(|| format!("loading secret key {}", p.display()))
+        }
+        None => keys::SecretKey::from_env()
+            .context("reading the secret key from COMFY_SIGNING_KEY")?
+            .with_context(|| {
+                format!(
+                    "no signing key: pass --key FILE or set {}",
+                    keys::SECRET_KEY_ENV
+                )
+            }),
+    }
+}
+
+pub(crate) fn trusted_keys(a: &TrustArgs) -> Result<keys::TrustedKeys> {
+    if let Some(p) = &a.key {
+        let k = keys::PublicKey::load(p)
+            .with_context(|| format!("loading public key {}", p.display()))?;
+        return Ok(keys::TrustedKeys::new(vec![k], vec![]));
+    }
+    let dir = a.keys.as_deref().context("pass --key PUB or --keys DIR")?;
+    keys::TrustedKeys::load_dir(dir)
+        .with_context(|| format!("loading trusted keys from {}", dir.display()))
+}
+
+/// The facts about a bundle that `inspect` and `verify` print.
+pub(crate) fn summary(b: &bundle::Bundle) -> serde_json::Value {
+    let m = &b.manifest;
+    let (files, dirs, symlinks) = bundle::count(&m.files);
+    serde_json::json!({
+        "id": b.id,
+        "name": m.name,
+        "version": m.version,
+        "sequence": m.sequence,
+        "target": m.target,
+        "created": m.created,
+        "files": files,
+        "dirs": dirs,
+        "symlinks": symlinks,
+        "bytes": m.total_bytes(),
+        "compressed_bytes": b.file_len,
+        "frames": b.frames.len(),
+        "key_id": b.signature.key_id.to_string(),
+        "signature_checked": b.signer.is_some(),
+        "launch": m.launch,
+        "provenance": m.provenance,
+        "expected_nodes": m.expected_nodes,
+        "preflight": m.preflight.iter().map(|c| &c.name).collect::<Vec<_>>(),
+    })
+}
+
+pub(crate) fn print_summary(b: &bundle::Bundle) {
+    let m = &b.manifest;
+    let (files, dirs, symlinks) = bundle::count(&m.files);
+    println!("id:        {}", b.id);
+    println!(
+        "name:      {} {} (sequence {})",
+        m.name, m.version, m.sequence
+    );
+    println!("target:    {}", m.target);
+    println!("created:   {}", m.created);
+    println!(
+        "contents:  {files} files, {dirs} dirs, {symlinks} symlinks, {} bytes",
+        m.total_bytes()
+    );
+    println!(
+        "bundle:    {} bytes in {} frames",
+        b.file_len,
+        b.frames.len()
+    );
+    println!("key:       {}", b.signature.key_id);
+    let p = &m.provenance;
+    if let Some(c) = &p.comfyui {
+        println!("comfyui:   {} @ {}", c.url, c.commit);
+    }
+    for n in &p.custom_nodes {
+        println!(
+            "node:      {} {} @ {}{}",
+            n.name,
+            n.url,
+            n.commit,
+            if n.disabled { " (disabled)" } else { "" }
+        );
+    }
+    for x in &p.extensions {
+        println!(
+            "extension: {} {} @ {} wheel {}",
+            x.name, x.source, x.rev, x.wheel_sha256
+        );
+    }
+    if !p.packages.is_empty() {
+        println!("packages:  {}", p.packages.len());
+    }
+}

@@ -1,0 +1,16 @@
+//! `comfy-build`: parse arguments, set up logging, run, map the outcome to an exit code
+//! (0 ok, 1 failed, 2 refused input or usage error).
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let cli = builder::cli::Cli::parse();
+    builder::init_tracing(cli.verbose);
+    match builder::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(builder::exit_code(&e))
+        }
+    }
+}

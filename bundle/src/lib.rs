@@ -1,0 +1,27 @@
+//! The release bundle format shared by builder and activator (see `FORMAT.md`): a canonical signed
+//! manifest, a deterministic tar payload cut into independent zstd frames, a frame index, and a reader
+//! that trusts nothing before the signature and nothing the signed manifest does not list.
+//! No processes, no network, no systemd here.
+
+mod error;
+mod extract;
+pub mod index;
+pub mod manifest;
+pub mod paths;
+mod reader;
+mod stream;
+pub mod tarfmt;
+mod writer;
+
+pub use error::{Error, Result};
+pub use extract::{count, make_writable_and_remove, ExtractOptions, Extracted};
+pub use manifest::{
+    bundle_id, rfc3339, Check, Entry, Extension, GitSource, Kind, Launch, Limits, Manifest,
+    Provenance, FORMAT_VERSION,
+};
+pub use reader::{Bundle, MAX_FRAME_RAW};
+pub use stream::{NullSink, Sink};
+pub use writer::{
+    pack, scan, trusted_comment, PackOptions, Packed, ScanKind, Scanned, MANIFEST_PATH,
+    SIGNATURE_PATH,
+};

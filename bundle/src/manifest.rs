@@ -1,0 +1,461 @@
+//! The signed manifest: canonical TOML whose sha256 is the bundle id. Parsing refuses unknown keys,
+//! non-canonical bytes and any file list that breaks the path rules, so a manifest that parses is one
+//! the extractor can follow blindly.
+
+use crate::paths::{check_path, check_symlink_target, parent};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+
+/// The only format version this crate reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Hard ceilings a reader applies whatever a manifest says.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
+/// What a release is and everything needed to run and check it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: String,
+    pub version: String,
+    /// Monotonic release counter; hosts refuse a lower one unless told to downgrade.
+    pub sequence: u64,
+    /// e.g. `linux-aarch64-cu130-sm_121`; a host refuses a bundle for another target.
+    pub target: String,
+    /// RFC 3339 UTC, from `SOURCE_DATE_EPOCH` so rebuilds are byte-identical.
+    pub created: String,
+    /// Seconds since the epoch stamped on every tar header (`SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: u64,
+    /// Top-level directories ComfyUI writes to; the host maps them under `data/`.
+    #[serde(default)]
+    pub mutable_dirs: Vec<String>,
+    #[serde(default)]
+    pub provenance: Provenance,
+    #[serde(default)]
+    pub launch: Launch,
+    pub limits: Limits,
+    /// Node classes each custom node (by directory name) must register, checked by health.
+    #[serde(default)]
+    pub expected_nodes: BTreeMap<String, Vec<String>>,
+    /// Checks run with the release's own interpreter before it may become current.
+    #[serde(default)]
+    pub preflight: Vec<Check>,
+    pub files: Vec<Entry>,
+}
+
+/// Where every byte came from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    #[serde(default)]
+    pub recipe_sha256: String,
+    #[serde(default)]
+    pub lock_sha256: String,
+    /// `passed` when the build's smoke start ran, `skipped` otherwise.
+    #[serde(default)]
+    pub smoke: String,
+    #[serde(default)]
+    pub comfyui: Option<GitSource>,
+    #[serde(default)]
+    pub custom_nodes: Vec<GitSource>,
+    #[serde(default)]
+    pub extensions: Vec<Extension>,
+    /// The frozen package list, `name==version`, sorted.
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+/// A git source pinned to a commit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSource {
+    pub name: String,
+    pub url: String,
+    pub commit: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+/// A compiled extension and the wheel it produced.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extension {
+    pub name: String,
+    pub source: String,
+    pub rev: String,
+    pub wheel_sha256: String,
+}
+
+/// How the release is started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Launch {
+    /// Script relative to the release root, e.g. `launch.sh`.
+    #[serde(default)]
+    pub entry: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Device type `/system_stats` must report when healthy (`cuda`, `cpu`).
+    #[serde(default)]
+    pub device_type: String,
+}
+
+/// A pre-flight check: Python source run by the release's interpreter; non-zero exit fails it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub name: String,
+    pub python: String,
+}
+
+/// Totals the reader enforces while extracting.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// One payload path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawEntry", into = "RawEntry")]
+pub struct Entry {
+    pub path: String,
+    pub kind: Kind,
+}
+
+/// What a payload path is. Modes are normalised: files 0644 or 0755, dirs 0755, links 0777.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File {
+        executable: bool,
+        size: u64,
+        sha256: [u8; 32],
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+impl Entry {
+    /// The mode stored in the tar header.
+    pub fn mode(&self) -> u32 {
+        match self.kind {
+            Kind::Dir => 0o755,
+            Kind::File {
+                executable: true, ..
+            } => 0o755,
+            Kind::File {
+                executable: false, ..
+            } => 0o644,
+            Kind::Symlink { .. } => 0o777,
+        }
+    }
+
+    /// Content size (0 for dirs and links).
+    pub fn size(&self) -> u64 {
+        match self.kind {
+            Kind::File { size, .. } => size,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    path: String,
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+}
+
+impl From<Entry> for RawEntry {
+    fn from(e: Entry) -> Self {
+        let mode = Some(format!("{:04o}", e.mode()));
+        match e.kind {
+            Kind::Dir => RawEntry {
+                path: e.path,
+                kind: "dir".into(),
+                mode,
+                size: None,
+                sha256: None,
+                target: None,
+            },
+            Kind::File { size, sha256, .. } => RawEntry {
+                path: e.path,
+                kind: "file".into(),
+                mode,
+                size: Some(size),
+                sha256: Some(hex::encode(sha256)),
+                target: None,
+            },
+            Kind::Symlink { target } => RawEntry {
+                path: e.path,
+                kind: "symlink".into(),
+                mode: None,
+                size: None,
+                sha256: None,
+                target: Some(target),
+            },
+        }
+    }
+}
+
+impl TryFrom<RawEntry> for Entry {
+    type Error = String;
+    fn try_from(r: RawEntry) -> std::result::Result<Self, String> {
+        let p = &r.path;
+        let kind = match (
+            r.kind.as_str(),
+            r.mode.as_deref(),
+            r.size,
+            r.sha256,
+            r.target,
+        ) {
+            ("dir", Some("0755"), None, None, None) => Kind::Dir,
+            ("file", Some(m @ ("0644" | "0755")), Some(size), Some(h), None) => {
+                let mut sha256 = [0u8; 32];
+                hex::decode_to_slice(&h, &mut sha256)
+                    .map_err(|_| format!("{p}: sha256 is not 64 hex digits"))?;
+                if h != hex::encode(sha256) {
+                    return Err(format!("{p}: sha256 must be lower-case hex"));
+                }
+                Kind::File {
+                    executable: m == "0755",
+                    size,
+                    sha256,
+                }
+            }
+            ("symlink", None, None, None, Some(target)) => Kind::Symlink { target },
+            ("dir" | "file" | "symlink", ..) => {
+                return Err(format!(
+                    "{p}: fields or mode do not fit a {} (modes are normalised: 0644/0755)",
+                    r.kind
+                ))
+            }
+            (k, ..) => return Err(format!("{p}: unknown kind {k:?}")),
+        };
+        Ok(Entry { path: r.path, kind })
+    }
+}
+
+impl Manifest {
+    /// The canonical bytes: what is signed and hashed.
+    pub fn to_canonical_bytes(&self) -> Result<Vec<u8>> {
+        toml::to_string(self)
+            .map(String::into_bytes)
+            .map_err(|e| Error::BadManifest(e.to_string()))
+    }
+
+    /// Parses and validates manifest bytes; refuses anything our writer would not have produced.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| Error::BadManifest("not UTF-8".into()))?;
+        let m: Manifest = toml::from_str(text).map_err(|e| Error::BadManifest(e.to_string()))?;
+        if m.format != FORMAT_VERSION {
+            return Err(Error::BadManifest(format!(
+                "format version {} is not supported (this build reads version {FORMAT_VERSION}); upgrade comfyctl",
+                m.format
+            )));
+        }
+        m.validate()?;
+        if m.to_canonical_bytes()? != bytes {
+            return Err(Error::BadManifest("not in canonical form".into()));
+        }
+        Ok(m)
+    }
+
+    /// The file-list invariants: sorted, unique, every parent a directory listed before, safe links,
+    /// totals within the manifest's own limits.
+    pub fn validate(&self) -> Result<()> {
+        for (field, value) in [
+            ("name", &self.name),
+            ("version", &self.version),
+            ("target", &self.target),
+        ] {
+            if value.is_empty()
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+            {
+                return Err(Error::BadManifest(format!(
+                    "{field} {value:?} must be non-empty [A-Za-z0-9._+-]"
+                )));
+            }
+        }
+        let mut kinds: HashMap<&str, &Kind> = HashMap::with_capacity(self.files.len());
+        let mut prev: Option<&str> = None;
+        let mut bytes: u64 = 0;
+        for e in &self.files {
+            check_path(&e.path)?;
+            if let Some(p) = prev {
+                if p.as_bytes() >= e.path.as_bytes() {
+                    return Err(if p == e.path {
+                        Error::DuplicateEntry {
+                            path: e.path.clone(),
+                        }
+                    } else {
+                        Error::BadManifest(format!("file list not in sorted order at {:?}", e.path))
+                    });
+                }
+            }
+            prev = Some(&e.path);
+            let par = parent(&e.path);
+            if !par.is_empty() && !matches!(kinds.get(par), Some(Kind::Dir)) {
+                return Err(Error::UnsafePath {
+                    path: e.path.clone(),
+                    reason: "parent is not a directory listed earlier in the manifest",
+                });
+            }
+            if let Kind::Symlink { target } = &e.kind {
+                check_symlink_target(&e.path, target)?;
+            }
+            bytes = bytes
+                .checked_add(e.size())
+                .ok_or_else(|| Error::LimitExceeded("total size overflows".into()))?;
+            kinds.insert(&e.path, &e.kind);
+        }
+        if self.files.len() as u64 > self.limits.files {
+            return Err(Error::LimitExceeded(format!(
+                "{} entries, limit {}",
+                self.files.len(),
+                self.limits.files
+            )));
+        }
+        if bytes > self.limits.bytes {
+            return Err(Error::LimitExceeded(format!(
+                "{bytes} bytes, limit {}",
+                self.limits.bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Total content bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(Entry::size).sum()
+    }
+}
+
+/// `SOURCE_DATE_EPOCH`-style seconds as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
+pub fn rfc3339(epoch: u64) -> String {
+    // Howard Hinnant's days-to-civil algorithm.
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The bundle id: lower-case hex sha256 of the canonical manifest bytes.
+pub fn bundle_id(manifest_bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(manifest_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            name: "demo".into(),
+            version: "1.0".into(),
+            sequence: 3,
+            target: "linux-x86_64-cpu".into(),
+            created: rfc3339(1_735_689_600),
+            source_date_epoch: 1_735_689_600,
+            mutable_dirs: vec!["models".into()],
+            provenance: Provenance::default(),
+            launch: Launch::default(),
+            limits: Limits { files: 3, bytes: 5 },
+            expected_nodes: BTreeMap::new(),
+            preflight: vec![Check {
+                name: "import".into(),
+                python: "import os".into(),
+            }],
+            files: vec![
+                Entry {
+                    path: "a".into(),
+                    kind: Kind::Dir,
+                },
+                Entry {
+                    path: "a/f".into(),
+                    kind: Kind::File {
+                        executable: true,
+                        size: 5,
+                        sha256: [7; 32],
+                    },
+                },
+                Entry {
+                    path: "a/l".into(),
+                    kind: Kind::Symlink { target: "f".into() },
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_735_689_600), "2025-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_827_696), "2000-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn canonical_roundtrip() {
+        let m = sample();
+        let bytes = m.to_canonical_bytes().unwrap();
+        assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let spaced = text.replacen("name = ", "name =  ", 1);
+        assert!(matches!(
+            Manifest::parse(spaced.as_bytes()),
+            Err(Error::BadManifest(_))
+        ));
+        let unknown = format!("bogus = 1\n{text}");
+        let err = Manifest::parse(unknown.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn file_list_rules() {
+        let mut m = sample();
+        m.files.swap(1, 2);
+        assert!(matches!(m.validate(), Err(Error::BadManifest(_))));
+        let mut m = sample();
+        m.files[2] = m.files[1].clone();
+        assert!(matches!(m.validate(), Err(Error::DuplicateEntry { .. })));
+        let mut m = sample();
+        m.files[0].kind = Kind::Symlink { target: "x".into() };
+        assert!(matches!(m.validate(), Err(Error::UnsafePath { .. })));
+        let mut m = sample();
+        m.limits.bytes = 4;
+        assert!(matches!(m.validate(), Err(Error::LimitExceeded(_))));
+    }
+}

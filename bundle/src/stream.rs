@@ -1,0 +1,404 @@
+//! The verifying payload stream. Worker threads decompress frames in parallel (a bounded window ahead),
+//! one consumer walks the tar stream in order and demands that entry `i` is exactly the manifest's
+//! `files[i]`: same header bytes, same content hash. Only then does a [`Sink`] see the entry.
+
+use crate::index::Frame;
+use crate::manifest::{Entry, Kind};
+use crate::paths::check_path;
+use crate::reader::{read_frame, Bundle, MAX_FRAME_RAW};
+use crate::tarfmt::{checksum_ok, forbidden_kind, padding, push_header, HeaderKind, BLOCK};
+use crate::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
+
+/// Receives verified entries in manifest order. File data arrives in pieces between `file_begin` and
+/// `file_end`; `file_end` is called only after the content hash matched.
+pub trait Sink {
+    fn dir(&mut self, e: &Entry) -> Result<()>;
+    fn symlink(&mut self, e: &Entry, target: &str) -> Result<()>;
+    fn file_begin(&mut self, e: &Entry) -> Result<()>;
+    fn file_data(&mut self, data: &[u8]) -> Result<()>;
+    fn file_end(&mut self, e: &Entry) -> Result<()>;
+}
+
+/// A sink that keeps nothing: verification only.
+pub struct NullSink;
+
+impl Sink for NullSink {
+    fn dir(&mut self, _: &Entry) -> Result<()> {
+        Ok(())
+    }
+    fn symlink(&mut self, _: &Entry, _: &str) -> Result<()> {
+        Ok(())
+    }
+    fn file_begin(&mut self, _: &Entry) -> Result<()> {
+        Ok(())
+    }
+    fn file_data(&mut self, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn file_end(&mut self, _: &Entry) -> Result<()> {
+        Ok(())
+    }
+}
+
+type FrameResult = (usize, Result<Vec<u8>>);
+
+/// The payload frames, in order, as one byte stream.
+struct Chain {
+    rx: Receiver<FrameResult>,
+    tokens: SyncSender<()>,
+    pending: BTreeMap<usize, Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    next: usize,
+    end: usize,
+}
+
+impl Chain {
+    /// Up to `max` bytes of the current frame; empty only at the end of the stream.
+    fn chunk(&mut self, max: usize) -> Result<&[u8]> {
+        while self.pos == self.cur.len() {
+            if self.next == self.end {
+                return Ok(&[]);
+            }
+            let frame = loop {
+                if let Some(r) = self.pending.remove(&self.next) {
+                    break r;
+                }
+                let (no, r) = self.rx.recv().map_err(|_| {
+                    Error::Io(std::io::Error::other("decompression workers stopped"))
+                })?;
+                self.pending.insert(no, r);
+            };
+            self.cur = frame?;
+            self.pos = 0;
+            self.next += 1;
+            // A frame left the window: let a worker start on another.
+            let _ = self.tokens.try_send(());
+        }
+        let n = max.min(self.cur.len() - self.pos);
+        let s = &self.cur[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn read_exact(&mut self, mut buf: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+        while !buf.is_empty() {
+            let c = self.chunk(buf.len())?;
+            if c.is_empty() {
+                return Err(Error::Truncated(format!("payload ends inside {}", what())));
+            }
+            let n = c.len();
+            buf[..n].copy_from_slice(c);
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+
+    fn at_end(&mut self) -> Result<bool> {
+        self.chunk(0)?;
+        Ok(self.pos == self.cur.len() && self.next == self.end)
+    }
+}
+
+fn decompress_worker(
+    b: &Bundle,
+    next: &AtomicUsize,
+    tokens: &Mutex<Receiver<()>>,
+    tx: &SyncSender<FrameResult>,
+    frames: &[Frame],
+) {
+    loop {
+        match tokens.lock() {
+            Ok(t) => {
+                if t.recv().is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        let no = next.fetch_add(1, Ordering::Relaxed);
+        let Some(f) = frames.get(no) else { return };
+        if tx
+            .send((no, read_frame(&b.file, no, f, MAX_FRAME_RAW)))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn mismatch(path: &str, detail: impl Into<String>) -> Error {
+    Error::EntryMismatch {
+        path: path.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// Names what went wrong when the tar stream holds `found` where the manifest expects `files[i]`.
+fn misplaced(files: &[Entry], i: usize, found: &str) -> Error {
+    let find = |s: &[Entry]| {
+        s.binary_search_by(|e| e.path.as_bytes().cmp(found.as_bytes()))
+            .is_ok()
+    };
+    if find(&files[..i]) {
+        Error::DuplicateEntry {
+            path: found.to_owned(),
+        }
+    } else if find(&files[i..]) {
+        Error::MissingEntry {
+            path: files[i].path.clone(),
+        }
+    } else {
+        Error::UnexpectedEntry {
+            path: found.to_owned(),
+        }
+    }
+}
+
+fn describe_header_difference(e: &Entry, block: &[u8; BLOCK], size: u64) -> Error {
+    let h = tar::Header::from_byte_slice(block);
+    let ty = block[156];
+    let want_ty = match e.kind {
+        Kind::Dir => b'5',
+        Kind::File { .. } => b'0',
+        Kind::Symlink { .. } => b'2',
+    };
+    if ty != want_ty {
+        return mismatch(
+            &e.path,
+            format!(
+                "tar type {:?}, the manifest says {:?}",
+                ty as char, want_ty as char
+            ),
+        );
+    }
+    if size != e.size() {
+        return mismatch(
+            &e.path,
+            format!("tar size {size}, the manifest says {}", e.size()),
+        );
+    }
+    if let Ok(mode) = h.mode() {
+        if mode != e.mode() {
+            return mismatch(
+                &e.path,
+                format!("mode {mode:04o}, the manifest says {:04o}", e.mode()),
+            );
+        }
+    }
+    if let Kind::Symlink { target } = &e.kind {
+        return mismatch(&e.path, format!("link target differs from {target:?}"));
+    }
+    mismatch(
+        &e.path,
+        "tar header fields (owner, time or format) are not canonical",
+    )
+}
+
+/// One entry's headers: long-name records, then the header block. Returns (name, header block, all bytes).
+fn read_headers(
+    ch: &mut Chain,
+    files: &[Entry],
+    i: usize,
+) -> Result<Option<(String, [u8; BLOCK], Vec<u8>)>> {
+    let what = || match files.get(i) {
+        Some(e) => format!("the header of {:?}", e.path),
+        None => "the end-of-archive blocks".to_owned(),
+    };
+    let mut raw = Vec::with_capacity(BLOCK);
+    let mut long_name: Option<Vec<u8>> = None;
+    loop {
+        let mut block = [0u8; BLOCK];
+        ch.read_exact(&mut block, &what)?;
+        if block.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        if !checksum_ok(&block) {
+            return Err(Error::EntryMismatch {
+                path: files
+                    .get(i)
+                    .map_or_else(|| "<end>".to_owned(), |e| e.path.clone()),
+                detail: "corrupt tar header (bad checksum)".into(),
+            });
+        }
+        raw.extend_from_slice(&block);
+        let h = tar::Header::from_byte_slice(&block);
+        let ty = block[156];
+        let size = h
+            .entry_size()
+            .map_err(|_| mismatch("<header>", "unparseable size field"))?;
+        if let Some(kind) = forbidden_kind(ty) {
+            let name = long_name
+                .clone()
+                .unwrap_or_else(|| h.path_bytes().into_owned());
+            return Err(Error::ForbiddenEntry {
+                path: String::from_utf8_lossy(&name).into_owned(),
+                kind,
+            });
+        }
+        if ty == b'L' || ty == b'K' {
+            if size > 4097 {
+                return Err(Error::LimitExceeded(format!(
+                    "GNU long name record of {size} bytes"
+                )));
+            }
+            let mut data = vec![0u8; size as usize + padding(size)];
+            ch.read_exact(&mut data, &what)?;
+            raw.extend_from_slice(&data);
+            data.truncate(size as usize);
+            if data.last() == Some(&0) {
+                data.pop();
+            }
+            if ty == b'L' {
+                long_name = Some(data);
+            }
+            continue;
+        }
+        let mut name = long_name.unwrap_or_else(|| h.path_bytes().into_owned());
+        if ty == b'5' && name.last() == Some(&b'/') {
+            name.pop();
+        }
+        let name = String::from_utf8(name).map_err(|e| Error::UnsafePath {
+            path: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            reason: "name is not UTF-8",
+        })?;
+        return Ok(Some((name, block, raw)));
+    }
+}
+
+/// Streams the whole payload of `b` through `sink`, verifying every entry.
+pub fn stream(
+    b: &Bundle,
+    jobs: usize,
+    sink: &mut dyn Sink,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let frames = &b.frames;
+    if frames.len() < 2 {
+        return Err(Error::Truncated("the bundle has no payload frames".into()));
+    }
+    let jobs = jobs.max(1);
+    let window = jobs * 2;
+    let next = AtomicUsize::new(1);
+    let (tok_tx, tok_rx) = sync_channel::<()>(window);
+    for _ in 0..window {
+        let _ = tok_tx.try_send(());
+    }
+    let tok_rx = Mutex::new(tok_rx);
+    let (tx, rx) = sync_channel::<FrameResult>(window);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let (next, tok_rx) = (&next, &tok_rx);
+            s.spawn(move || decompress_worker(b, next, tok_rx, &tx, frames));
+        }
+        drop(tx);
+        let mut ch = Chain {
+            rx,
+            tokens: tok_tx,
+            pending: BTreeMap::new(),
+            cur: Vec::new(),
+            pos: 0,
+            next: 1,
+            end: frames.len(),
+        };
+        let r = consume(b, &mut ch, sink, progress);
+        drop(ch);
+        r
+    })
+}
+
+fn consume(
+    b: &Bundle,
+    ch: &mut Chain,
+    sink: &mut dyn Sink,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let files = &b.manifest.files;
+    let mtime = b.manifest.source_date_epoch;
+    let mut expect = Vec::with_capacity(2 * BLOCK);
+    let mut done_bytes = 0u64;
+    for (i, e) in files.iter().enumerate() {
+        let Some((name, block, raw)) = read_headers(ch, files, i)? else {
+            return Err(Error::MissingEntry {
+                path: e.path.clone(),
+            });
+        };
+        if name != e.path {
+            check_path(&name)?;
+            return Err(misplaced(files, i, &name));
+        }
+        expect.clear();
+        let hk = match &e.kind {
+            Kind::Dir => HeaderKind::Dir,
+            Kind::File { size, .. } => HeaderKind::File {
+                mode: e.mode(),
+                size: *size,
+            },
+            Kind::Symlink { target } => HeaderKind::Symlink { target },
+        };
+        push_header(&mut expect, &e.path, hk, mtime);
+        if expect != raw {
+            let size = tar::Header::from_byte_slice(&block)
+                .entry_size()
+                .unwrap_or(u64::MAX);
+            return Err(describe_header_difference(e, &block, size));
+        }
+        match &e.kind {
+            Kind::Dir => sink.dir(e)?,
+            Kind::Symlink { target } => sink.symlink(e, target)?,
+            Kind::File { size, sha256, .. } => {
+                sink.file_begin(e)?;
+                let mut h = Sha256::new();
+                let mut left = *size;
+                while left > 0 {
+                    let c = ch.chunk(left.min(1 << 20) as usize)?;
+                    if c.is_empty() {
+                        return Err(Error::Truncated(format!(
+                            "payload ends inside {:?}",
+                            e.path
+                        )));
+                    }
+                    h.update(c);
+                    left -= c.len() as u64;
+                    let n = c.len() as u64;
+                    sink.file_data(c)?;
+                    done_bytes += n;
+                }
+                if h.finalize()[..] != sha256[..] {
+                    return Err(Error::DigestMismatch {
+                        path: e.path.clone(),
+                    });
+                }
+                let mut pad = [0u8; BLOCK];
+                let pad = &mut pad[..padding(*size)];
+                ch.read_exact(pad, &|| format!("the padding of {:?}", e.path))?;
+                if pad.iter().any(|b| *b != 0) {
+                    return Err(mismatch(&e.path, "non-zero padding after the content"));
+                }
+                sink.file_end(e)?;
+                progress(done_bytes);
+            }
+        }
+    }
+    match read_headers(ch, files, files.len())? {
+        None => {}
+        Some((name, ..)) => {
+            check_path(&name)?;
+            return Err(misplaced(files, files.len(), &name));
+        }
+    }
+    let mut second = [0u8; BLOCK];
+    ch.read_exact(&mut second, &|| "the end-of-archive blocks".into())?;
+    if second.iter().any(|b| *b != 0) || !ch.at_end()? {
+        return Err(Error::NotABundle(
+            "data after the end of the archive".into(),
+        ));
+    }
+    Ok(())
+}
