@@ -11,6 +11,8 @@ pub mod paths;
 mod reader;
 mod stream;
 pub mod tarfmt;
+#[doc(hidden)]
+pub mod testing;
 mod writer;
 
 pub use error::{Error, Result};
