@@ -1,4 +1,5 @@
 //! The bundle verbs through the real binary, and interop with stock tar, zstd and minisign.
+#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;

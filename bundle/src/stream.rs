@@ -200,12 +200,15 @@ fn describe_header_difference(e: &Entry, block: &[u8; BLOCK], size: u64) -> Erro
     )
 }
 
-/// One entry's headers: long-name records, then the header block. Returns (name, header block, all bytes).
-fn read_headers(
-    ch: &mut Chain,
-    files: &[Entry],
-    i: usize,
-) -> Result<Option<(String, [u8; BLOCK], Vec<u8>)>> {
+/// One entry's headers as read: its full name, the header block, and every header byte (long-name records too).
+struct Headers {
+    name: String,
+    block: [u8; BLOCK],
+    raw: Vec<u8>,
+}
+
+/// Reads one entry's headers; `None` at the end-of-archive marker.
+fn read_headers(ch: &mut Chain, files: &[Entry], i: usize) -> Result<Option<Headers>> {
     let what = || match files.get(i) {
         Some(e) => format!("the header of {:?}", e.path),
         None => "the end-of-archive blocks".to_owned(),
@@ -267,7 +270,7 @@ fn read_headers(
             path: String::from_utf8_lossy(e.as_bytes()).into_owned(),
             reason: "name is not UTF-8",
         })?;
-        return Ok(Some((name, block, raw)));
+        return Ok(Some(Headers { name, block, raw }));
     }
 }
 
@@ -324,7 +327,7 @@ fn consume(
     let mut expect = Vec::with_capacity(2 * BLOCK);
     let mut done_bytes = 0u64;
     for (i, e) in files.iter().enumerate() {
-        let Some((name, block, raw)) = read_headers(ch, files, i)? else {
+        let Some(Headers { name, block, raw }) = read_headers(ch, files, i)? else {
             return Err(Error::MissingEntry {
                 path: e.path.clone(),
             });
@@ -388,7 +391,7 @@ fn consume(
     }
     match read_headers(ch, files, files.len())? {
         None => {}
-        Some((name, ..)) => {
+        Some(Headers { name, .. }) => {
             check_path(&name)?;
             return Err(misplaced(files, files.len(), &name));
         }

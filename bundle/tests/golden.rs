@@ -1,5 +1,6 @@
 //! Guards format v1: a bundle written by an earlier build, signed with a test-only key, must stay
 //! readable with the same id and the same tree. If this fails, the format changed: bump `format`.
+#![allow(clippy::unwrap_used)]
 
 use bundle::{Bundle, ExtractOptions, Kind};
 

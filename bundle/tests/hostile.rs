@@ -1,5 +1,6 @@
 //! Every hostile bundle gets its own refusal, nothing is written outside staging, and staging is gone
 //! afterwards. Each case builds a real signed bundle (unless the signature itself is the attack).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Pack -> open -> verify -> extract gives back the same tree, deterministically, at any frame size.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Shared helpers for the bundle tests: a manifest template, entries with real digests, and a tree writer.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
 
 use bundle::{Entry, Kind, Limits, Manifest};
 use sha2::{Digest, Sha256};
