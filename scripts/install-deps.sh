@@ -8,6 +8,7 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v minisign >/dev/null || need+=(minisign)
 command -v tar >/dev/null || need+=(tar)
 command -v diff >/dev/null || need+=(diffutils)
+[ -x /usr/bin/time ] || need+=(time)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -8,6 +8,26 @@ use crate::writer::{trusted_comment, MANIFEST_PATH, SIGNATURE_PATH};
 use crate::Result;
 use std::path::Path;
 
+/// A minimal valid manifest header (no files yet).
+pub fn template() -> Manifest {
+    Manifest {
+        format: crate::FORMAT_VERSION,
+        name: "test".into(),
+        version: "1".into(),
+        sequence: 1,
+        target: "linux-x86_64-cpu".into(),
+        created: crate::rfc3339(1_700_000_000),
+        source_date_epoch: 1_700_000_000,
+        mutable_dirs: Vec::new(),
+        provenance: Default::default(),
+        launch: Default::default(),
+        limits: Default::default(),
+        expected_nodes: Default::default(),
+        preflight: Vec::new(),
+        files: Vec::new(),
+    }
+}
+
 /// Canonical bytes of `m` (not validated) and a signature file over them.
 pub fn sign(m: &Manifest, key: &keys::SecretKey) -> Result<(Vec<u8>, Vec<u8>)> {
     let bytes = m.to_canonical_bytes()?;
