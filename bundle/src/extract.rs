@@ -7,7 +7,7 @@ use crate::paths::parent;
 use crate::reader::Bundle;
 use crate::stream::{stream, NullSink, Sink};
 use crate::{Error, Result};
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, Mode, OFlags};
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -40,17 +40,37 @@ pub struct Extracted {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// Content bytes written from the bundle.
     pub bytes: u64,
+    /// Files hardlinked from the object store instead.
+    pub reused: u64,
+    pub reused_bytes: u64,
 }
 
 const DIR_CACHE: usize = 512;
 
-struct DirSink {
+/// Verified file contents a host already has (the activator's content store). Objects are keyed by
+/// content digest and executable bit, since hardlinks share one mode.
+pub trait ObjectSource: Sync {
+    /// Whether the object exists.
+    fn contains(&self, sha256: &[u8; 32], executable: bool) -> bool;
+    /// Hardlinks the object to `name` in `dir`.
+    fn link_into(
+        &self,
+        sha256: &[u8; 32],
+        executable: bool,
+        dir: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<()>;
+}
+
+struct DirSink<'s> {
     root: OwnedFd,
     dirs: HashMap<String, OwnedFd>,
     made_dirs: Vec<String>,
     current: Option<std::fs::File>,
     read_only: bool,
+    store: Option<&'s dyn ObjectSource>,
     stats: Extracted,
 }
 
@@ -66,7 +86,7 @@ fn io_at(path: &str, e: rustix::io::Errno) -> Error {
     ))
 }
 
-impl DirSink {
+impl DirSink<'_> {
     /// The directory fd for `dir`, walking from the root with `O_NOFOLLOW` on every component if it is
     /// not cached: a symlink anywhere on the way fails with ELOOP/ENOTDIR instead of being followed.
     fn dir_fd(&mut self, dir: &str) -> Result<rustix::fd::BorrowedFd<'_>> {
@@ -101,7 +121,7 @@ impl DirSink {
     }
 }
 
-impl Sink for DirSink {
+impl Sink for DirSink<'_> {
     fn dir(&mut self, e: &Entry) -> Result<()> {
         let (p, name) = split(&e.path);
         let fd = self.dir_fd(p)?;
@@ -145,12 +165,47 @@ impl Sink for DirSink {
         self.stats.files += 1;
         Ok(())
     }
+
+    fn reuse_file(&mut self, e: &Entry) -> Result<()> {
+        let (
+            Some(store),
+            Kind::File {
+                sha256,
+                executable,
+                size,
+            },
+        ) = (self.store, &e.kind)
+        else {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "{:?}: no object store to reuse it from",
+                e.path
+            ))));
+        };
+        let (p, name) = split(&e.path);
+        let fd = self.dir_fd(p)?;
+        store.link_into(sha256, *executable, fd, name)?;
+        self.stats.files += 1;
+        self.stats.reused += 1;
+        self.stats.reused_bytes += size;
+        Ok(())
+    }
 }
 
 impl Bundle {
+    /// One flag per manifest entry: a file whose object `store` holds.
+    fn reusable(&self, store: &dyn ObjectSource) -> Vec<bool> {
+        let has = |e: &Entry| matches!(&e.kind, Kind::File { sha256, executable, .. } if store.contains(sha256, *executable));
+        self.manifest.files.iter().map(has).collect()
+    }
+
+    /// How many of the payload frames an extraction through `store` reads and decompresses.
+    pub fn frames_to_read(&self, store: &dyn ObjectSource) -> usize {
+        crate::stream::needed_frames(&self.frames, &self.reusable(store)).len()
+    }
+
     /// Checks every payload byte against the signed manifest without writing anything.
     pub fn verify_payload(&self, jobs: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<()> {
-        stream(self, jobs, &mut NullSink, progress)
+        stream(self, jobs, &[], &mut NullSink, progress)
     }
 
     /// Verifies and extracts the payload into `staging`, which must not exist yet. On failure nothing
@@ -161,13 +216,30 @@ impl Bundle {
         opts: &ExtractOptions,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Extracted> {
+        self.extract_with(staging, opts, None, progress)
+    }
+
+    /// Like [`Bundle::extract`], but files `store` already holds are hardlinked from it, and frames
+    /// holding only such files are never read. Requires `read_only` (links share the store's modes).
+    pub fn extract_with(
+        &self,
+        staging: &Path,
+        opts: &ExtractOptions,
+        store: Option<&dyn ObjectSource>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Extracted> {
         if self.signer.is_none() {
             return Err(Error::BadSignature(keys::Error::BadSignature(
                 "bundle was opened without checking its signature",
             )));
         }
+        if store.is_some() && !opts.read_only {
+            return Err(Error::Io(std::io::Error::other(
+                "extraction through an object store must be read-only",
+            )));
+        }
         fs_err::create_dir(staging)?;
-        let r = self.extract_into(staging, opts, progress);
+        let r = self.extract_into(staging, opts, store, progress);
         if r.is_err() {
             // Staging was created above and holds only what this extraction wrote.
             let _ = make_writable_and_remove(staging);
@@ -179,6 +251,7 @@ impl Bundle {
         &self,
         staging: &Path,
         opts: &ExtractOptions,
+        store: Option<&dyn ObjectSource>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Extracted> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -189,9 +262,11 @@ impl Bundle {
             made_dirs: Vec::new(),
             current: None,
             read_only: opts.read_only,
+            store,
             stats: Extracted::default(),
         };
-        stream(self, opts.jobs, &mut sink, progress)?;
+        let reusable = store.map(|s| self.reusable(s)).unwrap_or_default();
+        stream(self, opts.jobs, &reusable, &mut sink, progress)?;
         // Directory modes last, deepest first, so read-only directories are filled before they close.
         let dir_mode = Mode::from_raw_mode(if opts.read_only { 0o555 } else { 0o755 });
         let made = std::mem::take(&mut sink.made_dirs);

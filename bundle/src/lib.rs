@@ -16,7 +16,7 @@ pub mod testing;
 mod writer;
 
 pub use error::{Error, Result};
-pub use extract::{count, make_writable_and_remove, ExtractOptions, Extracted};
+pub use extract::{count, make_writable_and_remove, ExtractOptions, Extracted, ObjectSource};
 pub use manifest::{
     bundle_id, rfc3339, Check, Entry, Extension, GitSource, Kind, Launch, Limits, Manifest,
     Provenance, FORMAT_VERSION,

@@ -2,7 +2,7 @@
 //! one consumer walks the tar stream in order and demands that entry `i` is exactly the manifest's
 //! `files[i]`: same header bytes, same content hash. Only then does a [`Sink`] see the entry.
 
-use crate::index::Frame;
+use crate::index::{Frame, NO_ENTRY};
 use crate::manifest::{Entry, Kind};
 use crate::paths::check_path;
 use crate::reader::{read_frame, Bundle, MAX_FRAME_RAW};
@@ -22,6 +22,13 @@ pub trait Sink {
     fn file_begin(&mut self, e: &Entry) -> Result<()>;
     fn file_data(&mut self, data: &[u8]) -> Result<()>;
     fn file_end(&mut self, e: &Entry) -> Result<()>;
+    /// Makes a file the caller marked reusable from its own copy (its content is not in the stream).
+    fn reuse_file(&mut self, e: &Entry) -> Result<()> {
+        Err(Error::Io(std::io::Error::other(format!(
+            "{:?}: this sink cannot reuse files",
+            e.path
+        ))))
+    }
 }
 
 /// A sink that keeps nothing: verification only.
@@ -47,38 +54,83 @@ impl Sink for NullSink {
 
 type FrameResult = (usize, Result<Vec<u8>>);
 
-/// The payload frames, in order, as one byte stream.
-struct Chain {
+/// Entry number meaning "no more stream": every remaining entry comes from the store.
+const STREAM_END: u64 = u64::MAX;
+
+fn bad_index(detail: &str) -> Error {
+    Error::NotABundle(format!(
+        "frame index is inconsistent with the manifest: {detail}"
+    ))
+}
+
+/// The frames to read (in order) as one byte stream. Frames left out are gaps: when the stream jumps
+/// over one, `gap` says which entry's header the next frame starts with (from the index, checked by
+/// the header comparison that follows).
+struct Chain<'a> {
+    frames: &'a [Frame],
+    order: Vec<usize>,
     rx: Receiver<FrameResult>,
     tokens: SyncSender<()>,
     pending: BTreeMap<usize, Result<Vec<u8>>>,
+    k: usize,
     cur: Vec<u8>,
+    cur_frame: usize,
     pos: usize,
-    next: usize,
-    end: usize,
+    gap: Option<u64>,
 }
 
-impl Chain {
-    /// Up to `max` bytes of the current frame; empty only at the end of the stream.
+impl Chain<'_> {
+    /// Whether the next frame to load directly follows the current one.
+    fn next_is_contiguous(&self) -> bool {
+        self.order
+            .get(self.k)
+            .is_some_and(|f| *f == self.cur_frame + 1)
+    }
+
+    /// Loads the next frame of `order`; false when none is left.
+    fn load_next(&mut self) -> Result<bool> {
+        let Some(&f) = self.order.get(self.k) else {
+            return Ok(false);
+        };
+        let frame = loop {
+            if let Some(r) = self.pending.remove(&self.k) {
+                break r;
+            }
+            let (no, r) = self
+                .rx
+                .recv()
+                .map_err(|_| Error::Io(std::io::Error::other("decompression workers stopped")))?;
+            self.pending.insert(no, r);
+        };
+        let contiguous = f == self.cur_frame + 1;
+        self.cur = frame?;
+        self.k += 1;
+        // A frame left the window: let a worker start on another.
+        let _ = self.tokens.try_send(());
+        self.pos = 0;
+        if !contiguous {
+            let fr = &self.frames[f];
+            if fr.start_entry == NO_ENTRY {
+                return Err(bad_index("a frame after a skipped one starts no entry"));
+            }
+            self.pos = fr.start_offset as usize;
+            self.gap = Some(fr.start_entry);
+        }
+        self.cur_frame = f;
+        Ok(true)
+    }
+
+    /// Up to `max` bytes of the current frame; empty only at the end of the stream. Running into a
+    /// skipped frame in the middle of an entry means the index lied.
     fn chunk(&mut self, max: usize) -> Result<&[u8]> {
         while self.pos == self.cur.len() {
-            if self.next == self.end {
-                return Ok(&[]);
-            }
-            let frame = loop {
-                if let Some(r) = self.pending.remove(&self.next) {
-                    break r;
+            if !self.next_is_contiguous() {
+                if self.k == self.order.len() {
+                    return Ok(&[]);
                 }
-                let (no, r) = self.rx.recv().map_err(|_| {
-                    Error::Io(std::io::Error::other("decompression workers stopped"))
-                })?;
-                self.pending.insert(no, r);
-            };
-            self.cur = frame?;
-            self.pos = 0;
-            self.next += 1;
-            // A frame left the window: let a worker start on another.
-            let _ = self.tokens.try_send(());
+                return Err(bad_index("an entry continues into a skipped frame"));
+            }
+            self.load_next()?;
         }
         let n = max.min(self.cur.len() - self.pos);
         let s = &self.cur[self.pos..self.pos + n];
@@ -99,18 +151,58 @@ impl Chain {
         Ok(())
     }
 
+    /// At an entry boundary: if the current frame is used up and the next one to read is not its
+    /// neighbour, jump to it and return the entry its first header belongs to.
+    fn settle(&mut self) -> Result<Option<u64>> {
+        if self.pos == self.cur.len() && !self.next_is_contiguous() && !self.load_next()? {
+            return Ok(Some(STREAM_END));
+        }
+        Ok(self.gap.take())
+    }
+
+    /// Skips `n` bytes of an entry whose content is not needed (it comes from the store), possibly
+    /// over skipped frames.
+    fn skip(&mut self, mut n: u64) -> Result<()> {
+        loop {
+            let avail = (self.cur.len() - self.pos) as u64;
+            if n <= avail {
+                self.pos += n as usize;
+                return Ok(());
+            }
+            n -= avail;
+            self.pos = self.cur.len();
+            if self.next_is_contiguous() {
+                self.load_next()?;
+                continue;
+            }
+            let target =
+                self.frames[self.cur_frame].raw_offset + self.frames[self.cur_frame].raw_len + n;
+            if !self.load_next()? {
+                self.gap = Some(STREAM_END);
+                return Ok(());
+            }
+            let fr = &self.frames[self.cur_frame];
+            if fr.raw_offset + (self.pos as u64) < target {
+                return Err(bad_index(
+                    "a frame after a skipped one starts inside a skipped entry",
+                ));
+            }
+            return Ok(());
+        }
+    }
+
     fn at_end(&mut self) -> Result<bool> {
         self.chunk(0)?;
-        Ok(self.pos == self.cur.len() && self.next == self.end)
+        Ok(self.pos == self.cur.len() && self.k == self.order.len())
     }
 }
 
 fn decompress_worker(
     b: &Bundle,
+    order: &[usize],
     next: &AtomicUsize,
     tokens: &Mutex<Receiver<()>>,
     tx: &SyncSender<FrameResult>,
-    frames: &[Frame],
 ) {
     loop {
         match tokens.lock() {
@@ -121,10 +213,10 @@ fn decompress_worker(
             }
             Err(_) => return,
         }
-        let no = next.fetch_add(1, Ordering::Relaxed);
-        let Some(f) = frames.get(no) else { return };
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        let Some(&no) = order.get(k) else { return };
         if tx
-            .send((no, read_frame(&b.file, no, f, MAX_FRAME_RAW)))
+            .send((k, read_frame(&b.file, no, &b.frames[no], MAX_FRAME_RAW)))
             .is_err()
         {
             return;
@@ -274,10 +366,27 @@ fn read_headers(ch: &mut Chain, files: &[Entry], i: usize) -> Result<Option<Head
     }
 }
 
-/// Streams the whole payload of `b` through `sink`, verifying every entry.
+/// Frames that hold any byte of an entry not in `reusable` (the last frame always, for the
+/// end-of-archive check). With no reusable entries that is every payload frame.
+pub(crate) fn needed_frames(frames: &[Frame], reusable: &[bool]) -> Vec<usize> {
+    let last = frames.len() - 1;
+    (1..frames.len())
+        .filter(|&f| {
+            let fr = &frames[f];
+            f == last
+                || (fr.first_entry..=fr.last_entry)
+                    .any(|e| e >= 2 && reusable.get((e - 2) as usize).is_none_or(|r| !r))
+        })
+        .collect()
+}
+
+/// Streams the payload of `b` through `sink`, verifying every entry read. Files marked in `reusable`
+/// (one flag per manifest entry; empty = none) are handed to [`Sink::reuse_file`] instead, and frames
+/// holding nothing else are never read or decompressed.
 pub fn stream(
     b: &Bundle,
     jobs: usize,
+    reusable: &[bool],
     sink: &mut dyn Sink,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
@@ -285,9 +394,10 @@ pub fn stream(
     if frames.len() < 2 {
         return Err(Error::Truncated("the bundle has no payload frames".into()));
     }
+    let order = needed_frames(frames, reusable);
     let jobs = jobs.max(1);
     let window = jobs * 2;
-    let next = AtomicUsize::new(1);
+    let next = AtomicUsize::new(0);
     let (tok_tx, tok_rx) = sync_channel::<()>(window);
     for _ in 0..window {
         let _ = tok_tx.try_send(());
@@ -297,20 +407,23 @@ pub fn stream(
     std::thread::scope(|s| {
         for _ in 0..jobs {
             let tx = tx.clone();
-            let (next, tok_rx) = (&next, &tok_rx);
-            s.spawn(move || decompress_worker(b, next, tok_rx, &tx, frames));
+            let (next, tok_rx, order) = (&next, &tok_rx, &order);
+            s.spawn(move || decompress_worker(b, order, next, tok_rx, &tx));
         }
         drop(tx);
         let mut ch = Chain {
+            frames,
+            order: order.clone(),
             rx,
             tokens: tok_tx,
             pending: BTreeMap::new(),
+            k: 0,
             cur: Vec::new(),
+            cur_frame: 0,
             pos: 0,
-            next: 1,
-            end: frames.len(),
+            gap: None,
         };
-        let r = consume(b, &mut ch, sink, progress);
+        let r = consume(b, &mut ch, reusable, sink, progress);
         drop(ch);
         r
     })
@@ -319,6 +432,7 @@ pub fn stream(
 fn consume(
     b: &Bundle,
     ch: &mut Chain,
+    reusable: &[bool],
     sink: &mut dyn Sink,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
@@ -326,7 +440,32 @@ fn consume(
     let mtime = b.manifest.source_date_epoch;
     let mut expect = Vec::with_capacity(2 * BLOCK);
     let mut done_bytes = 0u64;
+    let is_reusable = |i: usize| reusable.get(i).copied().unwrap_or(false);
+    // Entry number of the next header in the stream.
+    let mut next_hdr = ch.settle()?.unwrap_or(2);
     for (i, e) in files.iter().enumerate() {
+        let entry_no = i as u64 + 2;
+        if entry_no < next_hdr {
+            // Inside skipped frames: the entry is made from the manifest and the store alone.
+            match &e.kind {
+                Kind::Dir => sink.dir(e)?,
+                Kind::Symlink { target } => sink.symlink(e, target)?,
+                Kind::File { size, .. } if is_reusable(i) => {
+                    sink.reuse_file(e)?;
+                    done_bytes += size;
+                    progress(done_bytes);
+                }
+                Kind::File { .. } => {
+                    return Err(bad_index("a needed file lies in a skipped frame"))
+                }
+            }
+            continue;
+        }
+        if entry_no > next_hdr {
+            return Err(bad_index(
+                "a frame claims to start at a later entry than the stream reached",
+            ));
+        }
         let Some(Headers { name, block, raw }) = read_headers(ch, files, i)? else {
             return Err(Error::MissingEntry {
                 path: e.path.clone(),
@@ -355,6 +494,12 @@ fn consume(
         match &e.kind {
             Kind::Dir => sink.dir(e)?,
             Kind::Symlink { target } => sink.symlink(e, target)?,
+            Kind::File { size, .. } if is_reusable(i) => {
+                sink.reuse_file(e)?;
+                ch.skip(size + padding(*size) as u64)?;
+                done_bytes += size;
+                progress(done_bytes);
+            }
             Kind::File { size, sha256, .. } => {
                 sink.file_begin(e)?;
                 let mut h = Sha256::new();
@@ -388,6 +533,18 @@ fn consume(
                 progress(done_bytes);
             }
         }
+        next_hdr = match ch.gap.take() {
+            Some(g) => g,
+            None => ch.settle()?.unwrap_or(entry_no + 1),
+        };
+    }
+    if next_hdr > files.len() as u64 + 2 {
+        return Err(bad_index("the last frame was skipped"));
+    }
+    if next_hdr < files.len() as u64 + 2 {
+        return Err(bad_index(
+            "the stream resumes before the end of the archive",
+        ));
     }
     match read_headers(ch, files, files.len())? {
         None => {}

@@ -173,3 +173,135 @@ fn unverified_bundles_cannot_be_extracted() {
         .is_err());
     assert!(!tmp.path().join("x").exists());
 }
+
+/// A directory of objects named by digest, as the activator's store keeps them.
+struct DirStore(std::path::PathBuf);
+
+impl DirStore {
+    fn name(sha: &[u8; 32], x: bool) -> String {
+        format!("{}{}", hex::encode(sha), if x { ".x" } else { "" })
+    }
+    fn adopt_all(&self, release: &std::path::Path, m: &bundle::Manifest) {
+        for e in &m.files {
+            if let bundle::Kind::File {
+                sha256, executable, ..
+            } = &e.kind
+            {
+                let dst = self.0.join(Self::name(sha256, *executable));
+                if !dst.exists() {
+                    fs_err::hard_link(release.join(&e.path), dst).unwrap();
+                }
+            }
+        }
+    }
+}
+
+impl bundle::ObjectSource for DirStore {
+    fn contains(&self, sha: &[u8; 32], x: bool) -> bool {
+        self.0.join(Self::name(sha, x)).exists()
+    }
+    fn link_into(
+        &self,
+        sha: &[u8; 32],
+        x: bool,
+        dir: rustix::fd::BorrowedFd<'_>,
+        name: &str,
+    ) -> bundle::Result<()> {
+        let src = rustix::fs::open(
+            &self.0,
+            rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        rustix::fs::linkat(
+            &src,
+            Self::name(sha, x).as_str(),
+            dir,
+            name,
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(|e| bundle::Error::Io(e.into()))
+    }
+}
+
+#[test]
+fn store_reuse_skips_frames_of_unchanged_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    sample_tree(&tree);
+    let key = keys::generate();
+    let trusted = keys::TrustedKeys::new(vec![key.public()], vec![]);
+    let opts = PackOptions {
+        frame_size: 64 << 10,
+        level: 3,
+        jobs: 2,
+    };
+    let a = tmp.path().join("a.bundle");
+    bundle::pack(&tree, template(), &key, &a, &opts, &|_, _| {}).unwrap();
+    fs_err::write(tree.join("venv/lib/m150.py"), "changed\n").unwrap();
+    let b = tmp.path().join("b.bundle");
+    bundle::pack(&tree, template(), &key, &b, &opts, &|_, _| {}).unwrap();
+
+    let store = DirStore(tmp.path().join("store"));
+    fs_err::create_dir(&store.0).unwrap();
+    let ro = ExtractOptions {
+        jobs: 2,
+        read_only: true,
+        sync: false,
+    };
+    let ba = Bundle::open(&a, &trusted).unwrap();
+    let first = ba
+        .extract_with(&tmp.path().join("ra"), &ro, Some(&store), &|_| {})
+        .unwrap();
+    assert_eq!(first.reused, 0);
+    store.adopt_all(&tmp.path().join("ra"), &ba.manifest);
+
+    let bb = Bundle::open(&b, &trusted).unwrap();
+    let second = bb
+        .extract_with(&tmp.path().join("rb"), &ro, Some(&store), &|_| {})
+        .unwrap();
+    assert_eq!(
+        second.bytes,
+        "changed\n".len() as u64,
+        "only the changed file is written"
+    );
+    assert_eq!(second.reused + 1, second.files);
+    let needed = bb.frames_to_read(&store);
+    assert!(
+        needed * 4 < bb.frames.len(),
+        "{needed} of {} frames read",
+        bb.frames.len()
+    );
+    let mut want = snapshot(&tree);
+    for e in &mut want {
+        e.2 = match e.1.as_str() {
+            "dir" => 0o555,
+            "file" if e.2 & 0o111 != 0 => 0o555,
+            "file" => 0o444,
+            _ => 0,
+        };
+    }
+    assert_eq!(snapshot(&tmp.path().join("rb")), want);
+
+    // A lying index (frame starts shifted) with reuse in play is refused, not trusted.
+    let mut bytes = fs_err::read(&b).unwrap();
+    let mut frames = bb.frames.clone();
+    let victim = frames
+        .iter()
+        .rposition(|f| f.start_entry != bundle::index::NO_ENTRY && f.start_offset > 0)
+        .unwrap();
+    frames[victim].start_offset -= 512;
+    let idx = bundle::index::encode(&frames);
+    let n = bytes.len() - idx.len();
+    bytes.truncate(n);
+    bytes.extend_from_slice(&idx);
+    let liar = tmp.path().join("liar.bundle");
+    fs_err::write(&liar, &bytes).unwrap();
+    let bl = Bundle::open(&liar, &trusted).unwrap();
+    let dest = tmp.path().join("rl");
+    let r = bl.extract_with(&dest, &ro, Some(&store), &|_| {});
+    assert!(
+        r.is_err() || snapshot(&dest) == snapshot(&tmp.path().join("rb")),
+        "a lying index must not change the result"
+    );
+}
