@@ -1,1 +1,25 @@
-//! Placeholder.
+//! The activator: host config, releases, content store, verified atomic activation, rollback, gc.
+
+mod activate;
+mod atomic;
+pub mod cli;
+mod cmd;
+pub mod config;
+mod failpoint;
+mod gc;
+mod host;
+mod inventory;
+mod lock;
+mod preflight;
+pub mod progress;
+mod release;
+mod rollback;
+mod run;
+mod source;
+mod state;
+mod store;
+mod switch;
+
+pub use activate::{activate, ActivateOptions, ActivateReport};
+pub use host::{Host, Refusal};
+pub use run::{exit_code, init_tracing, run};

@@ -1,0 +1,215 @@
+//! `comfyctl activate`: lock, fetch, verify the signature before anything else, check target and
+//! sequence, unpack through the store into staging (every byte verified, synced), rename into
+//! `releases/<id>`, pre-flight, switch. Each step is crash-safe; failpoints sit between them.
+
+use crate::failpoint;
+use crate::gc::{gc, GcReport};
+use crate::host::{refuse, Host};
+use crate::release;
+use crate::source::{self, Fetched};
+use crate::state::{now, ReleaseRecord, State, Status};
+use crate::store::Store;
+use crate::{atomic, lock, preflight, switch};
+use anyhow::{Context as _, Result};
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Default)]
+pub struct ActivateOptions {
+    pub allow_downgrade: bool,
+    pub jobs: usize,
+}
+
+/// What an activation did, printed for people and as JSON for Ansible.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ActivateReport {
+    /// False when the release was already current (nothing changed).
+    pub changed: bool,
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub sequence: u64,
+    pub previous: Option<String>,
+    /// False when the release was already installed and intact.
+    pub unpacked: bool,
+    pub files_written: u64,
+    pub files_reused: u64,
+    pub bytes_written: u64,
+    pub bytes_reused: u64,
+    pub frames_read: usize,
+    pub frames_total: usize,
+    pub preflight_checks: usize,
+    pub fetch: Option<Fetched>,
+    pub seconds: f64,
+    pub gc: Option<GcReport>,
+}
+
+/// Makes sure the journal matches the real `current` after a kill.
+pub(crate) fn load_state(host: &Host) -> Result<State> {
+    let mut state = State::load(&host.layout.state())?;
+    if state.reconcile(host.current().as_deref()) {
+        state.save(&host.layout.state())?;
+    }
+    Ok(state)
+}
+
+pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<ActivateReport> {
+    let t0 = Instant::now();
+    host.layout.ensure()?;
+    let _lock = lock::acquire(
+        &host.layout.state(),
+        Duration::from_secs(host.cfg.lock_wait_secs),
+    )?;
+    failpoint::hit("activate::locked")?;
+    let mut state = load_state(host)?;
+    host.clean_staging()?;
+
+    let fetched = source::fetch(src, &host.layout.downloads(), host.cfg.max_download_bytes)?;
+    let trusted = match keys::TrustedKeys::load_dir(&host.layout.keys) {
+        Ok(t) => t,
+        Err(e) => {
+            return refuse(format!(
+                "{e}: install the release public key (comfy-build keygen's .pub) there"
+            ))
+        }
+    };
+    let b =
+        bundle::Bundle::open(&fetched.path, &trusted).with_context(|| format!("refusing {src}"))?;
+    let m = &b.manifest;
+    if m.target != host.cfg.target {
+        return refuse(format!(
+            "{src} is built for {}, this host runs {}",
+            m.target, host.cfg.target
+        ));
+    }
+    if m.sequence < state.highest_sequence && !opts.allow_downgrade {
+        return refuse(format!(
+            "{} {} has sequence {}, below the highest this host has seen ({}); use --allow-downgrade to activate an older release",
+            m.name, m.version, m.sequence, state.highest_sequence
+        ));
+    }
+    let mut report = ActivateReport {
+        id: b.id.clone(),
+        name: m.name.clone(),
+        version: m.version.clone(),
+        sequence: m.sequence,
+        previous: host.current(),
+        frames_total: b.frames.len() - 1,
+        fetch: source::is_url(src).then(|| fetched.clone()),
+        ..Default::default()
+    };
+    let dir = host.layout.release(&b.id);
+    if host.current().as_deref() == Some(b.id.as_str()) && release::is_intact(&dir) {
+        switch::ensure_seed_links(host)?;
+        report.seconds = t0.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    report.changed = true;
+    if !release::is_intact(&dir) {
+        if dir.exists() {
+            if host.current().as_deref() == Some(b.id.as_str()) {
+                return refuse(format!(
+                    "the current release {} is damaged; run `comfyctl verify`",
+                    b.id
+                ));
+            }
+            bundle::make_writable_and_remove(&dir)?;
+        }
+        unpack(host, &b, opts, &mut report)?;
+    }
+    let record = state
+        .releases
+        .entry(b.id.clone())
+        .or_insert_with(|| ReleaseRecord {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            sequence: m.sequence,
+            target: m.target.clone(),
+            installed_at: now(),
+            activated_at: None,
+            status: Status::Installed,
+            reason: None,
+        });
+    record.status = Status::Installed;
+    record.reason = None;
+    state.save(&host.layout.state())?;
+
+    match preflight::run(&dir, m) {
+        Ok(n) => report.preflight_checks = n,
+        Err(e) => {
+            state.set_status(&b.id, Status::Failed, Some(format!("{e:#}")));
+            state.save(&host.layout.state())?;
+            return Err(e.context(format!("{} {} did not become current", m.name, m.version)));
+        }
+    }
+    failpoint::hit("activate::before-switch")?;
+    switch::switch(host, &mut state, &b.id, "activate")?;
+    // Without a service to health-check (host integration adds it), passing pre-flight makes it good.
+    state.set_status(&b.id, Status::Good, None);
+    state.save(&host.layout.state())?;
+    report.gc = Some(gc(host, &mut state)?);
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn unpack(
+    host: &Host,
+    b: &bundle::Bundle,
+    opts: &ActivateOptions,
+    report: &mut ActivateReport,
+) -> Result<()> {
+    let store = Store::new(host.layout.store());
+    let staging =
+        host.layout
+            .releases()
+            .join(format!(".staging-{}-{}", &b.id[..12], std::process::id()));
+    report.frames_read = b.frames_to_read(&store);
+    let pb = crate::progress::bytes_bar(b.payload_bytes(), "unpacking");
+    let xopts = bundle::ExtractOptions {
+        jobs: opts.jobs.max(1),
+        read_only: true,
+        sync: true,
+    };
+    failpoint::hit("activate::before-unpack")?;
+    let x = b
+        .extract_with(&staging, &xopts, Some(&store), &|n| pb.set_position(n))
+        .with_context(|| format!("unpacking {} into {}", b.id, staging.display()))?;
+    pb.finish_and_clear();
+    report.unpacked = true;
+    report.files_written = x.files - x.reused;
+    report.files_reused = x.reused;
+    report.bytes_written = x.bytes;
+    report.bytes_reused = x.reused_bytes;
+    failpoint::hit("activate::unpacked")?;
+    let finish = || -> Result<()> {
+        let meta = staging.join(".bundle");
+        fs_err::create_dir(&meta)?;
+        atomic::write(&staging.join(release::MANIFEST), &b.manifest_bytes)?;
+        atomic::write(
+            &staging.join(release::SIGNATURE),
+            b.signature.to_file_string().as_bytes(),
+        )?;
+        for f in [release::MANIFEST, release::SIGNATURE] {
+            fs_err::set_permissions(staging.join(f), std::fs::Permissions::from_mode(0o444))?;
+        }
+        fs_err::set_permissions(&meta, std::fs::Permissions::from_mode(0o555))?;
+        fs_err::set_permissions(&staging, std::fs::Permissions::from_mode(0o555))?;
+        store.adopt(&staging, &b.manifest)?;
+        failpoint::hit("activate::adopted")?;
+        let fd = rustix::fs::open(
+            &staging,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )?;
+        rustix::fs::syncfs(&fd)?;
+        fs_err::rename(&staging, host.layout.release(&b.id))?;
+        atomic::fsync_dir(&host.layout.releases())?;
+        Ok(())
+    };
+    if let Err(e) = finish() {
+        let _ = bundle::make_writable_and_remove(&staging);
+        return Err(e);
+    }
+    failpoint::hit("activate::renamed")?;
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! The command line of `comfyctl`: one options struct per verb, doc comments as help text.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Activate, roll back and inspect immutable ComfyUI releases on this host.
+#[derive(Debug, Parser)]
+#[command(name = "comfyctl", version, about)]
+pub struct Cli {
+    /// Prefix for every host path (a scratch root for tests and demos).
+    #[arg(long, global = true, default_value = "/")]
+    pub root: PathBuf,
+    /// Host config file (default: ROOT/etc/comfyui/comfyctl.toml).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Verify a bundle (file or http(s) URL), unpack it and make it current.
+    Activate(ActivateArgs),
+    /// Return to the previous good release (or --to ID) without unpacking anything.
+    Rollback(RollbackArgs),
+    /// List installed releases.
+    Releases,
+    /// Show the current release, the rollback target and store usage.
+    Status,
+    /// Re-hash an installed release (default: current) against its signed manifest.
+    Verify(VerifyArgs),
+    /// Remove old releases (keeping current, previous and the last good) and unused store objects.
+    Gc,
+}
+
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    /// A .bundle file or an http(s) URL.
+    pub source: String,
+    /// Accept a release whose sequence is below the highest this host has seen.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Do not restart or health-check the service.
+    #[arg(long)]
+    pub no_service: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Release id (or a unique prefix of at least 6 characters).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Do not restart or health-check the service.
+    #[arg(long)]
+    pub no_service: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Release id or prefix; default: current.
+    pub id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,41 @@
+//! Failure points for crash-safety tests: `COMFYCTL_FAILPOINTS=name=kill,other=error`. `kill` sends
+//! the process SIGKILL on the spot (no unwinding, no destructors: what a power cut or OOM kill does),
+//! which fail-rs has no action for; `error` makes the step fail. Unset, each point costs one lookup.
+
+use anyhow::{bail, Result};
+use std::sync::OnceLock;
+
+/// The environment variable naming active points.
+pub const ENV: &str = "COMFYCTL_FAILPOINTS";
+
+fn points() -> &'static Vec<(String, String)> {
+    static P: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    P.get_or_init(|| {
+        std::env::var(ENV)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            })
+            .collect()
+    })
+}
+
+/// Triggers the point `name` if configured.
+pub fn hit(name: &str) -> Result<()> {
+    for (k, action) in points() {
+        if k == name {
+            match action.as_str() {
+                "kill" => {
+                    let _ = rustix::process::kill_process(
+                        rustix::process::getpid(),
+                        rustix::process::Signal::KILL,
+                    );
+                }
+                _ => bail!("failpoint {name} triggered"),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Garbage collection: keep the newest N good releases, and always current, the rollback target and
+//! the last good release; failed releases never push good ones out (capistrano #1907, #2120). Store
+//! objects no release links to are removed after.
+
+use crate::host::Host;
+use crate::state::{State, Status};
+use crate::store::Store;
+use anyhow::Result;
+use std::collections::HashSet;
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct GcReport {
+    pub removed_releases: Vec<String>,
+    pub removed_objects: u64,
+    pub freed_bytes: u64,
+}
+
+pub fn gc(host: &Host, state: &mut State) -> Result<GcReport> {
+    let installed = host.installed()?;
+    let current = host.current();
+    let exists = |id: &str| installed.iter().any(|i| i == id);
+    let mut keep: HashSet<String> = HashSet::new();
+    keep.extend(current.clone());
+    keep.extend(state.previous_good(exists));
+    // Good releases, most recently activated first.
+    let mut good: Vec<(&String, u64)> = state
+        .releases
+        .iter()
+        .filter(|(id, r)| r.status == Status::Good && exists(id))
+        .map(|(id, r)| (id, r.activated_at.unwrap_or(0)))
+        .collect();
+    good.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(a.0)));
+    keep.extend(good.first().map(|g| g.0.clone()));
+    for (id, _) in good.iter().take(host.cfg.keep.max(1)) {
+        keep.insert((*id).clone());
+    }
+    let mut report = GcReport::default();
+    for id in &installed {
+        if keep.contains(id) {
+            continue;
+        }
+        bundle::make_writable_and_remove(&host.layout.release(id))?;
+        state.releases.remove(id);
+        report.removed_releases.push(id.clone());
+    }
+    state.save(&host.layout.state())?;
+    let swept = Store::new(host.layout.store()).sweep()?;
+    report.removed_objects = swept.objects;
+    report.freed_bytes = swept.bytes;
+    Ok(report)
+}

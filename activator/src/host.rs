@@ -1,0 +1,90 @@
+//! A host as comfyctl sees it: its config, its layout, and the few facts every verb reads
+//! (where `current` points, the installed releases).
+
+use crate::config::{HostConfig, Layout, CONFIG_PATH};
+use anyhow::{Context as _, Result};
+use std::path::{Path, PathBuf};
+
+pub struct Host {
+    pub cfg: HostConfig,
+    pub layout: Layout,
+}
+
+/// An error that means the input or the request was refused (exit code 2), not that something broke.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// Shorthand for returning a [`Refusal`].
+pub fn refuse<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Refusal(msg.into()).into())
+}
+
+impl Host {
+    pub fn open(root: &Path, config: Option<&Path>) -> Result<Self> {
+        let path = config.map_or_else(|| root.join(CONFIG_PATH), Path::to_owned);
+        let cfg = HostConfig::load(&path)?;
+        let layout = Layout::new(root, &cfg);
+        Ok(Self { cfg, layout })
+    }
+
+    /// The release id `current` points at, if any.
+    pub fn current(&self) -> Option<String> {
+        let t = fs_err::read_link(self.layout.current()).ok()?;
+        t.file_name().and_then(|n| n.to_str()).map(str::to_owned)
+    }
+
+    /// Installed release directories (staging excluded), by id.
+    pub fn installed(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let dir = self.layout.releases();
+        if !dir.exists() {
+            return Ok(out);
+        }
+        for e in fs_err::read_dir(&dir)? {
+            let name = e?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with('.') {
+                out.push(name.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes unpacks that a killed activation left behind. Only called under the lock.
+    pub fn clean_staging(&self) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        let dir = self.layout.releases();
+        for e in fs_err::read_dir(&dir)? {
+            let p = e?.path();
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".staging-"))
+            {
+                bundle::make_writable_and_remove(&p)
+                    .with_context(|| format!("removing stale {}", p.display()))?;
+                removed.push(p);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Resolves a full id or a unique prefix of one (at least 6 characters).
+    pub fn resolve_id(&self, prefix: &str) -> Result<String> {
+        let all = self.installed()?;
+        let hits: Vec<_> = all
+            .iter()
+            .filter(|id| prefix.len() >= 6 && id.starts_with(prefix))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => refuse(format!(
+                "no installed release matches {prefix:?}; see `comfyctl releases`"
+            )),
+            _ => refuse(format!(
+                "{prefix:?} matches several releases; give more of the id"
+            )),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! An installed release: `releases/<id>/` with its signed manifest kept in `.bundle/`. A release is
+//! intact when its manifest still hashes to its id; `verify` re-hashes every byte against it.
+
+use anyhow::{Context as _, Result};
+use bundle::{Kind, Manifest};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+pub const MANIFEST: &str = ".bundle/manifest.toml";
+pub const SIGNATURE: &str = ".bundle/manifest.toml.minisig";
+
+/// Reads and checks a release's manifest: it must hash to the directory's name.
+pub fn manifest(dir: &Path) -> Result<Manifest> {
+    let id = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("release directory has no name")?;
+    let bytes = fs_err::read(dir.join(MANIFEST))?;
+    if bundle::bundle_id(&bytes) != id {
+        anyhow::bail!(
+            "{}: manifest does not hash to the release id (tampered or damaged)",
+            dir.display()
+        );
+    }
+    Ok(Manifest::parse(&bytes)?)
+}
+
+/// Cheap check used to skip re-unpacking: directory and manifest in place.
+pub fn is_intact(dir: &Path) -> bool {
+    manifest(dir).is_ok()
+}
+
+/// One difference between a release on disk and its manifest.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub problem: String,
+}
+
+fn sha256_file(p: &Path) -> Result<[u8; 32]> {
+    let mut f = fs_err::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// Re-hashes every entry; also reports files the manifest does not list and writable modes.
+pub fn verify(dir: &Path, trusted: Option<&keys::TrustedKeys>) -> Result<Vec<Problem>> {
+    let m = manifest(dir)?;
+    let mut problems = Vec::new();
+    let mut bad = |path: &str, problem: String| {
+        problems.push(Problem {
+            path: path.to_owned(),
+            problem,
+        })
+    };
+    if let Some(t) = trusted {
+        let bytes = fs_err::read(dir.join(MANIFEST))?;
+        let sig = fs_err::read_to_string(dir.join(SIGNATURE))?;
+        match keys::Signature::parse(&sig).and_then(|s| t.verify(&bytes, &s).map(|_| ())) {
+            Ok(()) => {}
+            Err(e) => bad(MANIFEST, format!("signature: {e}")),
+        }
+    }
+    for e in &m.files {
+        let p = dir.join(&e.path);
+        let meta = match fs_err::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(_) => {
+                bad(&e.path, "missing".into());
+                continue;
+            }
+        };
+        if meta.permissions().mode() & 0o222 != 0 && !meta.file_type().is_symlink() {
+            bad(
+                &e.path,
+                format!("writable (mode {:o})", meta.permissions().mode() & 0o7777),
+            );
+        }
+        match &e.kind {
+            Kind::Dir if !meta.is_dir() => bad(&e.path, "should be a directory".into()),
+            Kind::Symlink { target } => match fs_err::read_link(&p) {
+                Ok(t) if t.as_os_str() == target.as_str() => {}
+                _ => bad(&e.path, format!("should be a symlink to {target}")),
+            },
+            Kind::File {
+                size,
+                sha256,
+                executable,
+            } => {
+                if !meta.is_file() {
+                    bad(&e.path, "should be a regular file".into());
+                } else if meta.len() != *size {
+                    bad(&e.path, format!("size {} instead of {size}", meta.len()));
+                } else if sha256_file(&p)? != *sha256 {
+                    bad(&e.path, "content differs from the manifest".into());
+                } else if (meta.permissions().mode() & 0o111 != 0) != *executable {
+                    bad(&e.path, "executable bit differs".into());
+                }
+            }
+            Kind::Dir => {}
+        }
+    }
+    let listed: HashSet<&str> = m.files.iter().map(|e| e.path.as_str()).collect();
+    let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for ent in fs_err::read_dir(&d)? {
+            let p = ent?.path();
+            let rel = p
+                .strip_prefix(dir)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".bundle" || rel.starts_with(".bundle/") {
+                continue;
+            }
+            if !listed.contains(rel.as_str()) {
+                bad(&rel, "not listed in the manifest".into());
+            } else if fs_err::symlink_metadata(&p)?.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    Ok(problems)
+}

@@ -1,0 +1,60 @@
+//! `comfyctl rollback`: back to the previous good release from the journal (or `--to ID`). No unpack:
+//! lock, switch, done.
+
+use crate::activate::load_state;
+use crate::host::{refuse, Host};
+use crate::{lock, release, switch};
+use anyhow::Result;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RollbackReport {
+    pub changed: bool,
+    pub from: Option<String>,
+    pub to: String,
+    pub flip_ms: f64,
+    pub seconds: f64,
+}
+
+pub fn rollback(host: &Host, to: Option<&str>) -> Result<RollbackReport> {
+    let t0 = Instant::now();
+    host.layout.ensure()?;
+    let _lock = lock::acquire(
+        &host.layout.state(),
+        Duration::from_secs(host.cfg.lock_wait_secs),
+    )?;
+    let mut state = load_state(host)?;
+    let installed = host.installed()?;
+    let target = match to {
+        Some(p) => host.resolve_id(p)?,
+        None => match state.previous_good(|id| installed.iter().any(|i| i == id)) {
+            Some(id) => id,
+            None => {
+                return refuse("no previous good release to roll back to; see `comfyctl releases`")
+            }
+        },
+    };
+    if !release::is_intact(&host.layout.release(&target)) {
+        return refuse(format!(
+            "release {target} is damaged; run `comfyctl verify {target}`"
+        ));
+    }
+    let from = host.current();
+    if from.as_deref() == Some(target.as_str()) {
+        return Ok(RollbackReport {
+            changed: false,
+            from,
+            to: target,
+            flip_ms: 0.0,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    let took = switch::switch(host, &mut state, &target, "rollback")?;
+    Ok(RollbackReport {
+        changed: true,
+        from,
+        to: target,
+        flip_ms: took.as_secs_f64() * 1000.0,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

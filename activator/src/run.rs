@@ -1,0 +1,193 @@
+//! Dispatch and output: human lines by default, one JSON object with `--json`.
+
+use crate::cli::{Cli, Command};
+use crate::host::Host;
+use crate::{activate, gc, inventory, rollback};
+use anyhow::Result;
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs one parsed command line; returns the exit code for outcomes that are not errors.
+pub fn run(cli: Cli) -> Result<u8> {
+    let host = Host::open(&cli.root, cli.config.as_deref())?;
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    match cli.command {
+        Command::Activate(a) => {
+            let opts = activate::ActivateOptions {
+                allow_downgrade: a.allow_downgrade,
+                jobs,
+            };
+            let r = activate::activate(&host, &a.source, &opts)?;
+            if cli.json {
+                print_json(&r)?;
+            } else if !r.changed {
+                println!(
+                    "{} {} ({}) is already current; nothing to do",
+                    r.name,
+                    r.version,
+                    short(&r.id)
+                );
+            } else {
+                if r.unpacked {
+                    println!(
+                        "unpacked {} files ({} bytes), reused {} files ({} bytes) from the store, read {} of {} frames",
+                        r.files_written, r.bytes_written, r.files_reused, r.bytes_reused, r.frames_read, r.frames_total
+                    );
+                } else {
+                    println!("release already installed and intact; not unpacked again");
+                }
+                if let Some(f) = &r.fetch {
+                    println!(
+                        "downloaded {} bytes (resumed from {})",
+                        f.downloaded, f.resumed_from
+                    );
+                }
+                println!(
+                    "activated {} {} ({}), previous {}, in {:.2}s",
+                    r.name,
+                    r.version,
+                    short(&r.id),
+                    r.previous.as_deref().map_or("none", short),
+                    r.seconds
+                );
+            }
+        }
+        Command::Rollback(a) => {
+            let r = rollback::rollback(&host, a.to.as_deref())?;
+            if cli.json {
+                print_json(&r)?;
+            } else if r.changed {
+                println!(
+                    "rolled back to {} from {} (flip {:.2} ms)",
+                    short(&r.to),
+                    r.from.as_deref().map_or("none", short),
+                    r.flip_ms
+                );
+            } else {
+                println!("{} is already current", short(&r.to));
+            }
+        }
+        Command::Releases => {
+            let rows = inventory::releases(&host)?;
+            if cli.json {
+                print_json(&rows)?;
+            } else {
+                for r in rows {
+                    let status = r
+                        .status
+                        .map_or("unknown".to_owned(), |s| format!("{s:?}").to_lowercase());
+                    println!(
+                        "{} {} {:<24} {:<12} seq {:<5} {}",
+                        if r.current { "*" } else { " " },
+                        short(&r.id),
+                        r.name,
+                        r.version,
+                        r.sequence,
+                        status
+                    );
+                }
+            }
+        }
+        Command::Status => {
+            let s = inventory::status(&host)?;
+            if cli.json {
+                print_json(&s)?;
+            } else {
+                match &s.current {
+                    Some(c) => println!(
+                        "current:   {} {} ({}), sequence {}",
+                        c.name,
+                        c.version,
+                        short(&c.id),
+                        c.sequence
+                    ),
+                    None => println!("current:   none"),
+                }
+                println!(
+                    "rollback:  {}",
+                    s.previous_good.as_deref().map_or("none", short)
+                );
+                println!(
+                    "releases:  {} installed, highest sequence {}",
+                    s.releases, s.highest_sequence
+                );
+                println!(
+                    "store:     {} objects, {} bytes",
+                    s.store_objects, s.store_bytes
+                );
+                println!("target:    {}", s.target);
+            }
+        }
+        Command::Verify(a) => {
+            let r = inventory::verify(&host, a.id.as_deref())?;
+            if cli.json {
+                print_json(&r)?;
+            } else if r.ok {
+                println!("ok: {} matches its signed manifest", short(&r.id));
+            } else {
+                for p in &r.problems {
+                    println!("{}: {}", p.path, p.problem);
+                }
+                println!("{} problem(s) in {}", r.problems.len(), short(&r.id));
+            }
+            return Ok(if r.ok { 0 } else { 2 });
+        }
+        Command::Gc => {
+            let _lock = crate::lock::acquire(
+                &host.layout.state(),
+                std::time::Duration::from_secs(host.cfg.lock_wait_secs),
+            )?;
+            let mut state = activate::load_state(&host)?;
+            let r = gc::gc(&host, &mut state)?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "removed {} releases, {} store objects ({} bytes)",
+                    r.removed_releases.len(),
+                    r.removed_objects,
+                    r.freed_bytes
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Logging to stderr; `-v` debug, `-vv` trace, or `RUST_LOG`.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// 2 when the input or request was refused, 1 when something failed.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    let refused = e.chain().any(|c| {
+        c.downcast_ref::<crate::host::Refusal>().is_some()
+            || c.downcast_ref::<bundle::Error>()
+                .is_some_and(bundle::Error::is_refusal)
+            || c.downcast_ref::<keys::Error>()
+                .is_some_and(|k| !matches!(k, keys::Error::Io(_)))
+    });
+    if refused {
+        2
+    } else {
+        1
+    }
+}

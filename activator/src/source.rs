@@ -1,0 +1,105 @@
+//! Where a bundle comes from: a local path, or an http(s) URL downloaded into `state/downloads/`
+//! with resume (HTTP Range), a size limit and a progress bar. A cut download keeps its partial file,
+//! and the next attempt continues from there.
+
+use anyhow::{bail, Context as _, Result};
+use sha2::{Digest, Sha256};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// What the fetch did, for reports.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Fetched {
+    pub path: PathBuf,
+    /// Bytes transferred in this run (0 for a local file).
+    pub downloaded: u64,
+    pub resumed_from: u64,
+}
+
+/// Resolves a source to a local file.
+pub fn fetch(source: &str, downloads: &Path, max_bytes: u64) -> Result<Fetched> {
+    if !is_url(source) {
+        let p = PathBuf::from(source);
+        if !p.is_file() {
+            bail!("no bundle at {source}: give a .bundle file or an http(s) URL");
+        }
+        return Ok(Fetched {
+            path: p,
+            ..Default::default()
+        });
+    }
+    fs_err::create_dir_all(downloads)?;
+    let key = hex::encode(&Sha256::digest(source.as_bytes())[..8]);
+    let done = downloads.join(format!("{key}.bundle"));
+    let part = downloads.join(format!("{key}.bundle.part"));
+    let have = fs_err::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(15))
+        .timeout(None)
+        .build()?;
+    let mut req = client.get(source);
+    if have > 0 {
+        req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    let mut resp = req.send().with_context(|| format!("fetching {source}"))?;
+    let status = resp.status();
+    let (mut file, start) = match status.as_u16() {
+        206 => (fs_err::OpenOptions::new().append(true).open(&part)?, have),
+        200 => (fs_err::File::create(&part)?, 0),
+        416 if have > 0 => {
+            // Already complete: the server has nothing past what we hold.
+            fs_err::rename(&part, &done)?;
+            return Ok(Fetched {
+                path: done,
+                downloaded: 0,
+                resumed_from: have,
+            });
+        }
+        _ => bail!("fetching {source}: server answered {status}"),
+    };
+    let total = resp.content_length().map(|n| n + start);
+    if let Some(t) = total {
+        if t > max_bytes {
+            bail!("{source} is {t} bytes, over this host's limit of {max_bytes} (max_download_bytes in comfyctl.toml)");
+        }
+    }
+    let pb = crate::progress::bytes_bar(total.unwrap_or(0), "download");
+    pb.set_position(start);
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match resp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                file.sync_all()?;
+                bail!("download of {source} cut after {} bytes ({e}); run the same command again to resume", start + got);
+            }
+        };
+        got += n as u64;
+        if start + got > max_bytes {
+            drop(file);
+            let _ = fs_err::remove_file(&part);
+            bail!("{source} sent more than this host's limit of {max_bytes} bytes");
+        }
+        file.write_all(&buf[..n])?;
+        pb.set_position(start + got);
+    }
+    pb.finish_and_clear();
+    file.sync_all()?;
+    if let Some(t) = total {
+        if start + got != t {
+            bail!("download of {source} stopped at {} of {t} bytes; run the same command again to resume", start + got);
+        }
+    }
+    fs_err::rename(&part, &done)?;
+    Ok(Fetched {
+        path: done,
+        downloaded: got,
+        resumed_from: start,
+    })
+}

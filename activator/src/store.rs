@@ -1,0 +1,128 @@
+//! The content store (`store/`): every file of every release, once, named by sha256 and executable
+//! bit (`ab/abcd…` or `ab/abcd….x`) and hardlinked into releases. An object is added only after the
+//! release that brought it was verified and synced, so the store holds only verified bytes.
+
+use anyhow::{Context as _, Result};
+use bundle::{Kind, Manifest};
+use rustix::fd::BorrowedFd;
+use rustix::fs::{self as rfs, AtFlags};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// What gc removed from the store.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Swept {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+impl Store {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    fn rel(sha: &[u8; 32], executable: bool) -> String {
+        let h = hex::encode(sha);
+        format!("{}/{h}{}", &h[..2], if executable { ".x" } else { "" })
+    }
+
+    fn path(&self, sha: &[u8; 32], executable: bool) -> PathBuf {
+        self.dir.join(Self::rel(sha, executable))
+    }
+
+    /// Links every file of a verified release into the store (objects it already has are left alone).
+    pub fn adopt(&self, release: &Path, manifest: &Manifest) -> Result<u64> {
+        let mut added = 0;
+        for e in &manifest.files {
+            if let Kind::File {
+                sha256, executable, ..
+            } = &e.kind
+            {
+                let obj = self.path(sha256, *executable);
+                if obj.exists() {
+                    continue;
+                }
+                if let Some(p) = obj.parent() {
+                    fs_err::create_dir_all(p)?;
+                }
+                match std::fs::hard_link(release.join(&e.path), &obj) {
+                    Ok(()) => added += 1,
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(err) => {
+                        return Err(err)
+                            .with_context(|| format!("linking {} into the store", e.path));
+                    }
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Removes objects no release links to any more (link count 1).
+    pub fn sweep(&self) -> Result<Swept> {
+        let mut swept = Swept::default();
+        let Ok(prefixes) = fs_err::read_dir(&self.dir) else {
+            return Ok(swept);
+        };
+        for p in prefixes {
+            let p = p?.path();
+            if !p.is_dir() {
+                continue;
+            }
+            for o in fs_err::read_dir(&p)? {
+                let o = o?.path();
+                let m = fs_err::symlink_metadata(&o)?;
+                if m.is_file() && m.nlink() == 1 {
+                    fs_err::remove_file(&o)?;
+                    swept.objects += 1;
+                    swept.bytes += m.len();
+                }
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Object count and bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        let mut n = (0, 0);
+        let Ok(prefixes) = fs_err::read_dir(&self.dir) else {
+            return n;
+        };
+        for p in prefixes.flatten() {
+            for o in fs_err::read_dir(p.path()).into_iter().flatten().flatten() {
+                if let Ok(m) = o.metadata() {
+                    n.0 += 1;
+                    n.1 += m.len();
+                }
+            }
+        }
+        n
+    }
+}
+
+impl bundle::ObjectSource for Store {
+    fn contains(&self, sha: &[u8; 32], executable: bool) -> bool {
+        self.path(sha, executable).is_file()
+    }
+
+    fn link_into(
+        &self,
+        sha: &[u8; 32],
+        executable: bool,
+        dir: BorrowedFd<'_>,
+        name: &str,
+    ) -> bundle::Result<()> {
+        let obj = self.path(sha, executable);
+        rfs::linkat(rfs::CWD, &obj, dir, name, AtFlags::empty()).map_err(|e| {
+            let e = std::io::Error::from(e);
+            bundle::Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("linking {} from the store: {e}", obj.display()),
+            ))
+        })
+    }
+}
