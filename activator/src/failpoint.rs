@@ -1,6 +1,7 @@
 //! Failure points for crash-safety tests: `COMFYCTL_FAILPOINTS=name=kill,other=error`. `kill` sends
 //! the process SIGKILL on the spot (no unwinding, no destructors: what a power cut or OOM kill does),
-//! which fail-rs has no action for; `error` makes the step fail. Unset, each point costs one lookup.
+//! which fail-rs has no action for; `error` makes the step fail; `sleep(MS)` holds the step (to test
+//! lock contention). Unset, each point costs one lookup.
 
 use anyhow::{bail, Result};
 use std::sync::OnceLock;
@@ -32,6 +33,14 @@ pub fn hit(name: &str) -> Result<()> {
                         rustix::process::getpid(),
                         rustix::process::Signal::KILL,
                     );
+                }
+                a if a.starts_with("sleep(") => {
+                    let ms = a
+                        .trim_start_matches("sleep(")
+                        .trim_end_matches(')')
+                        .parse()
+                        .unwrap_or(1000);
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
                 }
                 _ => bail!("failpoint {name} triggered"),
             }

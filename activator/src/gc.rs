@@ -22,14 +22,15 @@ pub fn gc(host: &Host, state: &mut State) -> Result<GcReport> {
     let mut keep: HashSet<String> = HashSet::new();
     keep.extend(current.clone());
     keep.extend(state.previous_good(exists));
-    // Good releases, most recently activated first.
-    let mut good: Vec<(&String, u64)> = state
+    // Good releases, most recently switched to first (journal order, not timestamps).
+    let last_switch = |id: &str| state.history.iter().rposition(|e| e.id == id);
+    let mut good: Vec<(&String, Option<usize>)> = state
         .releases
         .iter()
         .filter(|(id, r)| r.status == Status::Good && exists(id))
-        .map(|(id, r)| (id, r.activated_at.unwrap_or(0)))
+        .map(|(id, _)| (id, last_switch(id)))
         .collect();
-    good.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(a.0)));
+    good.sort_by(|a, b| b.1.cmp(&a.1));
     keep.extend(good.first().map(|g| g.0.clone()));
     for (id, _) in good.iter().take(host.cfg.keep.max(1)) {
         keep.insert((*id).clone());

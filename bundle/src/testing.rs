@@ -128,3 +128,221 @@ pub fn assemble(
     fs_err::write(out, file)?;
     Ok(())
 }
+
+/// A set of hostile bundles signed by `key` (each refused by a reader for its own reason), written
+/// into `dir`, with a short name for each. Used to check that a host is left untouched by them.
+pub fn hostile_bundles(
+    dir: &Path,
+    key: &keys::SecretKey,
+    target: &str,
+) -> Result<Vec<(&'static str, std::path::PathBuf)>> {
+    use sha2::{Digest, Sha256};
+    let file = |p: &str, c: &[u8]| Entry {
+        path: p.into(),
+        kind: Kind::File {
+            executable: false,
+            size: c.len() as u64,
+            sha256: Sha256::digest(c).into(),
+        },
+    };
+    let manifest = |files: Vec<Entry>| {
+        let mut m = template();
+        m.target = target.into();
+        m.limits = crate::Limits {
+            files: files.len() as u64,
+            bytes: files.iter().map(Entry::size).sum(),
+        };
+        m.files = files;
+        m
+    };
+    let mtime = template().source_date_epoch;
+    let mut out = Vec::new();
+    let mut write = |name: &'static str, m: &Manifest, payload: Vec<u8>| -> Result<()> {
+        let (mb, sb) = sign(m, key)?;
+        let p = dir.join(format!("{name}.bundle"));
+        assemble(&p, &mb, &sb, mtime, &[payload])?;
+        out.push((name, p));
+        Ok(())
+    };
+    let f = file("f", b"data");
+    let honest = |extra: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = Vec::new();
+        extra(&mut v);
+        end_blocks(&mut v);
+        v
+    };
+    write(
+        "dotdot-in-manifest",
+        &manifest(vec![file("../escape", b"x")]),
+        honest(&|_| {}),
+    )?;
+    write(
+        "absolute-in-stream",
+        &manifest(vec![f.clone()]),
+        honest(&|v| {
+            raw_header(v, b"/etc/evil", b'0', 0o644, 4, b"", mtime);
+            v.extend_from_slice(&[b'x'; 512]);
+        }),
+    )?;
+    write(
+        "unlisted-entry",
+        &manifest(vec![f.clone()]),
+        honest(&|v| {
+            entry_bytes(v, &file("f", b"data"), b"data", mtime);
+            entry_bytes(v, &file("g", b"evil"), b"evil", mtime);
+        }),
+    )?;
+    write(
+        "missing-entry",
+        &manifest(vec![f.clone(), file("g", b"1")]),
+        honest(&|v| entry_bytes(v, &file("f", b"data"), b"data", mtime)),
+    )?;
+    write(
+        "hardlink",
+        &manifest(vec![f.clone()]),
+        honest(&|v| raw_header(v, b"f", b'1', 0o644, 0, b"/etc/shadow", mtime)),
+    )?;
+    write(
+        "fifo",
+        &manifest(vec![f.clone()]),
+        honest(&|v| raw_header(v, b"f", b'6', 0o644, 0, b"", mtime)),
+    )?;
+    write(
+        "setuid",
+        &manifest(vec![f.clone()]),
+        honest(&|v| {
+            raw_header(v, b"f", b'0', 0o4755, 4, b"", mtime);
+            v.extend_from_slice(b"data");
+            v.resize(v.len() + 508, 0);
+        }),
+    )?;
+    write(
+        "symlink-escape",
+        &manifest(vec![Entry {
+            path: "l".into(),
+            kind: Kind::Symlink {
+                target: "../../etc".into(),
+            },
+        }]),
+        honest(&|_| {}),
+    )?;
+    write(
+        "through-symlink",
+        &manifest(vec![
+            Entry {
+                path: "d".into(),
+                kind: Kind::Dir,
+            },
+            Entry {
+                path: "d/s".into(),
+                kind: Kind::Dir,
+            },
+            file("d/s/f", b"x"),
+        ]),
+        honest(&|v| {
+            entry_bytes(
+                v,
+                &Entry {
+                    path: "d".into(),
+                    kind: Kind::Dir,
+                },
+                b"",
+                mtime,
+            );
+            entry_bytes(
+                v,
+                &Entry {
+                    path: "d/s".into(),
+                    kind: Kind::Symlink {
+                        target: "..".into(),
+                    },
+                },
+                b"",
+                mtime,
+            );
+            entry_bytes(v, &file("d/s/f", b"x"), b"x", mtime);
+        }),
+    )?;
+    write(
+        "pax-header",
+        &manifest(vec![f.clone()]),
+        honest(&|v| {
+            raw_header(v, b"PaxHeaders/f", b'x', 0o644, 12, b"", mtime);
+            let mut r = b"12 size=600\n".to_vec();
+            r.resize(512, 0);
+            v.extend_from_slice(&r);
+        }),
+    )?;
+    write(
+        "digest-mismatch",
+        &manifest(vec![f.clone()]),
+        honest(&|v| entry_bytes(v, &file("f", b"DATA"), b"DATA", mtime)),
+    )?;
+    write("truncated-stream", &manifest(vec![f.clone()]), {
+        let mut v = Vec::new();
+        push_header(
+            &mut v,
+            "f",
+            HeaderKind::File {
+                mode: 0o644,
+                size: 4,
+            },
+            mtime,
+        );
+        v
+    })?;
+    // The manifest edited after signing.
+    let m = manifest(vec![f.clone()]);
+    let (mb, sb) = sign(&m, key)?;
+    let edited = String::from_utf8_lossy(&mb)
+        .replace("sequence = 1", "sequence = 99")
+        .into_bytes();
+    let p = dir.join("edited-manifest.bundle");
+    assemble(
+        &p,
+        &edited,
+        &sb,
+        mtime,
+        &[honest(&|v| {
+            entry_bytes(v, &file("f", b"data"), b"data", mtime)
+        })],
+    )?;
+    out.push(("edited-manifest", p));
+    // Signed by someone else.
+    let stranger = crate::testing::sign(&m, &keys::generate())?;
+    let p = dir.join("untrusted-key.bundle");
+    assemble(
+        &p,
+        &stranger.0,
+        &stranger.1,
+        mtime,
+        &[honest(&|v| {
+            entry_bytes(v, &file("f", b"data"), b"data", mtime)
+        })],
+    )?;
+    out.push(("untrusted-key", p));
+    // A good bundle cut short, and one with a flipped payload byte.
+    let good = dir.join("good.tmp");
+    assemble(
+        &good,
+        &mb,
+        &sb,
+        mtime,
+        &[honest(&|v| {
+            entry_bytes(v, &file("f", b"data"), b"data", mtime)
+        })],
+    )?;
+    let bytes = fs_err::read(&good)?;
+    let p = dir.join("truncated-file.bundle");
+    fs_err::write(&p, &bytes[..bytes.len() / 2])?;
+    out.push(("truncated-file", p));
+    let mut flipped = bytes.clone();
+    let f1 = crate::Bundle::open_unverified(&good)?.frames[1];
+    let mid = (f1.comp_offset + f1.comp_len / 2) as usize;
+    flipped[mid] ^= 0x40;
+    let p = dir.join("flipped-byte.bundle");
+    fs_err::write(&p, &flipped)?;
+    out.push(("flipped-byte", p));
+    fs_err::remove_file(&good)?;
+    Ok(out)
+}

@@ -1,0 +1,306 @@
+//! comfyctl's core verbs against a scratch root: activate, re-activate, rollback, releases, status,
+//! verify, gc, and every refusal leaving the host as it was.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt as _;
+
+#[test]
+fn activate_switch_and_roll_back() {
+    let h = TestHost::new();
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    let b = h.bundle("1.1", 2, &Tree::demo("b"));
+    let (ida, idb) = (h.id_of(&a), h.id_of(&b));
+
+    let out = h.ctl(&["activate", a.to_str().unwrap(), "--no-service", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["changed"], true);
+    assert_eq!(r["id"], ida.as_str());
+    assert_eq!(h.current().as_deref(), Some(ida.as_str()));
+    // The seed's paths resolve through current.
+    let main = fs_err::read_to_string(h.install().join("ComfyUI/main.py")).unwrap();
+    assert_eq!(main, "print('a')\n");
+    assert!(h.install().join("venv/bin/python").exists());
+    // Releases are immutable.
+    let mode = fs_err::metadata(h.install().join("current/ComfyUI/main.py"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o222, 0, "release files must be read-only");
+
+    // Re-activation is idempotent.
+    let again = h.ctl(&["activate", a.to_str().unwrap(), "--no-service", "--json"]);
+    assert_eq!(again.code, 0);
+    assert_eq!(again.json()["changed"], false);
+
+    let out = h.ctl(&["activate", b.to_str().unwrap(), "--no-service", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["previous"], ida.as_str());
+    // All 40 blobs and site.py are shared with release a: only main.py is new.
+    assert_eq!(r["files_written"], 1, "{r}");
+    assert_eq!(
+        fs_err::read_to_string(h.install().join("ComfyUI/main.py")).unwrap(),
+        "print('b')\n"
+    );
+
+    let out = h.ctl(&["rollback", "--no-service", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["to"], ida.as_str());
+    assert_eq!(h.current().as_deref(), Some(ida.as_str()));
+    assert_eq!(
+        fs_err::read_to_string(h.install().join("ComfyUI/main.py")).unwrap(),
+        "print('a')\n"
+    );
+
+    // Rolling back again goes to b (the previous good one now), and --to picks explicitly.
+    assert_eq!(h.ctl(&["rollback", "--no-service"]).code, 0);
+    assert_eq!(h.current().as_deref(), Some(idb.as_str()));
+    assert_eq!(
+        h.ctl(&["rollback", "--to", &ida[..8], "--no-service"]).code,
+        0
+    );
+    assert_eq!(h.current().as_deref(), Some(ida.as_str()));
+
+    let rel = h.ctl(&["releases", "--json"]).json();
+    let rows = rel.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows
+        .iter()
+        .any(|r| r["id"] == ida.as_str() && r["current"] == true && r["status"] == "good"));
+    let st = h.ctl(&["status", "--json"]).json();
+    assert_eq!(st["current"]["id"], ida.as_str());
+    assert_eq!(st["previous_good"], idb.as_str());
+    assert_eq!(st["highest_sequence"], 2);
+    let v = h.ctl(&["verify"]);
+    assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
+}
+
+#[test]
+fn downgrade_needs_allow_downgrade() {
+    let h = TestHost::new();
+    let new = h.bundle("2.0", 5, &Tree::demo("new"));
+    let old = h.bundle("1.0", 4, &Tree::demo("old"));
+    assert_eq!(
+        h.ctl(&["activate", new.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+    let before = h.snapshot();
+    let out = h.ctl(&["activate", old.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--allow-downgrade"), "{}", out.stderr);
+    assert_eq!(h.snapshot(), before);
+    let out = h.ctl(&[
+        "activate",
+        old.to_str().unwrap(),
+        "--no-service",
+        "--allow-downgrade",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(h.current(), Some(h.id_of(&old)));
+}
+
+#[test]
+fn wrong_target_and_untrusted_key_are_refused() {
+    let h = TestHost::new();
+    let good = h.bundle("1.0", 1, &Tree::demo("a"));
+    assert_eq!(
+        h.ctl(&["activate", good.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+    let before = h.snapshot();
+    let other = h.bundle_with_key(
+        "x",
+        2,
+        &Tree::demo("x"),
+        &h.key,
+        "linux-aarch64-cu130-sm_121",
+    );
+    let out = h.ctl(&["activate", other.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("built for linux-aarch64-cu130-sm_121"),
+        "{}",
+        out.stderr
+    );
+    let foreign = h.bundle_with_key("y", 3, &Tree::demo("y"), &keys::generate(), TARGET);
+    let out = h.ctl(&["activate", foreign.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("not in the trusted key set"),
+        "{}",
+        out.stderr
+    );
+    // A revoked key is refused even though it is still installed as trusted.
+    fs_err::create_dir_all(h.root.join("etc/comfyui/keys/revoked")).unwrap();
+    fs_err::write(
+        h.root.join("etc/comfyui/keys/revoked/release.pub"),
+        h.key.public().to_file_string(),
+    )
+    .unwrap();
+    let newer = h.bundle("1.1", 4, &Tree::demo("z"));
+    let out = h.ctl(&["activate", newer.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("revoked"), "{}", out.stderr);
+    assert_eq!(h.snapshot(), before);
+}
+
+#[test]
+fn every_hostile_bundle_leaves_the_host_as_it_was() {
+    let h = TestHost::new();
+    let good = h.bundle("1.0", 1, &Tree::demo("a"));
+    assert_eq!(
+        h.ctl(&["activate", good.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+    let before = h.snapshot();
+    let store_before = h.ctl(&["status", "--json"]).json()["store_objects"].clone();
+    let dir = h.tmp.path().join("hostile");
+    fs_err::create_dir(&dir).unwrap();
+    let cases = bundle::testing::hostile_bundles(&dir, &h.key, TARGET).unwrap();
+    assert!(cases.len() >= 15);
+    for (name, path) in cases {
+        let out = h.ctl(&["activate", path.to_str().unwrap(), "--no-service"]);
+        assert_eq!(out.code, 2, "{name}: exit {} {}", out.code, out.stderr);
+        assert!(out.stderr.starts_with("error: "), "{name}: {}", out.stderr);
+        assert_eq!(h.snapshot(), before, "{name} changed the host");
+        assert!(
+            !h.root.join("etc/evil").exists() && !h.tmp.path().join("escape").exists(),
+            "{name} escaped"
+        );
+    }
+    assert_eq!(
+        h.ctl(&["status", "--json"]).json()["store_objects"],
+        store_before
+    );
+    assert_eq!(h.ctl(&["verify"]).code, 0);
+}
+
+#[test]
+fn failed_preflight_never_becomes_current() {
+    let h = TestHost::new();
+    let good = h.bundle("1.0", 1, &Tree::demo("a"));
+    assert_eq!(
+        h.ctl(&["activate", good.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+    let mut tree = Tree::demo("broken");
+    tree.preflight = vec![
+        ("imports", "ok"),
+        (
+            "torch cuda",
+            "import torch; assert torch.version.cuda == '13.0'",
+        ),
+    ];
+    let bad = h.bundle("1.1", 2, &tree);
+    let out = h.ctl(&["activate", bad.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("pre-flight check \"torch cuda\" failed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(h.current(), Some(h.id_of(&good)));
+    let rows = h.ctl(&["releases", "--json"]).json();
+    assert!(rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["id"] == h.id_of(&bad).as_str() && r["status"] == "failed"));
+}
+
+#[test]
+fn verify_finds_tampering() {
+    let h = TestHost::new();
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    assert_eq!(
+        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+    let f = h.install().join("current/ComfyUI/main.py");
+    fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    fs_err::write(&f, "print('owned')\n").unwrap();
+    fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let out = h.ctl(&["verify"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stdout.contains("ComfyUI/main.py: size")
+            || out.stdout.contains("ComfyUI/main.py: content"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn gc_keeps_current_previous_and_good_ones_and_sweeps_the_store() {
+    let h = TestHost::new();
+    let mut ids = Vec::new();
+    for i in 0..4u64 {
+        let mut t = Tree::demo(&format!("r{i}"));
+        t.files.push((
+            format!("venv/lib/only{i}.py"),
+            vec![b'x'; 1000 + i as usize],
+        ));
+        let b = h.bundle(&format!("1.{i}"), i + 1, &t);
+        ids.push(h.id_of(&b));
+        assert_eq!(
+            h.ctl(&["activate", b.to_str().unwrap(), "--no-service"])
+                .code,
+            0
+        );
+    }
+    // A failed release does not push good ones out.
+    let mut t = Tree::demo("bad");
+    t.preflight = vec![("x", "fail")];
+    let bad = h.bundle("2.0", 9, &t);
+    assert_eq!(
+        h.ctl(&["activate", bad.to_str().unwrap(), "--no-service"])
+            .code,
+        1
+    );
+    let out = h.ctl(&["gc", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows = h.ctl(&["releases", "--json"]).json();
+    let left: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    // keep = 2: the newest two good ones (current r3 and r2, which is also the rollback target).
+    assert!(left.contains(&ids[3]) && left.contains(&ids[2]), "{left:?}");
+    assert!(
+        !left.contains(&ids[0]) && !left.contains(&h.id_of(&bad)),
+        "{left:?}"
+    );
+    // only0.py belonged to a removed release alone: its object is gone; the shared blobs stay.
+    let status = h.ctl(&["status", "--json"]).json();
+    let objects = status["store_objects"].as_u64().unwrap();
+    assert_eq!(objects, 40 + 1 + 1 + 2 + 1 + 2, "{status}");
+    assert_eq!(h.ctl(&["rollback", "--no-service"]).code, 0);
+    assert_eq!(h.current().as_deref(), Some(ids[2].as_str()));
+}
+
+#[test]
+fn missing_config_says_what_to_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out: Out = std::process::Command::new(env!("CARGO_BIN_EXE_comfyctl"))
+        .arg("--root")
+        .arg(tmp.path())
+        .arg("status")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("target = "), "{}", out.stderr);
+}
