@@ -1,0 +1,260 @@
+//! Crash safety: SIGKILL at every failpoint and at random moments of an unpack; afterwards `current`
+//! resolves to a complete release that passes `comfyctl verify`, no staging directory passes for a
+//! release, and the next activation succeeds. Plus a full disk and two activations at once.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn check_invariants(h: &TestHost, allowed: &[&str]) {
+    let cur = h
+        .current()
+        .expect("current must exist once a release was activated");
+    assert!(
+        allowed.contains(&cur.as_str()),
+        "current {cur} is not one of the activated releases"
+    );
+    let v = h.ctl(&["verify"]);
+    assert_eq!(
+        v.code, 0,
+        "current release does not verify: {}{}",
+        v.stdout, v.stderr
+    );
+    let rows = h.ctl(&["releases", "--json"]).json();
+    for r in rows.as_array().unwrap() {
+        let id = r["id"].as_str().unwrap();
+        assert!(!id.starts_with('.'), "staging {id} listed as a release");
+        assert_eq!(
+            h.ctl(&["verify", id]).code,
+            0,
+            "installed release {id} is incomplete"
+        );
+    }
+}
+
+fn big_tree(tag: &str) -> Tree {
+    let mut t = Tree::demo(tag);
+    for i in 0..300 {
+        t.files.push((
+            format!("venv/lib/{tag}/m{i:03}.py"),
+            format!("# {tag} {i}\n").repeat(200).into_bytes(),
+        ));
+    }
+    for i in 0..8 {
+        let mut blob = vec![0u8; 2 << 20];
+        for (j, b) in blob.iter_mut().enumerate() {
+            *b = ((j * 2_654_435_761usize + i) >> 11) as u8;
+        }
+        t.files.push((format!("venv/lib/{tag}/big{i}.so"), blob));
+    }
+    t
+}
+
+#[test]
+fn sigkill_at_every_failpoint() {
+    let points = [
+        "activate::locked",
+        "activate::before-unpack",
+        "activate::unpacked",
+        "activate::adopted",
+        "activate::renamed",
+        "activate::before-switch",
+        "switch::before-flip",
+        "switch::flipped",
+    ];
+    for point in points {
+        let h = TestHost::new();
+        let a = h.bundle("1.0", 1, &Tree::demo("a"));
+        let b = h.bundle("1.1", 2, &big_tree("b"));
+        let (ida, idb) = (h.id_of(&a), h.id_of(&b));
+        assert_eq!(
+            h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
+                .code,
+            0
+        );
+        let out: Out = h
+            .command(&["activate", b.to_str().unwrap(), "--no-service"])
+            .env("COMFYCTL_FAILPOINTS", format!("{point}=kill"))
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(
+            out.code, -1,
+            "{point}: the process must have been killed: {}",
+            out.stderr
+        );
+        check_invariants(&h, &[&ida, &idb]);
+        // After the flip the new release is current; before it, the old one still is.
+        let expect = if point == "switch::flipped" {
+            &idb
+        } else {
+            &ida
+        };
+        assert_eq!(h.current().as_deref(), Some(expect.as_str()), "{point}");
+        let out = h.ctl(&["activate", b.to_str().unwrap(), "--no-service", "--json"]);
+        assert_eq!(
+            out.code, 0,
+            "{point}: next activation failed: {}",
+            out.stderr
+        );
+        assert_eq!(h.current().as_deref(), Some(idb.as_str()));
+        check_invariants(&h, &[&idb]);
+        // The journal knows what happened: rollback goes back to a.
+        assert_eq!(h.ctl(&["rollback", "--no-service"]).code, 0, "{point}");
+        assert_eq!(h.current().as_deref(), Some(ida.as_str()), "{point}");
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments() {
+    let h = TestHost::new();
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    let (ida, mut allowed) = (h.id_of(&a), Vec::new());
+    assert_eq!(
+        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+    allowed.push(ida.clone());
+    // Time one full activation of a fresh bundle to spread the kills over it.
+    let probe = h.bundle("probe", 2, &big_tree("probe"));
+    let t = Instant::now();
+    assert_eq!(
+        h.ctl(&["activate", probe.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+    let full = t.elapsed();
+    allowed.push(h.id_of(&probe));
+    assert_eq!(h.ctl(&["rollback", "--to", &ida, "--no-service"]).code, 0);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut killed = 0;
+    for round in 0..30u64 {
+        let b = h.bundle(
+            &format!("r{round}"),
+            3 + round,
+            &big_tree(&format!("r{round}")),
+        );
+        allowed.push(h.id_of(&b));
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_micros(seed % (full.as_micros() as u64 + 1));
+        let mut child = h
+            .command(&["activate", b.to_str().unwrap(), "--no-service"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.code().is_none() {
+            killed += 1;
+        }
+        let allowed_refs: Vec<&str> = allowed.iter().map(String::as_str).collect();
+        check_invariants(&h, &allowed_refs);
+    }
+    assert!(killed >= 10, "only {killed} of 30 runs were killed mid-way");
+    let last = h.bundle("final", 100, &big_tree("final"));
+    let out = h.ctl(&["activate", last.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    check_invariants(&h, &[&h.id_of(&last)]);
+    assert!(
+        !std::fs::read_dir(h.install().join("releases"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "a staging directory survived the next activation"
+    );
+}
+
+#[test]
+fn full_disk_fails_cleanly() {
+    let h = TestHost::new();
+    fs_err::create_dir_all(h.install()).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(h.install())
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "mounting a tmpfs needs root (the test suite runs as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(h.install());
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    assert_eq!(
+        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+    let before = h.snapshot();
+    let b = h.bundle("1.1", 2, &big_tree("b"));
+    let out = h.ctl(&["activate", b.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("No space left on device"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        h.snapshot(),
+        before,
+        "a failed unpack must leave releases, current and journal as they were"
+    );
+    check_invariants(&h, &[&h.id_of(&a)]);
+}
+
+#[test]
+fn concurrent_activations_wait_or_fail_clearly() {
+    let h = TestHost::new();
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    let b = h.bundle("1.1", 2, &Tree::demo("b"));
+    let c = h.bundle("1.2", 3, &Tree::demo("c"));
+    // One holds the lock for longer than the other waits (lock_wait_secs = 2).
+    let mut slow = h
+        .command(&["activate", a.to_str().unwrap(), "--no-service"])
+        .env("COMFYCTL_FAILPOINTS", "activate::locked=sleep(4000)")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = h.ctl(&["activate", b.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("another comfyctl is activating"),
+        "{}",
+        out.stderr
+    );
+    assert!(slow.wait().unwrap().success());
+    assert_eq!(h.current(), Some(h.id_of(&a)));
+    // Two at once without delay: both finish (one waits), and the host is consistent.
+    let mut p1 = h
+        .command(&["activate", b.to_str().unwrap(), "--no-service"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut p2 = h
+        .command(&["activate", c.to_str().unwrap(), "--no-service"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (s1, s2) = (p1.wait().unwrap(), p2.wait().unwrap());
+    assert!(s1.success() && s2.success(), "{s1:?} {s2:?}");
+    let (idb, idc) = (h.id_of(&b), h.id_of(&c));
+    check_invariants(&h, &[&idb, &idc]);
+    let rows = h.ctl(&["releases", "--json"]).json();
+    assert!(rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"] == "good"));
+}
