@@ -2,6 +2,7 @@
 //! with resume (HTTP Range), a size limit and a progress bar. A cut download keeps its partial file,
 //! and the next attempt continues from there.
 
+use crate::host::refuse;
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read as _, Write as _};
@@ -64,7 +65,9 @@ pub fn fetch(source: &str, downloads: &Path, max_bytes: u64) -> Result<Fetched> 
     let total = resp.content_length().map(|n| n + start);
     if let Some(t) = total {
         if t > max_bytes {
-            bail!("{source} is {t} bytes, over this host's limit of {max_bytes} (max_download_bytes in comfyctl.toml)");
+            return refuse(format!(
+                "{source} is {t} bytes, over this host's limit of {max_bytes} (max_download_bytes in comfyctl.toml)"
+            ));
         }
     }
     let pb = crate::progress::bytes_bar(total.unwrap_or(0), "download");
@@ -84,7 +87,9 @@ pub fn fetch(source: &str, downloads: &Path, max_bytes: u64) -> Result<Fetched> 
         if start + got > max_bytes {
             drop(file);
             let _ = fs_err::remove_file(&part);
-            bail!("{source} sent more than this host's limit of {max_bytes} bytes");
+            return refuse(format!(
+                "{source} sent more than this host's limit of {max_bytes} bytes"
+            ));
         }
         file.write_all(&buf[..n])?;
         pb.set_position(start + got);

@@ -1,0 +1,126 @@
+//! `comfyctl activate URL` against a real HTTP server on loopback: a plain download, one cut halfway
+//! and resumed with Range, and servers that lie about the size.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Honest,
+    /// The first response stops after this many body bytes.
+    CutFirst(usize),
+    /// Content-Length and body are half the file.
+    ShortLength,
+    /// Claims an enormous Content-Length.
+    HugeLength,
+}
+
+/// Serves `body` until the test ends; returns the URL and the Range headers it saw.
+fn serve(body: Vec<u8>, mode: Mode) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/demo.bundle", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut range = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    range = Some(v.trim().trim_end_matches('-').to_owned());
+                }
+            }
+            seen2.lock().unwrap().push(range.clone());
+            let start: usize = range.as_deref().map_or(0, |r| r.parse().unwrap());
+            let rest = &body[start.min(body.len())..];
+            let (status, len, send): (&str, u64, &[u8]) = match mode {
+                Mode::ShortLength => ("200 OK", (body.len() / 2) as u64, &body[..body.len() / 2]),
+                Mode::HugeLength => ("200 OK", 100 << 30, &body[..1000]),
+                Mode::CutFirst(cut) if n == 0 => ("200 OK", body.len() as u64, &body[..cut]),
+                _ if start > 0 => ("206 Partial Content", rest.len() as u64, rest),
+                _ => ("200 OK", body.len() as u64, &body[..]),
+            };
+            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(send);
+            let _ = stream.flush();
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn plain_download_activates() {
+    let h = TestHost::new();
+    let b = h.bundle("1.0", 1, &Tree::demo("a"));
+    let (url, seen) = serve(fs_err::read(&b).unwrap(), Mode::Honest);
+    let out = h.ctl(&["activate", &url, "--no-service", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["id"], h.id_of(&b).as_str());
+    assert_eq!(
+        r["fetch"]["downloaded"],
+        fs_err::metadata(&b).unwrap().len()
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn cut_download_resumes_with_range() {
+    let h = TestHost::new();
+    let b = h.bundle("1.0", 1, &Tree::demo("a"));
+    let bytes = fs_err::read(&b).unwrap();
+    let half = bytes.len() / 2;
+    let (url, seen) = serve(bytes.clone(), Mode::CutFirst(half));
+    let out = h.ctl(&["activate", &url, "--no-service"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("run the same command again to resume"),
+        "{}",
+        out.stderr
+    );
+    assert!(h.current().is_none());
+    let out = h.ctl(&["activate", &url, "--no-service", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["fetch"]["resumed_from"], half as u64);
+    assert_eq!(r["fetch"]["downloaded"], (bytes.len() - half) as u64);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [None, Some(half.to_string())]
+    );
+    assert_eq!(h.current(), Some(h.id_of(&b)));
+}
+
+#[test]
+fn servers_that_lie_about_size_are_refused() {
+    let h = TestHost::new();
+    let b = h.bundle("1.0", 1, &Tree::demo("a"));
+    let (url, _) = serve(fs_err::read(&b).unwrap(), Mode::ShortLength);
+    let out = h.ctl(&["activate", &url, "--no-service"]);
+    assert_eq!(
+        out.code, 2,
+        "a short body is a truncated bundle: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("truncated"), "{}", out.stderr);
+    let (url, _) = serve(fs_err::read(&b).unwrap(), Mode::HugeLength);
+    let out = h.ctl(&["activate", &url, "--no-service"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("over this host's limit"),
+        "{}",
+        out.stderr
+    );
+    assert!(h.current().is_none());
+}
