@@ -113,7 +113,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
                     b.id
                 ));
             }
-            bundle::make_writable_and_remove(&dir)?;
+            host.discard(&b.id)?;
         }
         unpack(host, &b, opts, &mut report)?;
     }
@@ -134,6 +134,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     record.reason = None;
     state.save(&host.layout.state())?;
 
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "release in place");
     match preflight::run(&dir, m) {
         Ok(n) => report.preflight_checks = n,
         Err(e) => {
@@ -147,7 +148,9 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     // Without a service to health-check (host integration adds it), passing pre-flight makes it good.
     state.set_status(&b.id, Status::Good, None);
     state.save(&host.layout.state())?;
-    report.gc = Some(gc(host, &mut state)?);
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "switched");
+    report.gc = Some(gc(host, &mut state, false)?);
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "garbage collected");
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -163,7 +166,6 @@ fn unpack(
         host.layout
             .releases()
             .join(format!(".staging-{}-{}", &b.id[..12], std::process::id()));
-    report.frames_read = b.frames_to_read(&store);
     let pb = crate::progress::bytes_bar(b.payload_bytes(), "unpacking");
     let xopts = bundle::ExtractOptions {
         jobs: opts.jobs.max(1),
@@ -174,13 +176,16 @@ fn unpack(
     let x = b
         .extract_with(&staging, &xopts, Some(&store), &|n| pb.set_position(n))
         .with_context(|| format!("unpacking {} into {}", b.id, staging.display()))?;
+    tracing::debug!(files = x.files, reused = x.reused, "unpacked");
     pb.finish_and_clear();
     report.unpacked = true;
     report.files_written = x.files - x.reused;
     report.files_reused = x.reused;
     report.bytes_written = x.bytes;
     report.bytes_reused = x.reused_bytes;
+    report.frames_read = x.frames_read;
     failpoint::hit("activate::unpacked")?;
+    let t = Instant::now();
     let finish = || -> Result<()> {
         let meta = staging.join(".bundle");
         fs_err::create_dir(&meta)?;
@@ -194,7 +199,12 @@ fn unpack(
         }
         fs_err::set_permissions(&meta, std::fs::Permissions::from_mode(0o555))?;
         fs_err::set_permissions(&staging, std::fs::Permissions::from_mode(0o555))?;
-        store.adopt(&staging, &b.manifest)?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "metadata written");
+        store.adopt(&staging, &b.manifest, &x.written)?;
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "new objects adopted into the store"
+        );
         failpoint::hit("activate::adopted")?;
         let fd = rustix::fs::open(
             &staging,

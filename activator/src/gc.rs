@@ -15,7 +15,9 @@ pub struct GcReport {
     pub freed_bytes: u64,
 }
 
-pub fn gc(host: &Host, state: &mut State) -> Result<GcReport> {
+/// With `sweep_always` false the store is swept only when a release was removed (nothing else can
+/// leave an object unreferenced), which keeps an activation that removed nothing cheap.
+pub fn gc(host: &Host, state: &mut State, sweep_always: bool) -> Result<GcReport> {
     let installed = host.installed()?;
     let current = host.current();
     let exists = |id: &str| installed.iter().any(|i| i == id);
@@ -30,7 +32,7 @@ pub fn gc(host: &Host, state: &mut State) -> Result<GcReport> {
         .filter(|(id, r)| r.status == Status::Good && exists(id))
         .map(|(id, _)| (id, last_switch(id)))
         .collect();
-    good.sort_by(|a, b| b.1.cmp(&a.1));
+    good.sort_by_key(|g| std::cmp::Reverse(g.1));
     keep.extend(good.first().map(|g| g.0.clone()));
     for (id, _) in good.iter().take(host.cfg.keep.max(1)) {
         keep.insert((*id).clone());
@@ -40,11 +42,14 @@ pub fn gc(host: &Host, state: &mut State) -> Result<GcReport> {
         if keep.contains(id) {
             continue;
         }
-        bundle::make_writable_and_remove(&host.layout.release(id))?;
+        host.discard(id)?;
         state.releases.remove(id);
         report.removed_releases.push(id.clone());
     }
     state.save(&host.layout.state())?;
+    if !sweep_always && report.removed_releases.is_empty() {
+        return Ok(report);
+    }
     let swept = Store::new(host.layout.store()).sweep()?;
     report.removed_objects = swept.objects;
     report.freed_bytes = swept.bytes;

@@ -52,22 +52,37 @@ impl Host {
         Ok(out)
     }
 
-    /// Removes unpacks that a killed activation left behind. Only called under the lock.
+    /// Removes a release: first renamed out of sight (`.trash-*`, atomic), then deleted, so a kill
+    /// mid-way never leaves a half-deleted directory that looks like a release. Under the lock only.
+    pub fn discard(&self, id: &str) -> Result<()> {
+        let dir = self.layout.release(id);
+        let trash = self
+            .layout
+            .releases()
+            .join(format!(".trash-{id}-{}", std::process::id()));
+        fs_err::rename(&dir, &trash)?;
+        crate::atomic::fsync_dir(&self.layout.releases())?;
+        bundle::make_writable_and_remove(&trash)
+            .with_context(|| format!("removing {}", trash.display()))
+    }
+
+    /// Removes unpacks and removals that a killed comfyctl left behind. Only called under the lock.
     pub fn clean_staging(&self) -> Result<Vec<PathBuf>> {
-        let mut removed = Vec::new();
         let dir = self.layout.releases();
+        // Collect first: removing entries while reading a directory may skip some.
+        let mut stale = Vec::new();
         for e in fs_err::read_dir(&dir)? {
             let p = e?.path();
-            if p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(".staging-"))
-            {
-                bundle::make_writable_and_remove(&p)
-                    .with_context(|| format!("removing stale {}", p.display()))?;
-                removed.push(p);
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with(".staging-") || name.starts_with(".trash-") {
+                stale.push(p);
             }
         }
-        Ok(removed)
+        for p in &stale {
+            bundle::make_writable_and_remove(p)
+                .with_context(|| format!("removing stale {}", p.display()))?;
+        }
+        Ok(stale)
     }
 
     /// Resolves a full id or a unique prefix of one (at least 6 characters).

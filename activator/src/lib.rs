@@ -22,4 +22,5 @@ mod switch;
 
 pub use activate::{activate, ActivateOptions, ActivateReport};
 pub use host::{Host, Refusal};
+pub use rollback::{rollback, RollbackReport};
 pub use run::{exit_code, init_tracing, run};

@@ -28,9 +28,13 @@ pub fn manifest(dir: &Path) -> Result<Manifest> {
     Ok(Manifest::parse(&bytes)?)
 }
 
-/// Cheap check used to skip re-unpacking: directory and manifest in place.
+/// Cheap check used to skip re-unpacking and before switching: the signed manifest is in place and
+/// hashes to the release id (no parse; `verify` re-hashes the contents).
 pub fn is_intact(dir: &Path) -> bool {
-    manifest(dir).is_ok()
+    let Some(id) = dir.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    fs_err::read(dir.join(MANIFEST)).is_ok_and(|b| bundle::bundle_id(&b) == id)
 }
 
 /// One difference between a release on disk and its manifest.

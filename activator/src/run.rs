@@ -145,7 +145,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 std::time::Duration::from_secs(host.cfg.lock_wait_secs),
             )?;
             let mut state = activate::load_state(&host)?;
-            let r = gc::gc(&host, &mut state)?;
+            let r = gc::gc(&host, &mut state, true)?;
             if cli.json {
                 print_json(&r)?;
             } else {

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub struct Store {
     dir: PathBuf,
+    /// Object names, listed once with `getdents` (far cheaper than a stat per file of a release).
+    index: std::sync::OnceLock<std::collections::HashSet<String>>,
 }
 
 /// What gc removed from the store.
@@ -22,7 +24,25 @@ pub struct Swept {
 
 impl Store {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+        Self {
+            dir,
+            index: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn list(&self) -> std::collections::HashSet<String> {
+        let mut names = std::collections::HashSet::new();
+        for p in fs_err::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let Ok(prefix) = p.file_name().into_string() else {
+                continue;
+            };
+            for o in fs_err::read_dir(p.path()).into_iter().flatten().flatten() {
+                if let Ok(n) = o.file_name().into_string() {
+                    names.insert(format!("{prefix}/{n}"));
+                }
+            }
+        }
+        names
     }
 
     fn rel(sha: &[u8; 32], executable: bool) -> String {
@@ -34,10 +54,11 @@ impl Store {
         self.dir.join(Self::rel(sha, executable))
     }
 
-    /// Links every file of a verified release into the store (objects it already has are left alone).
-    pub fn adopt(&self, release: &Path, manifest: &Manifest) -> Result<u64> {
+    /// Links the given files (manifest indices) of a verified release into the store; objects it
+    /// already has are left alone.
+    pub fn adopt(&self, release: &Path, manifest: &Manifest, written: &[usize]) -> Result<u64> {
         let mut added = 0;
-        for e in &manifest.files {
+        for e in written.iter().filter_map(|i| manifest.files.get(*i)) {
             if let Kind::File {
                 sha256, executable, ..
             } = &e.kind
@@ -106,7 +127,9 @@ impl Store {
 
 impl bundle::ObjectSource for Store {
     fn contains(&self, sha: &[u8; 32], executable: bool) -> bool {
-        self.path(sha, executable).is_file()
+        self.index
+            .get_or_init(|| self.list())
+            .contains(&Self::rel(sha, executable))
     }
 
     fn link_into(

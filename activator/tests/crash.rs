@@ -27,10 +27,11 @@ fn check_invariants(h: &TestHost, allowed: &[&str]) {
     for r in rows.as_array().unwrap() {
         let id = r["id"].as_str().unwrap();
         assert!(!id.starts_with('.'), "staging {id} listed as a release");
+        let v = h.ctl(&["verify", id]);
         assert_eq!(
-            h.ctl(&["verify", id]).code,
-            0,
-            "installed release {id} is incomplete"
+            v.code, 0,
+            "installed release {id} is incomplete: {}{}",
+            v.stdout, v.stderr
         );
     }
 }
@@ -162,11 +163,14 @@ fn sigkill_at_random_moments() {
     let out = h.ctl(&["activate", last.to_str().unwrap(), "--no-service"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     check_invariants(&h, &[&h.id_of(&last)]);
+    let leftovers: Vec<String> = std::fs::read_dir(h.install().join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
     assert!(
-        !std::fs::read_dir(h.install().join("releases"))
-            .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')),
-        "a staging directory survived the next activation"
+        leftovers.is_empty(),
+        "left behind after the next activation: {leftovers:?}"
     );
 }
 
@@ -237,13 +241,24 @@ fn concurrent_activations_wait_or_fail_clearly() {
     assert!(slow.wait().unwrap().success());
     assert_eq!(h.current(), Some(h.id_of(&a)));
     // Two at once without delay: both finish (one waits), and the host is consistent.
+    // (--allow-downgrade: whichever goes second may carry the lower sequence.)
     let mut p1 = h
-        .command(&["activate", b.to_str().unwrap(), "--no-service"])
+        .command(&[
+            "activate",
+            b.to_str().unwrap(),
+            "--no-service",
+            "--allow-downgrade",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut p2 = h
-        .command(&["activate", c.to_str().unwrap(), "--no-service"])
+        .command(&[
+            "activate",
+            c.to_str().unwrap(),
+            "--no-service",
+            "--allow-downgrade",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();

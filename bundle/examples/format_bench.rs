@@ -6,68 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// Small compressible text files in nested packages, large random blobs, and symlinks.
-fn generate(root: &Path, mib: u64, files: u64) {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let words = [
-        "import", "torch", "def", "return", "self", "class", "numpy", "tensor", "config", "None",
-        "=", "(", ")", ":", "\n    ",
-    ];
-    let text_budget = mib * (1 << 20) / 4;
-    let per_file = (text_budget / files.max(1)).max(64);
-    for i in 0..files {
-        let dir = root.join(format!(
-            "venv/lib/python3.12/site-packages/pkg{:03}/sub{:02}",
-            i % 700,
-            i % 13
-        ));
-        if i < 700 * 13 {
-            fs_err::create_dir_all(&dir).unwrap();
-        }
-        let size = per_file / 2 + rng.next() % per_file;
-        let mut s = String::with_capacity(size as usize + 16);
-        while (s.len() as u64) < size {
-            s.push_str(words[(rng.next() % words.len() as u64) as usize]);
-            s.push(' ');
-        }
-        fs_err::write(dir.join(format!("m{i}.py")), s).unwrap();
-        if i % 10 == 0 {
-            std::os::unix::fs::symlink(format!("m{i}.py"), dir.join(format!("alias{i}.py")))
-                .unwrap();
-        }
-    }
-    let blobs = 12u64;
-    let blob = (mib * (1 << 20) - text_budget) / blobs;
-    fs_err::create_dir_all(root.join("venv/lib/python3.12/site-packages/torch/lib")).unwrap();
-    for b in 0..blobs {
-        let mut data = vec![0u8; blob as usize];
-        for chunk in data.chunks_mut(8) {
-            let v = rng.next().to_le_bytes();
-            // Half the bytes random, half zero-ish: poorly but not incompressible, like shared objects.
-            for (d, s) in chunk.iter_mut().zip(v) {
-                *d = if s & 1 == 0 { s } else { 0 };
-            }
-        }
-        fs_err::write(
-            root.join(format!(
-                "venv/lib/python3.12/site-packages/torch/lib/lib{b}.so"
-            )),
-            data,
-        )
-        .unwrap();
-    }
-}
-
 fn timed(cmd: &mut Command) -> (f64, u64) {
     let out = Command::new("/usr/bin/time")
         .arg("-f")
@@ -136,7 +74,7 @@ fn main() {
         eprintln!("generating {mib} MiB, {files} files in {}", tree.display());
         let tmp = work.join("tree.tmp");
         let _ = fs_err::remove_dir_all(&tmp);
-        generate(&tmp, mib, files);
+        bundle::testing::venv_like_tree(&tmp, mib, files);
         fs_err::rename(&tmp, &tree).unwrap();
     }
     let key = work.join("bench.key");

@@ -9,7 +9,6 @@ use crate::stream::{stream, NullSink, Sink};
 use crate::{Error, Result};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, Mode, OFlags};
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
 
@@ -42,12 +41,14 @@ pub struct Extracted {
     pub symlinks: u64,
     /// Content bytes written from the bundle.
     pub bytes: u64,
+    /// Payload frames read and decompressed.
+    pub frames_read: usize,
+    /// Indices (in the manifest's file list) of files written from the bundle.
+    pub written: Vec<usize>,
     /// Files hardlinked from the object store instead.
     pub reused: u64,
     pub reused_bytes: u64,
 }
-
-const DIR_CACHE: usize = 512;
 
 /// Verified file contents a host already has (the activator's content store). Objects are keyed by
 /// content digest and executable bit, since hardlinks share one mode.
@@ -66,7 +67,8 @@ pub trait ObjectSource: Sync {
 
 struct DirSink<'s> {
     root: OwnedFd,
-    dirs: HashMap<String, OwnedFd>,
+    /// Open directories from the root down the last path used: (component, fd).
+    dirs: Vec<(String, OwnedFd)>,
     made_dirs: Vec<String>,
     current: Option<std::fs::File>,
     read_only: bool,
@@ -87,28 +89,38 @@ fn io_at(path: &str, e: rustix::io::Errno) -> Error {
 }
 
 impl DirSink<'_> {
-    /// The directory fd for `dir`, walking from the root with `O_NOFOLLOW` on every component if it is
-    /// not cached: a symlink anywhere on the way fails with ELOOP/ENOTDIR instead of being followed.
+    /// The directory fd for `dir`. Open directories along the last path used are kept as a stack
+    /// (entries arrive sorted, so neighbours share it); missing components are opened one by one
+    /// with `O_NOFOLLOW`: a symlink on the way fails with ELOOP/ENOTDIR instead of being followed.
     fn dir_fd(&mut self, dir: &str) -> Result<rustix::fd::BorrowedFd<'_>> {
         if dir.is_empty() {
             return Ok(self.root.as_fd());
         }
-        if !self.dirs.contains_key(dir) {
-            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let mut fd =
-                rfs::openat(&self.root, ".", flags, Mode::empty()).map_err(|e| io_at(dir, e))?;
-            for c in dir.split('/') {
-                fd = rfs::openat(&fd, c, flags, Mode::empty()).map_err(|_| Error::UnsafePath {
+        let comps: Vec<&str> = dir.split('/').collect();
+        let keep = self
+            .dirs
+            .iter()
+            .zip(&comps)
+            .take_while(|((name, _), c)| name == *c)
+            .count();
+        self.dirs.truncate(keep);
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        for c in &comps[keep..] {
+            let parent = self
+                .dirs
+                .last()
+                .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
+            let fd =
+                rfs::openat(parent, *c, flags, Mode::empty()).map_err(|_| Error::UnsafePath {
                     path: dir.to_owned(),
                     reason: "a parent is not a directory created by this bundle",
                 })?;
-            }
-            if self.dirs.len() >= DIR_CACHE {
-                self.dirs.clear();
-            }
-            self.dirs.insert(dir.to_owned(), fd);
+            self.dirs.push(((*c).to_owned(), fd));
         }
-        Ok(self.dirs[dir].as_fd())
+        Ok(self
+            .dirs
+            .last()
+            .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd()))
     }
 
     fn file_mode(&self, e: &Entry) -> Mode {
@@ -194,7 +206,13 @@ impl Sink for DirSink<'_> {
 impl Bundle {
     /// One flag per manifest entry: a file whose object `store` holds.
     fn reusable(&self, store: &dyn ObjectSource) -> Vec<bool> {
-        let has = |e: &Entry| matches!(&e.kind, Kind::File { sha256, executable, .. } if store.contains(sha256, *executable));
+        // Directories and links are made from the manifest alone: they never need the stream.
+        let has = |e: &Entry| match &e.kind {
+            Kind::File {
+                sha256, executable, ..
+            } => store.contains(sha256, *executable),
+            Kind::Dir | Kind::Symlink { .. } => true,
+        };
         self.manifest.files.iter().map(has).collect()
     }
 
@@ -258,7 +276,7 @@ impl Bundle {
         let root = rfs::open(staging, flags, Mode::empty()).map_err(|e| Error::Io(e.into()))?;
         let mut sink = DirSink {
             root,
-            dirs: HashMap::new(),
+            dirs: Vec::new(),
             made_dirs: Vec::new(),
             current: None,
             read_only: opts.read_only,
@@ -266,7 +284,14 @@ impl Bundle {
             stats: Extracted::default(),
         };
         let reusable = store.map(|s| self.reusable(s)).unwrap_or_default();
+        sink.stats.frames_read = crate::stream::needed_frames(&self.frames, &reusable).len();
         stream(self, opts.jobs, &reusable, &mut sink, progress)?;
+        sink.stats.written = (self.manifest.files.iter().enumerate())
+            .filter(|(i, e)| {
+                matches!(e.kind, Kind::File { .. }) && !reusable.get(*i).copied().unwrap_or(false)
+            })
+            .map(|(i, _)| i)
+            .collect();
         // Directory modes last, deepest first, so read-only directories are filled before they close.
         let dir_mode = Mode::from_raw_mode(if opts.read_only { 0o555 } else { 0o755 });
         let made = std::mem::take(&mut sink.made_dirs);

@@ -346,3 +346,68 @@ pub fn hostile_bundles(
     fs_err::remove_file(&good)?;
     Ok(out)
 }
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// A venv-shaped tree for benchmarks: `files` small compressible text files in nested packages
+/// (a quarter of `mib`), twelve large poorly compressible blobs (the rest), and a symlink per ten files.
+pub fn venv_like_tree(root: &Path, mib: u64, files: u64) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let words = [
+        "import", "torch", "def", "return", "self", "class", "numpy", "tensor", "config", "None",
+        "=", "(", ")", ":", "\n    ",
+    ];
+    let text_budget = mib * (1 << 20) / 4;
+    let per_file = (text_budget / files.max(1)).max(64);
+    for i in 0..files {
+        let dir = root.join(format!(
+            "venv/lib/python3.12/site-packages/pkg{:03}/sub{:02}",
+            i % 700,
+            i % 13
+        ));
+        if i < 700 * 13 {
+            fs_err::create_dir_all(&dir).expect("writing the benchmark tree");
+        }
+        let size = per_file / 2 + rng.next() % per_file;
+        let mut s = String::with_capacity(size as usize + 16);
+        while (s.len() as u64) < size {
+            s.push_str(words[(rng.next() % words.len() as u64) as usize]);
+            s.push(' ');
+        }
+        fs_err::write(dir.join(format!("m{i}.py")), s).expect("writing the benchmark tree");
+        if i % 10 == 0 {
+            std::os::unix::fs::symlink(format!("m{i}.py"), dir.join(format!("alias{i}.py")))
+                .expect("writing the benchmark tree");
+        }
+    }
+    let blobs = 12u64;
+    let blob = (mib * (1 << 20) - text_budget) / blobs;
+    fs_err::create_dir_all(root.join("venv/lib/python3.12/site-packages/torch/lib"))
+        .expect("writing the benchmark tree");
+    for b in 0..blobs {
+        let mut data = vec![0u8; blob as usize];
+        for chunk in data.chunks_mut(8) {
+            let v = rng.next().to_le_bytes();
+            // Half the bytes random, half zero-ish: poorly but not incompressible, like shared objects.
+            for (d, s) in chunk.iter_mut().zip(v) {
+                *d = if s & 1 == 0 { s } else { 0 };
+            }
+        }
+        fs_err::write(
+            root.join(format!(
+                "venv/lib/python3.12/site-packages/torch/lib/lib{b}.so"
+            )),
+            data,
+        )
+        .expect("writing the benchmark tree");
+    }
+}

@@ -1,0 +1,171 @@
+//! Activation benchmark, figures side by side in one run: first activation vs `zstd -dc | tar -xf -`
+//! of the same content; a second bundle differing by one custom node (time and disk growth); rollback
+//! flip latency. `cargo run --release -p activator --example activation_bench -- [MIB] [FILES]`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn du(p: &Path) -> u64 {
+    let out = Command::new("du")
+        .args(["-s", "-B1"])
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn node(tree: &Path, tag: &str) -> u64 {
+    let dir = tree.join("ComfyUI/custom_nodes/ComfyUI-KJNodes");
+    let _ = fs_err::remove_dir_all(&dir);
+    fs_err::create_dir_all(&dir).unwrap();
+    let mut total = 0;
+    for i in 0..60 {
+        let body = format!("# {tag} node file {i}\nclass Node{i}:\n    pass\n").repeat(400);
+        total += body.len() as u64;
+        fs_err::write(dir.join(format!("n{i:02}.py")), body).unwrap();
+    }
+    total
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mib: u64 = args.get(1).map_or(1024, |s| s.parse().unwrap());
+    let files: u64 = args.get(2).map_or(30_000, |s| s.parse().unwrap());
+    let work = PathBuf::from(
+        std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/activation-bench".into()),
+    );
+    let _ = Command::new("rm").arg("-rf").arg(&work).status();
+    fs_err::create_dir_all(&work).unwrap();
+    let tree = work.join("tree");
+    bundle::testing::venv_like_tree(&tree, mib, files);
+    let key = keys::generate();
+    let opts = bundle::PackOptions::default();
+    let mut m = bundle::testing::template();
+    m.name = "bench".into();
+    node(&tree, "a");
+    let a = work.join("a.bundle");
+    bundle::pack(&tree, m.clone(), &key, &a, &opts, &|_, _| {}).unwrap();
+    let changed = node(&tree, "b");
+    m.sequence = 2;
+    let b = work.join("b.bundle");
+    bundle::pack(&tree, m, &key, &b, &opts, &|_, _| {}).unwrap();
+    let stock = work.join("stock.tar.zst");
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -cf - -C {} . | zstd -q -3 -T0 -o {}",
+            tree.display(),
+            stock.display()
+        ))
+        .status()
+        .unwrap()
+        .success());
+
+    let root = work.join("root");
+    fs_err::create_dir_all(root.join("etc/comfyui/keys")).unwrap();
+    fs_err::write(
+        root.join("etc/comfyui/keys/bench.pub"),
+        key.public().to_file_string(),
+    )
+    .unwrap();
+    fs_err::write(
+        root.join("etc/comfyui/comfyctl.toml"),
+        "target = \"linux-x86_64-cpu\"\n",
+    )
+    .unwrap();
+    let host = activator::Host::open(&root, None).unwrap();
+    let aopts = activator::ActivateOptions {
+        allow_downgrade: false,
+        jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+
+    let x = work.join("x-stock");
+    fs_err::create_dir(&x).unwrap();
+    let t = Instant::now();
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc {} | tar -xf - -C {}",
+            stock.display(),
+            x.display()
+        ))
+        .status()
+        .unwrap()
+        .success());
+    let stock_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    assert!(Command::new("sync")
+        .arg("-f")
+        .arg(&x)
+        .status()
+        .unwrap()
+        .success());
+    let stock_sync_s = stock_s + t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let r1 = activator::activate(&host, a.to_str().unwrap(), &aopts).unwrap();
+    let first_s = t.elapsed().as_secs_f64();
+    let before = du(&root.join("opt/comfyui"));
+    let t = Instant::now();
+    let r2 = activator::activate(&host, b.to_str().unwrap(), &aopts).unwrap();
+    let second_s = t.elapsed().as_secs_f64();
+    let growth = du(&root.join("opt/comfyui")) - before;
+
+    let mut flips = Vec::new();
+    let mut whole = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = activator::rollback(&host, None).unwrap();
+        whole.push(t.elapsed().as_secs_f64() * 1000.0);
+        flips.push(r.flip_ms);
+    }
+    flips.sort_by(f64::total_cmp);
+    whole.sort_by(f64::total_cmp);
+
+    println!("tree: {mib} MiB, {files} small files + 12 blobs; second bundle changes one custom node ({changed} bytes in 60 files)");
+    println!("{:<44} {:>9}", "", "seconds");
+    println!(
+        "{:<44} {:>9.2}",
+        "zstd -dc | tar -xf - (verifies nothing)", stock_s
+    );
+    println!("{:<44} {:>9.2}", "  ... followed by sync -f", stock_sync_s);
+    println!(
+        "{:<44} {:>9.2}   ({} files written, syncfs)",
+        "comfyctl activate, first", first_s, r1.files_written
+    );
+    println!(
+        "{:<44} {:>9.2}   ({} files written, {} reused, {} of {} frames read)",
+        "comfyctl activate, one node changed",
+        second_s,
+        r2.files_written,
+        r2.files_reused,
+        r2.frames_read,
+        r2.frames_total
+    );
+    println!(
+        "first activation: {:.2}x stock extract, {:.2}x stock extract + sync (target <= 0.8x)",
+        first_s / stock_s,
+        first_s / stock_sync_s
+    );
+    println!(
+        "second activation: {:.3}x the first (target <= 0.1x)",
+        second_s / first_s
+    );
+    println!(
+        "disk growth: {growth} bytes for {changed} changed bytes = {:.2}x (target <= 1.05x)",
+        growth as f64 / changed as f64
+    );
+    println!(
+        "rollback: flip median {:.3} ms, max {:.3} ms; whole rollback median {:.1} ms (target flip <= 10 ms)",
+        flips[flips.len() / 2],
+        flips[flips.len() - 1],
+        whole[whole.len() / 2]
+    );
+}
