@@ -24,6 +24,54 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Show what a bundle holds, without checking its signature.
     Inspect(InspectArgs),
+    /// Resolve a recipe's sources to commits and its packages to hashed pins: writes RECIPE.lock.
+    Lock(LockArgs),
+    /// Build a recipe into a signed bundle in --out DIR.
+    Build(BuildArgs),
+    /// Turn a ComfyUI-Manager snapshot into recipe sections (ComfyUI commit, custom nodes).
+    ImportSnapshot(ImportSnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    pub recipe: PathBuf,
+    /// Cache for git mirrors and packages (default: ~/.cache/comfy-build).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    pub recipe: PathBuf,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+    /// Directory the bundle is written into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Cache of sources, environments, wheels and stages (default: ~/.cache/comfy-build).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Refuse to build without a lock that matches the recipe.
+    #[arg(long)]
+    pub locked: bool,
+    /// Print the plan (stages, digests, cached or not, commands) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Skip the smoke start (the manifest records `smoke = "skipped"`).
+    #[arg(long)]
+    pub no_smoke: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportSnapshotArgs {
+    /// A ComfyUI-Manager snapshot JSON file.
+    pub snapshot: PathBuf,
+    /// Git URL of ComfyUI for the [comfyui] section.
+    #[arg(long, default_value = "https://github.com/comfyanonymous/ComfyUI")]
+    pub comfyui_url: String,
 }
 
 #[derive(Debug, Args)]

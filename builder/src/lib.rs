@@ -1,8 +1,21 @@
 //! The builder: recipe -> plan -> stages -> bundle, plus the key and bundle verbs.
 
+pub mod build;
 pub mod cli;
 mod commands;
+mod env;
+mod ext;
+mod freeze;
+mod git;
+mod launch;
+pub mod lock;
+pub mod plan;
+mod process;
 pub mod progress;
+pub mod recipe;
+mod reqs;
+mod smoke;
+mod snapshot;
 
 pub use commands::run;
 

@@ -1,5 +1,6 @@
 //! One file per verb; this one dispatches and holds the summary both `inspect` and `verify` print.
 
+mod build;
 mod inspect;
 mod keygen;
 mod pack;
@@ -15,6 +16,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pack(a) => pack::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Lock(a) => build::lock(a),
+        Command::Build(a) => build::build(a),
+        Command::ImportSnapshot(a) => build::import_snapshot(a),
     }
 }
 

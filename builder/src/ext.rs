@@ -1,0 +1,89 @@
+//! Compiled extensions (sageattention, flash-attention, torchao; the demo's C extension): built as
+//! wheels with `--no-build-isolation` against the release's own venv and the recipe's environment,
+//! cached by the digest of every input, so an unchanged extension is never compiled twice.
+
+use crate::env::uv;
+use crate::process;
+use crate::recipe::ExtensionSection;
+use anyhow::{bail, Context as _, Result};
+use std::path::{Path, PathBuf};
+
+/// Builds (or finds in the cache) the wheel for one extension. `src` is its exported source tree.
+pub fn wheel(
+    ext: &ExtensionSection,
+    src: Option<&Path>,
+    venv_python: &Path,
+    digest: &str,
+    cache: &Path,
+    epoch: u64,
+) -> Result<PathBuf> {
+    let dir = cache.join("wheels").join(digest);
+    if let Some(w) = find_wheel(&dir)? {
+        return Ok(w);
+    }
+    let tmp = cache.join("tmp").join(format!("wheel-{digest}"));
+    let _ = fs_err::remove_dir_all(&tmp);
+    fs_err::create_dir_all(&tmp)?;
+    let log = cache.join("logs").join(format!("{}-{}.log", ext.name, &digest[..12]));
+    let mut c = uv(cache);
+    c.args(["build", "--wheel", "--no-build-isolation", "--python"]).arg(venv_python).arg("--out-dir").arg(&tmp);
+    match (src, &ext.pypi) {
+        (Some(s), _) => {
+            // A private copy: the build writes build/ and *.egg-info into its source tree.
+            let copy = tmp.join("src");
+            process::run(std::process::Command::new("cp").arg("-a").arg(s).arg(&copy))?;
+            // Paths must not leak into objects: the same inputs give the same wheel contents.
+            let map = format!("-g0 -ffile-prefix-map={}=/src", copy.display());
+            c.arg(&copy).env("CFLAGS", &map).env("CXXFLAGS", &map);
+        }
+        (None, Some(spec)) => {
+            // uv builds wheels from an sdist file; pip fetches it (sources only, no dependencies).
+            let sdist = tmp.join("sdist");
+            process::run(
+                std::process::Command::new("python3")
+                    .args(["-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "--dest"])
+                    .arg(&sdist)
+                    .arg(spec),
+            )
+            .with_context(|| format!("fetching the source of {spec}"))?;
+            let file = fs_err::read_dir(&sdist)?.next().context("pip downloaded nothing")??.path();
+            c.arg(file);
+        }
+        (None, None) => bail!("extension {} has no source", ext.name),
+    }
+    c.env("SOURCE_DATE_EPOCH", epoch.to_string());
+    for (k, v) in &ext.env {
+        c.env(k, v);
+    }
+    process::run_logged(&mut c, &log).with_context(|| format!("compiling extension {}", ext.name))?;
+    let built = find_wheel(&tmp)?.with_context(|| format!("building {} produced no wheel; see {}", ext.name, log.display()))?;
+    let name = built.file_name().context("wheel has no name")?.to_owned();
+    fs_err::create_dir_all(&dir)?;
+    fs_err::rename(&built, dir.join(&name))?;
+    let _ = fs_err::remove_dir_all(&tmp);
+    Ok(dir.join(name))
+}
+
+fn find_wheel(dir: &Path) -> Result<Option<PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    for e in fs_err::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "whl") {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// Installs a built wheel into the stage's venv.
+pub fn install(wheel: &Path, venv_python: &Path, cache: &Path) -> Result<()> {
+    process::run(
+        uv(cache)
+            .args(["pip", "install", "--quiet", "--no-deps", "--no-index", "--link-mode", "copy", "--python"])
+            .arg(venv_python)
+            .arg(wheel),
+    )?;
+    Ok(())
+}

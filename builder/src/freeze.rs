@@ -1,0 +1,120 @@
+//! Freeze: the stage becomes what ships. Reproducible bytecode (unchecked-hash, PYTHONHASHSEED=0,
+//! source paths rewritten to the install path), no `direct_url.json`, then the relocation lint: no
+//! file may mention the staging directory.
+
+use crate::process;
+use anyhow::{bail, Result};
+use std::path::Path;
+use std::process::Command;
+
+/// Where `co_filename` points in shipped bytecode (tracebacks on a host show real paths).
+pub const INSTALL_PREFIX: &str = "/opt/comfyui/current";
+
+pub fn freeze(stage: &Path, python_version: &str) -> Result<()> {
+    let mut stack = vec![stage.join("venv")];
+    while let Some(d) = stack.pop() {
+        for e in fs_err::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                if p.extension().is_some_and(|x| x == "dist-info") {
+                    normalise_dist_info(&p)?;
+                } else {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    let _ = fs_err::remove_file(stage.join("venv/.lock"));
+    let mut dirs = vec![stage.join("venv/lib"), stage.join("ComfyUI")];
+    let stdlib = stage.join(format!("python/lib/python{python_version}"));
+    if stdlib.exists() {
+        dirs.push(stdlib);
+    }
+    let out = Command::new(stage.join("venv/bin/python"))
+        .args(["-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", "-s"])
+        .arg(stage)
+        .args(["-p", INSTALL_PREFIX])
+        .args(&dirs)
+        .env("PYTHONHASHSEED", "0")
+        .env("SOURCE_DATE_EPOCH", "0")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        // compileall exits 1 when some file (py2-only code shipped in a package) does not compile;
+        // those modules are never imported, so this is a warning, not a failure.
+        tracing::warn!("compileall reported files it could not compile:\n{}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(())
+}
+
+/// Install-time files that name the build (`direct_url.json`: the wheel's path; `uv_cache.json`: a
+/// timestamp) go, and RECORD stops listing them, so the same inputs give the same bytes.
+fn normalise_dist_info(dir: &Path) -> Result<()> {
+    const VOLATILE: &[&str] = &["direct_url.json", "uv_cache.json"];
+    let mut removed = false;
+    for f in VOLATILE {
+        let p = dir.join(f);
+        if p.exists() {
+            fs_err::remove_file(&p)?;
+            removed = true;
+        }
+    }
+    let record = dir.join("RECORD");
+    if removed && record.exists() {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = fs_err::read_to_string(&record)?;
+        let kept: String = text
+            .lines()
+            .filter(|l| !VOLATILE.iter().any(|f| l.starts_with(&format!("{name}/{f},"))))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs_err::write(&record, kept)?;
+    }
+    Ok(())
+}
+
+/// Fails naming every file that contains any of `needles` (the staging and cache paths).
+pub fn lint(stage: &Path, needles: &[String]) -> Result<()> {
+    let finders: Vec<_> = needles.iter().map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned()).collect();
+    let mut bad = Vec::new();
+    let mut stack = vec![stage.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs_err::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_symlink() {
+                let t = fs_err::read_link(&p)?;
+                if needles.iter().any(|n| t.to_string_lossy().contains(n.as_str())) {
+                    bad.push(p);
+                }
+            } else if ft.is_file() {
+                let bytes = fs_err::read(&p)?;
+                if finders.iter().any(|f| f.find(&bytes).is_some()) {
+                    bad.push(p);
+                }
+            }
+        }
+    }
+    if !bad.is_empty() {
+        bad.sort();
+        let shown: Vec<String> = bad.iter().take(20).map(|p| format!("  {}", p.strip_prefix(stage).unwrap_or(p).display())).collect();
+        bail!(
+            "relocation lint: {} file(s) contain the build path and would break once installed:\n{}",
+            bad.len(),
+            shown.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// `name==version` of everything in the venv, sorted (the manifest's frozen package list).
+pub fn frozen_packages(stage: &Path, cache: &Path) -> Result<Vec<String>> {
+    let out = process::stdout(crate::env::uv(cache).args(["pip", "freeze", "--python"]).arg(stage.join("venv/bin/python")))?;
+    let mut v: Vec<String> = out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect();
+    v.sort();
+    Ok(v)
+}

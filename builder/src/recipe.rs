@@ -1,0 +1,159 @@
+//! The recipe as written: TOML with every unknown key refused (the error names it). Validation into a
+//! [`crate::plan::Plan`] happens separately (parse, then validate).
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub bundle: BundleSection,
+    pub comfyui: GitRef,
+    pub python: PythonSection,
+    pub torch: TorchSection,
+    pub target: TargetSection,
+    #[serde(default)]
+    pub packages: PackagesSection,
+    #[serde(default)]
+    pub extensions: Vec<ExtensionSection>,
+    #[serde(default)]
+    pub custom_nodes: Vec<NodeSection>,
+    #[serde(default)]
+    pub launch: LaunchSection,
+    #[serde(default)]
+    pub preflight: Vec<PreflightSection>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleSection {
+    pub name: String,
+    pub version: String,
+    pub sequence: u64,
+    pub target: String,
+    /// What `/system_stats` must report when healthy: `cuda` or `cpu`.
+    pub device_type: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitRef {
+    /// URL, or a path relative to the recipe.
+    pub git: String,
+    /// Branch, tag or commit; the lock pins the commit.
+    pub rev: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PythonMode {
+    Embedded,
+    System,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonSection {
+    pub version: String,
+    pub mode: PythonMode,
+    /// Interpreter: an absolute path or a name looked up on PATH.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TorchSection {
+    /// Install the pins (false: they only constrain other installs).
+    pub install: bool,
+    pub index_url: String,
+    pub pins: Vec<String>,
+    /// `torch.version.cuda` the build must have, empty for none.
+    #[serde(default)]
+    pub cuda: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    pub platform: String,
+    #[serde(default)]
+    pub cuda_home: String,
+    /// TORCH_CUDA_ARCH_LIST spelling: `12.1`, `12.1a`, `12.1+PTX` (never `121` or `sm_121`).
+    #[serde(default)]
+    pub arch_list: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesSection {
+    /// Extra packages every release gets (the seed's onnxruntime, python-dotenv, psutil).
+    #[serde(default)]
+    pub core: Vec<String>,
+    /// Requirement names dropped from custom nodes' requirements (`*` suffix = prefix match).
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionSection {
+    pub name: String,
+    /// Source: a git repository (with `rev`) or a PyPI sdist pin (`pypi = "torchao==0.15.0"`).
+    #[serde(default)]
+    pub git: Option<String>,
+    #[serde(default)]
+    pub rev: Option<String>,
+    #[serde(default)]
+    pub pypi: Option<String>,
+    /// Module the pre-flight imports.
+    pub import: String,
+    /// A failed build stops the whole build (the seed insists on sageattention).
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub git: String,
+    pub rev: String,
+    /// Directory name under custom_nodes (default: the repository name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Shipped as `<name>.disabled`, which ComfyUI skips.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchSection {
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightSection {
+    pub name: String,
+    pub python: String,
+}
+
+impl Recipe {
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn load(path: &Path) -> Result<(Self, Vec<u8>)> {
+        let bytes = fs_err::read(path)?;
+        let text = std::str::from_utf8(&bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
+        let r = Self::parse(text).with_context(|| format!("invalid recipe {}", path.display()))?;
+        Ok((r, bytes))
+    }
+}
