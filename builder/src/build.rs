@@ -39,17 +39,23 @@ fn step(name: &str, detail: impl std::fmt::Display) {
 }
 
 fn uv_version() -> Result<String> {
-    process::stdout(Command::new("uv").arg("--version")).context("uv is needed to install packages (scripts/install-deps.sh installs it)")
+    process::stdout(Command::new("uv").arg("--version"))
+        .context("uv is needed to install packages (scripts/install-deps.sh installs it)")
 }
 
 /// Fetches every source (concurrently, at most 4 at a time) and returns source -> commit.
 fn fetch(plan: &Plan, cache: &Path, lock: Option<&Lock>) -> Result<Vec<(Source, String)>> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
         let mut set = tokio::task::JoinSet::new();
         for (i, s) in plan.sources.iter().enumerate() {
-            let rev = lock.and_then(|l| l.commit(s.role, &s.name)).map_or_else(|| s.rev.clone(), str::to_owned);
+            let rev = lock
+                .and_then(|l| l.commit(s.role, &s.name))
+                .map_or_else(|| s.rev.clone(), str::to_owned);
             let (s, cache, sem) = (s.clone(), cache.to_owned(), sem.clone());
             set.spawn(async move {
                 let _permit = sem.acquire().await;
@@ -60,7 +66,8 @@ fn fetch(plan: &Plan, cache: &Path, lock: Option<&Lock>) -> Result<Vec<(Source, 
         let mut out = Vec::new();
         while let Some(j) = set.join_next().await {
             let (i, s, r) = j?;
-            let commit = r.with_context(|| format!("source {} ({}) is unreachable", s.name, s.url))?;
+            let commit =
+                r.with_context(|| format!("source {} ({}) is unreachable", s.name, s.url))?;
             out.push((i, s, commit));
         }
         out.sort_by_key(|x| x.0);
@@ -94,7 +101,11 @@ fn requirements(plan: &Plan, trees: &[(Source, String, PathBuf)]) -> Result<Stri
             Role::Comfyui => "ComfyUI".to_owned(),
             _ => format!("custom node {}", s.name),
         };
-        let drop: &[String] = if s.role == Role::Comfyui { &[] } else { &r.packages.drop };
+        let drop: &[String] = if s.role == Role::Comfyui {
+            &[]
+        } else {
+            &r.packages.drop
+        };
         let kept = reqs::filter(&owner, &text, drop, &r.torch.pins)?;
         lines.extend(kept);
     }
@@ -106,21 +117,35 @@ fn requirements(plan: &Plan, trees: &[(Source, String, PathBuf)]) -> Result<Stri
 fn compile(plan: &Plan, input: &str, cache: &Path) -> Result<String> {
     let r = &plan.recipe;
     let tmp = tempfile::tempdir_in(cache)?;
-    let (inp, cons, out) = (tmp.path().join("in.txt"), tmp.path().join("constraints.txt"), tmp.path().join("out.txt"));
+    let (inp, cons, out) = (
+        tmp.path().join("in.txt"),
+        tmp.path().join("constraints.txt"),
+        tmp.path().join("out.txt"),
+    );
     fs_err::write(&inp, input)?;
     fs_err::write(&cons, r.torch.pins.join("\n") + "\n")?;
     let mut c = env::uv(cache);
-    c.args(["pip", "compile", "--quiet", "--generate-hashes", "--no-header", "--no-annotate", "--python-version"])
-        .arg(&r.python.version)
-        .arg("--python-platform")
-        .arg(env::python_platform(&r.target.platform)?)
-        .args(env::index_args(r))
-        .arg("-c")
-        .arg(&cons)
-        .arg("-o")
-        .arg(&out)
-        .arg(&inp);
-    process::run(&mut c).context("resolving the requirements under the torch pins (a custom node may ask for another torch)")?;
+    c.args([
+        "pip",
+        "compile",
+        "--quiet",
+        "--generate-hashes",
+        "--no-header",
+        "--no-annotate",
+        "--python-version",
+    ])
+    .arg(&r.python.version)
+    .arg("--python-platform")
+    .arg(env::python_platform(&r.target.platform)?)
+    .args(env::index_args(r))
+    .arg("-c")
+    .arg(&cons)
+    .arg("-o")
+    .arg(&out)
+    .arg(&inp);
+    process::run(&mut c).context(
+        "resolving the requirements under the torch pins (a custom node may ask for another torch)",
+    )?;
     Ok(fs_err::read_to_string(&out)?)
 }
 
@@ -135,7 +160,8 @@ pub fn lock(plan: &Plan, cache: &Path) -> Result<Lock> {
         .collect::<Result<Vec<_>>>()?;
     let comfy = &trees[0];
     let cli = comfy.2.join("comfy/cli_args.py");
-    let cli_text = fs_err::read_to_string(&cli).with_context(|| format!("the pinned ComfyUI has no {}", cli.display()))?;
+    let cli_text = fs_err::read_to_string(&cli)
+        .with_context(|| format!("the pinned ComfyUI has no {}", cli.display()))?;
     crate::plan::check_flags(&plan.recipe.launch.args, &cli_text)?;
     step("resolve", "requirements under the torch pins");
     let input = requirements(plan, &trees)?;
@@ -146,7 +172,13 @@ pub fn lock(plan: &Plan, cache: &Path) -> Result<Lock> {
         source_date_epoch,
         git: trees
             .iter()
-            .map(|(s, c, _)| LockedGit { role: s.role, name: s.name.clone(), url: s.url.clone(), rev: s.rev.clone(), commit: c.clone() })
+            .map(|(s, c, _)| LockedGit {
+                role: s.role,
+                name: s.name.clone(),
+                url: s.url.clone(),
+                rev: s.rev.clone(),
+                commit: c.clone(),
+            })
             .collect(),
         requirements,
     })
@@ -177,7 +209,14 @@ fn env_digest(plan: &Plan, interp: &Interpreter, lock: &Lock, uv: &str) -> Strin
 
 fn ext_digest(e: &crate::recipe::ExtensionSection, commit: &str, env_digest: &str) -> String {
     let envs: Vec<String> = e.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    digest(&["ext-v1", &e.name, commit, e.pypi.as_deref().unwrap_or(""), &envs.join("\n"), env_digest])
+    digest(&[
+        "ext-v1",
+        &e.name,
+        commit,
+        e.pypi.as_deref().unwrap_or(""),
+        &envs.join("\n"),
+        env_digest,
+    ])
 }
 
 /// `comfy-build build`.
@@ -191,15 +230,26 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     let lock = match Lock::load(&lock_path)? {
         Some(l) => match l.stale_reason(plan) {
             None => l,
-            Some(why) if opts.locked => bail!("{} is stale ({why}); run `comfy-build lock {}`", lock_path.display(), plan.recipe_path.display()),
+            Some(why) if opts.locked => bail!(
+                "{} is stale ({why}); run `comfy-build lock {}`",
+                lock_path.display(),
+                plan.recipe_path.display()
+            ),
             Some(why) => {
-                step("lock", format!("refreshing {} ({why})", lock_path.display()));
+                step(
+                    "lock",
+                    format!("refreshing {} ({why})", lock_path.display()),
+                );
                 let l = lock(plan, &cache)?;
                 l.save(&lock_path)?;
                 l
             }
         },
-        None if opts.locked => bail!("{} does not exist; run `comfy-build lock {}`", lock_path.display(), plan.recipe_path.display()),
+        None if opts.locked => bail!(
+            "{} does not exist; run `comfy-build lock {}`",
+            lock_path.display(),
+            plan.recipe_path.display()
+        ),
         None => {
             step("lock", format!("writing {}", lock_path.display()));
             let l = lock(plan, &cache)?;
@@ -209,13 +259,20 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     };
     let lock_sha = hex::encode(Sha256::digest(fs_err::read(&lock_path)?));
 
-    step("sources", format!("{} repositories at their locked commits", plan.sources.len()));
+    step(
+        "sources",
+        format!(
+            "{} repositories at their locked commits",
+            plan.sources.len()
+        ),
+    );
     let fetched = fetch(plan, &cache, Some(&lock))?;
     let trees = fetched
         .into_iter()
         .map(|(s, c)| export(&cache, &s, &c).map(|t| (s, c, t)))
         .collect::<Result<Vec<_>>>()?;
-    let cli_text = fs_err::read_to_string(trees[0].2.join("comfy/cli_args.py")).context("the pinned ComfyUI has no comfy/cli_args.py")?;
+    let cli_text = fs_err::read_to_string(trees[0].2.join("comfy/cli_args.py"))
+        .context("the pinned ComfyUI has no comfy/cli_args.py")?;
     crate::plan::check_flags(&r.launch.args, &cli_text)?;
 
     let interp = env::find_interpreter(r)?;
@@ -225,7 +282,14 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     if env_dir.exists() {
         step("env", format!("{} cached", &env_d[..12]));
     } else {
-        step("env", format!("{} building: interpreter, venv, {} locked packages", &env_d[..12], lock.requirements.matches("==").count()));
+        step(
+            "env",
+            format!(
+                "{} building: interpreter, venv, {} locked packages",
+                &env_d[..12],
+                lock.requirements.matches("==").count()
+            ),
+        );
         let tmp = cache.join("tmp").join(format!("env-{env_d}"));
         let _ = fs_err::remove_dir_all(&tmp);
         env::build_env(r, &interp, &lock.requirements, &cache, &tmp)?;
@@ -237,28 +301,69 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     for e in &r.extensions {
         let commit = lock.commit(Role::Extension, &e.name).unwrap_or("");
         let d = ext_digest(e, commit, &env_d);
-        let src = trees.iter().find(|(s, ..)| s.role == Role::Extension && s.name == e.name).map(|t| t.2.clone());
+        let src = trees
+            .iter()
+            .find(|(s, ..)| s.role == Role::Extension && s.name == e.name)
+            .map(|t| t.2.clone());
         let exists = cache.join("wheels").join(&d).is_dir();
-        step("extension", format!("{} {} {}", e.name, &d[..12], if exists { "cached" } else { "compiling" }));
+        step(
+            "extension",
+            format!(
+                "{} {} {}",
+                e.name,
+                &d[..12],
+                if exists { "cached" } else { "compiling" }
+            ),
+        );
         // Build against a private copy of the env so nothing the build writes lands in the cache.
         let built = if exists {
-            ext::wheel(e, src.as_deref(), Path::new("/nonexistent"), &d, &cache, lock.source_date_epoch)
+            ext::wheel(
+                e,
+                src.as_deref(),
+                Path::new("/nonexistent"),
+                &d,
+                &cache,
+                lock.source_date_epoch,
+            )
         } else {
-            ext::wheel(e, src.as_deref(), &env_dir.join("venv/bin/python"), &d, &cache, lock.source_date_epoch)
+            ext::wheel(
+                e,
+                src.as_deref(),
+                &env_dir.join("venv/bin/python"),
+                &d,
+                &cache,
+                lock.source_date_epoch,
+            )
         };
         match built {
             Ok(w) => wheels.push((e.clone(), commit.to_owned(), w)),
-            Err(err) if e.required => return Err(err.context(format!("required extension {} failed to build", e.name))),
+            Err(err) if e.required => {
+                return Err(err.context(format!("required extension {} failed to build", e.name)))
+            }
             Err(err) => eprintln!("warning: optional extension {} skipped: {err:#}", e.name),
         }
     }
 
-    let wheel_digests: Vec<String> = wheels.iter().map(|(_, _, w)| w.to_string_lossy().into_owned()).collect();
-    let stage_d = digest(&["stage-v2", &env_d, &lock_sha, &plan.recipe_sha256, &wheel_digests.join("\n"), &opts.smoke.to_string()]);
+    let wheel_digests: Vec<String> = wheels
+        .iter()
+        .map(|(_, _, w)| w.to_string_lossy().into_owned())
+        .collect();
+    let stage_d = digest(&[
+        "stage-v2",
+        &env_d,
+        &lock_sha,
+        &plan.recipe_sha256,
+        &wheel_digests.join("\n"),
+        &opts.smoke.to_string(),
+    ]);
     let stage = cache.join("stage").join(&stage_d);
     let smoke_file = cache.join("stage").join(format!("{stage_d}.nodes.json"));
     let stage_cached = stage.exists();
-    let enabled: Vec<String> = trees.iter().filter(|(s, ..)| s.role == Role::Node && !s.disabled).map(|(s, ..)| s.name.clone()).collect();
+    let enabled: Vec<String> = trees
+        .iter()
+        .filter(|(s, ..)| s.role == Role::Node && !s.disabled)
+        .map(|(s, ..)| s.name.clone())
+        .collect();
     if stage_cached {
         step("stage", format!("{} cached", &stage_d[..12]));
     } else {
@@ -266,29 +371,62 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         let tmp = cache.join("tmp").join(format!("stage-{stage_d}"));
         let _ = fs_err::remove_dir_all(&tmp);
         fs_err::create_dir_all(&tmp)?;
-        process::run(Command::new("cp").arg("-a").arg(format!("{}/.", env_dir.display())).arg(&tmp))?;
+        process::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", env_dir.display()))
+                .arg(&tmp),
+        )?;
         for (_, _, w) in &wheels {
             ext::install(w, &tmp.join("venv/bin/python"), &cache)?;
         }
-        process::run(Command::new("cp").arg("-a").arg(format!("{}/.", trees[0].2.display())).arg(tmp.join("ComfyUI")))?;
+        process::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", trees[0].2.display()))
+                .arg(tmp.join("ComfyUI")),
+        )?;
         fs_err::create_dir_all(tmp.join("ComfyUI/custom_nodes"))?;
         for (s, _, t) in trees.iter().filter(|(s, ..)| s.role == Role::Node) {
-            let name = if s.disabled { format!("{}.disabled", s.name) } else { s.name.clone() };
-            process::run(Command::new("cp").arg("-a").arg(format!("{}/.", t.display())).arg(tmp.join("ComfyUI/custom_nodes").join(name)))?;
+            let name = if s.disabled {
+                format!("{}.disabled", s.name)
+            } else {
+                s.name.clone()
+            };
+            process::run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(format!("{}/.", t.display()))
+                    .arg(tmp.join("ComfyUI/custom_nodes").join(name)),
+            )?;
         }
         let launch_sh = tmp.join("launch.sh");
         fs_err::write(&launch_sh, launch::render(&r.launch.env))?;
         fs_err::set_permissions(&launch_sh, std::fs::Permissions::from_mode(0o755))?;
         step("freeze", "bytecode, metadata, relocation lint");
         freeze::freeze(&tmp, &interp.version)?;
-        freeze::lint(&tmp, &[tmp.to_string_lossy().into_owned(), cache.to_string_lossy().into_owned()])?;
+        freeze::lint(
+            &tmp,
+            &[
+                tmp.to_string_lossy().into_owned(),
+                cache.to_string_lossy().into_owned(),
+            ],
+        )?;
         let nodes = if opts.smoke {
             step("smoke", "starting the frozen app on loopback");
             let copy = cache.join("tmp").join(format!("smoke-{}", &stage_d[..12]));
             let _ = fs_err::remove_dir_all(&copy);
             process::run(Command::new("cp").arg("-a").arg(&tmp).arg(&copy))?;
-            let log = cache.join("logs").join(format!("smoke-{}.log", &stage_d[..12]));
-            let res = smoke::smoke(&copy, &r.launch.args, &enabled, &log, Duration::from_secs(180));
+            let log = cache
+                .join("logs")
+                .join(format!("smoke-{}.log", &stage_d[..12]));
+            let res = smoke::smoke(
+                &copy,
+                &r.launch.args,
+                &enabled,
+                &log,
+                Duration::from_secs(180),
+            );
             let _ = fs_err::remove_dir_all(&copy);
             Some(res?)
         } else {
@@ -298,22 +436,41 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         fs_err::write(&smoke_file, serde_json::to_vec(&nodes)?)?;
         fs_err::rename(&tmp, &stage)?;
     }
-    let nodes: Option<BTreeMap<String, Vec<String>>> = serde_json::from_slice(&fs_err::read(&smoke_file)?)?;
+    let nodes: Option<BTreeMap<String, Vec<String>>> =
+        serde_json::from_slice(&fs_err::read(&smoke_file)?)?;
 
     step("pack", "signing the bundle");
-    let manifest = manifest(plan, &lock, &lock_sha, &trees, &wheels, nodes, &stage, &cache)?;
+    let manifest = manifest(
+        plan, &lock, &lock_sha, &trees, &wheels, nodes, &stage, &cache,
+    )?;
     fs_err::create_dir_all(&opts.out)?;
-    let tmp_out = opts.out.join(format!(".{}-{}.partial.bundle", r.bundle.name, r.bundle.version));
-    let pack_opts = bundle::PackOptions { jobs: opts.jobs, ..Default::default() };
+    let tmp_out = opts.out.join(format!(
+        ".{}-{}.partial.bundle",
+        r.bundle.name, r.bundle.version
+    ));
+    let pack_opts = bundle::PackOptions {
+        jobs: opts.jobs,
+        ..Default::default()
+    };
     let pb = crate::progress::bytes_bar(0, "packing");
     let packed = bundle::pack(&stage, manifest, key, &tmp_out, &pack_opts, &|d, t| {
         pb.set_length(t);
         pb.set_position(d);
     })?;
     pb.finish_and_clear();
-    let path = opts.out.join(format!("{}-{}-{}.bundle", r.bundle.name, r.bundle.version, &packed.id[..12]));
+    let path = opts.out.join(format!(
+        "{}-{}-{}.bundle",
+        r.bundle.name,
+        r.bundle.version,
+        &packed.id[..12]
+    ));
     fs_err::rename(&tmp_out, &path)?;
-    Ok(Built { id: packed.id, path, stage_cached, seconds: t0.elapsed().as_secs_f64() })
+    Ok(Built {
+        id: packed.id,
+        path,
+        stage_cached,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -328,11 +485,25 @@ fn manifest(
     cache: &Path,
 ) -> Result<bundle::Manifest> {
     let r = &plan.recipe;
-    let git_src = |s: &Source, c: &str| bundle::GitSource { name: s.name.clone(), url: s.url.clone(), commit: c.to_owned(), disabled: s.disabled };
-    let mut preflight: Vec<bundle::Check> =
-        r.preflight.iter().map(|p| bundle::Check { name: p.name.clone(), python: p.python.clone() }).collect();
+    let git_src = |s: &Source, c: &str| bundle::GitSource {
+        name: s.name.clone(),
+        url: s.url.clone(),
+        commit: c.to_owned(),
+        disabled: s.disabled,
+    };
+    let mut preflight: Vec<bundle::Check> = r
+        .preflight
+        .iter()
+        .map(|p| bundle::Check {
+            name: p.name.clone(),
+            python: p.python.clone(),
+        })
+        .collect();
     for (e, ..) in wheels {
-        preflight.push(bundle::Check { name: format!("import {}", e.import), python: format!("import {}", e.import) });
+        preflight.push(bundle::Check {
+            name: format!("import {}", e.import),
+            python: format!("import {}", e.import),
+        });
     }
     let mut extensions = Vec::new();
     for (e, commit, w) in wheels {
@@ -351,13 +522,19 @@ fn manifest(
         target: r.bundle.target.clone(),
         created: bundle::rfc3339(lock.source_date_epoch),
         source_date_epoch: lock.source_date_epoch,
-        mutable_dirs: ["models", "input", "output", "user", "temp"].map(String::from).to_vec(),
+        mutable_dirs: ["models", "input", "output", "user", "temp"]
+            .map(String::from)
+            .to_vec(),
         provenance: bundle::Provenance {
             recipe_sha256: plan.recipe_sha256.clone(),
             lock_sha256: lock_sha.to_owned(),
             smoke: if nodes.is_some() { "passed" } else { "skipped" }.into(),
             comfyui: trees.first().map(|(s, c, _)| git_src(s, c)),
-            custom_nodes: trees.iter().filter(|(s, ..)| s.role == Role::Node).map(|(s, c, _)| git_src(s, c)).collect(),
+            custom_nodes: trees
+                .iter()
+                .filter(|(s, ..)| s.role == Role::Node)
+                .map(|(s, c, _)| git_src(s, c))
+                .collect(),
             extensions,
             packages: freeze::frozen_packages(stage, cache)?,
         },
@@ -368,7 +545,11 @@ fn manifest(
             device_type: r.bundle.device_type.clone(),
         },
         limits: bundle::Limits::default(),
-        expected_nodes: nodes.unwrap_or_default().into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+        expected_nodes: nodes
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .collect(),
         preflight,
         files: Vec::new(),
     })
@@ -384,7 +565,11 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<serde_json::Value> {
         (Some(_), Some(why)) => format!("stale ({why})"),
         (Some(_), None) => "fresh".to_owned(),
     };
-    let commit_of = |s: &Source| lock.as_ref().and_then(|l| l.commit(s.role, &s.name)).map(str::to_owned);
+    let commit_of = |s: &Source| {
+        lock.as_ref()
+            .and_then(|l| l.commit(s.role, &s.name))
+            .map(str::to_owned)
+    };
     let sources: Vec<serde_json::Value> = plan
         .sources
         .iter()
@@ -399,7 +584,14 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<serde_json::Value> {
         })
         .collect();
     let reqs = lock.as_ref().map_or("", |l| l.requirements.as_str());
-    let env_d = digest(&["env-v1", &format!("{:?}", r.python.mode), &r.python.path, &r.python.version, reqs, &env::index_args(r).join(" ")]);
+    let env_d = digest(&[
+        "env-v1",
+        &format!("{:?}", r.python.mode),
+        &r.python.path,
+        &r.python.version,
+        reqs,
+        &env::index_args(r).join(" "),
+    ]);
     let mut stages = vec![serde_json::json!({
         "stage": "env",
         "digest": env_d,
@@ -414,7 +606,10 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<serde_json::Value> {
         ],
     })];
     for e in &r.extensions {
-        let commit = lock.as_ref().and_then(|l| l.commit(Role::Extension, &e.name)).unwrap_or("");
+        let commit = lock
+            .as_ref()
+            .and_then(|l| l.commit(Role::Extension, &e.name))
+            .unwrap_or("");
         let d = ext_digest(e, commit, &env_d);
         let envs: Vec<String> = e.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         stages.push(serde_json::json!({

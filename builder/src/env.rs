@@ -20,12 +20,21 @@ pub fn find_interpreter(r: &Recipe) -> Result<Interpreter> {
         "-c",
         "import sys; print(sys.base_prefix); print('%d.%d' % sys.version_info[:2])",
     ]))
-    .with_context(|| format!("running the recipe's interpreter {:?} (python.path)", r.python.path))?;
+    .with_context(|| {
+        format!(
+            "running the recipe's interpreter {:?} (python.path)",
+            r.python.path
+        )
+    })?;
     let mut lines = out.lines();
     let prefix = PathBuf::from(lines.next().unwrap_or_default());
     let version = lines.next().unwrap_or_default().to_owned();
     if version != r.python.version {
-        bail!("{} is Python {version}, the recipe asks for {}", r.python.path, r.python.version);
+        bail!(
+            "{} is Python {version}, the recipe asks for {}",
+            r.python.path,
+            r.python.version
+        );
     }
     Ok(Interpreter { prefix, version })
 }
@@ -42,7 +51,12 @@ pub fn python_platform(platform: &str) -> Result<&'static str> {
 /// Index arguments: PyPI, plus the torch index when torch is installed from it.
 pub fn index_args(r: &Recipe) -> Vec<String> {
     if r.torch.install {
-        vec!["--extra-index-url".into(), r.torch.index_url.clone(), "--index-strategy".into(), "unsafe-best-match".into()]
+        vec![
+            "--extra-index-url".into(),
+            r.torch.index_url.clone(),
+            "--index-strategy".into(),
+            "unsafe-best-match".into(),
+        ]
     } else {
         Vec::new()
     }
@@ -60,9 +74,22 @@ pub fn uv(cache: &Path) -> Command {
 /// Copies the interpreter prefix into `dest` (embedded mode), without what a release never runs,
 /// and points its RUNPATH at `$ORIGIN/../lib` so it loads its own libpython.
 fn embed(interp: &Interpreter, dest: &Path) -> Result<()> {
-    process::run(Command::new("cp").arg("-a").arg(format!("{}/.", interp.prefix.display())).arg(dest))?;
+    process::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", interp.prefix.display()))
+            .arg(dest),
+    )?;
     let lib = dest.join(format!("lib/python{}", interp.version));
-    for d in ["test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3/tests", "site-packages"] {
+    for d in [
+        "test",
+        "idlelib",
+        "tkinter",
+        "turtledemo",
+        "ensurepip",
+        "lib2to3/tests",
+        "site-packages",
+    ] {
         let p = lib.join(d);
         if p.exists() {
             fs_err::remove_dir_all(&p)?;
@@ -85,7 +112,11 @@ fn embed(interp: &Interpreter, dest: &Path) -> Result<()> {
     let rpath = process::stdout(Command::new("patchelf").arg("--print-rpath").arg(&bin))
         .context("patchelf is needed to make the embedded interpreter relocatable (apt-get install patchelf)")?;
     if !rpath.is_empty() {
-        process::run(Command::new("patchelf").args(["--set-rpath", "$ORIGIN/../lib"]).arg(&bin))?;
+        process::run(
+            Command::new("patchelf")
+                .args(["--set-rpath", "$ORIGIN/../lib"])
+                .arg(&bin),
+        )?;
     }
     Ok(())
 }
@@ -111,7 +142,13 @@ pub fn remove_pycache(dir: &Path) -> Result<()> {
 
 /// Builds `dest/{python,venv}`: interpreter, relocatable venv (no `home`, relative `bin/python`),
 /// and the locked requirements installed with uv.
-pub fn build_env(r: &Recipe, interp: &Interpreter, requirements: &str, cache: &Path, dest: &Path) -> Result<()> {
+pub fn build_env(
+    r: &Recipe,
+    interp: &Interpreter,
+    requirements: &str,
+    cache: &Path,
+    dest: &Path,
+) -> Result<()> {
     fs_err::create_dir_all(dest)?;
     let exe = format!("python{}", interp.version);
     let python_target = match r.python.mode {
@@ -128,10 +165,19 @@ pub fn build_env(r: &Recipe, interp: &Interpreter, requirements: &str, cache: &P
         PythonMode::Embedded => dest.join("python/bin").join(&exe),
         PythonMode::System => PathBuf::from(&r.python.path),
     };
-    process::run(uv(cache).args(["venv", "--quiet", "--relocatable", "--python"]).arg(&base_python).arg(&venv))?;
+    process::run(
+        uv(cache)
+            .args(["venv", "--quiet", "--relocatable", "--python"])
+            .arg(&base_python)
+            .arg(&venv),
+    )?;
     // FACTS: a stale absolute `home` is fatal; without one, a relative bin/python is followed.
     let cfg = fs_err::read_to_string(venv.join("pyvenv.cfg"))?;
-    let cfg: String = cfg.lines().filter(|l| !l.starts_with("home")).map(|l| format!("{l}\n")).collect();
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.starts_with("home"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     fs_err::write(venv.join("pyvenv.cfg"), cfg)?;
     let link = venv.join("bin/python");
     fs_err::remove_file(&link)?;
@@ -140,11 +186,20 @@ pub fn build_env(r: &Recipe, interp: &Interpreter, requirements: &str, cache: &P
     let req = dest.join(".requirements.txt");
     fs_err::write(&req, requirements)?;
     let mut c = uv(cache);
-    c.args(["pip", "install", "--quiet", "--require-hashes", "--no-deps", "--link-mode", "copy", "--python"])
-        .arg(venv.join("bin/python"))
-        .args(index_args(r))
-        .arg("-r")
-        .arg(&req);
+    c.args([
+        "pip",
+        "install",
+        "--quiet",
+        "--require-hashes",
+        "--no-deps",
+        "--link-mode",
+        "copy",
+        "--python",
+    ])
+    .arg(venv.join("bin/python"))
+    .args(index_args(r))
+    .arg("-r")
+    .arg(&req);
     process::run(&mut c).context("installing the locked requirements")?;
     fs_err::remove_file(&req)?;
     Ok(())

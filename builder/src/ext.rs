@@ -24,9 +24,14 @@ pub fn wheel(
     let tmp = cache.join("tmp").join(format!("wheel-{digest}"));
     let _ = fs_err::remove_dir_all(&tmp);
     fs_err::create_dir_all(&tmp)?;
-    let log = cache.join("logs").join(format!("{}-{}.log", ext.name, &digest[..12]));
+    let log = cache
+        .join("logs")
+        .join(format!("{}-{}.log", ext.name, &digest[..12]));
     let mut c = uv(cache);
-    c.args(["build", "--wheel", "--no-build-isolation", "--python"]).arg(venv_python).arg("--out-dir").arg(&tmp);
+    c.args(["build", "--wheel", "--no-build-isolation", "--python"])
+        .arg(venv_python)
+        .arg("--out-dir")
+        .arg(&tmp);
     match (src, &ext.pypi) {
         (Some(s), _) => {
             // A private copy: the build writes build/ and *.egg-info into its source tree.
@@ -41,12 +46,24 @@ pub fn wheel(
             let sdist = tmp.join("sdist");
             process::run(
                 std::process::Command::new("python3")
-                    .args(["-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "--dest"])
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--quiet",
+                        "--no-deps",
+                        "--no-binary",
+                        ":all:",
+                        "--dest",
+                    ])
                     .arg(&sdist)
                     .arg(spec),
             )
             .with_context(|| format!("fetching the source of {spec}"))?;
-            let file = fs_err::read_dir(&sdist)?.next().context("pip downloaded nothing")??.path();
+            let file = fs_err::read_dir(&sdist)?
+                .next()
+                .context("pip downloaded nothing")??
+                .path();
             c.arg(file);
         }
         (None, None) => bail!("extension {} has no source", ext.name),
@@ -55,8 +72,15 @@ pub fn wheel(
     for (k, v) in &ext.env {
         c.env(k, v);
     }
-    process::run_logged(&mut c, &log).with_context(|| format!("compiling extension {}", ext.name))?;
-    let built = find_wheel(&tmp)?.with_context(|| format!("building {} produced no wheel; see {}", ext.name, log.display()))?;
+    process::run_logged(&mut c, &log)
+        .with_context(|| format!("compiling extension {}", ext.name))?;
+    let built = find_wheel(&tmp)?.with_context(|| {
+        format!(
+            "building {} produced no wheel; see {}",
+            ext.name,
+            log.display()
+        )
+    })?;
     let name = built.file_name().context("wheel has no name")?.to_owned();
     fs_err::create_dir_all(&dir)?;
     fs_err::rename(&built, dir.join(&name))?;
@@ -81,7 +105,16 @@ fn find_wheel(dir: &Path) -> Result<Option<PathBuf>> {
 pub fn install(wheel: &Path, venv_python: &Path, cache: &Path) -> Result<()> {
     process::run(
         uv(cache)
-            .args(["pip", "install", "--quiet", "--no-deps", "--no-index", "--link-mode", "copy", "--python"])
+            .args([
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--no-index",
+                "--link-mode",
+                "copy",
+                "--python",
+            ])
             .arg(venv_python)
             .arg(wheel),
     )?;

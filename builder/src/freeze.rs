@@ -32,7 +32,16 @@ pub fn freeze(stage: &Path, python_version: &str) -> Result<()> {
         dirs.push(stdlib);
     }
     let out = Command::new(stage.join("venv/bin/python"))
-        .args(["-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", "-s"])
+        .args([
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-s",
+        ])
         .arg(stage)
         .args(["-p", INSTALL_PREFIX])
         .args(&dirs)
@@ -43,7 +52,10 @@ pub fn freeze(stage: &Path, python_version: &str) -> Result<()> {
     if !out.status.success() {
         // compileall exits 1 when some file (py2-only code shipped in a package) does not compile;
         // those modules are never imported, so this is a warning, not a failure.
-        tracing::warn!("compileall reported files it could not compile:\n{}", String::from_utf8_lossy(&out.stdout));
+        tracing::warn!(
+            "compileall reported files it could not compile:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     Ok(())
 }
@@ -62,11 +74,18 @@ fn normalise_dist_info(dir: &Path) -> Result<()> {
     }
     let record = dir.join("RECORD");
     if removed && record.exists() {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let text = fs_err::read_to_string(&record)?;
         let kept: String = text
             .lines()
-            .filter(|l| !VOLATILE.iter().any(|f| l.starts_with(&format!("{name}/{f},"))))
+            .filter(|l| {
+                !VOLATILE
+                    .iter()
+                    .any(|f| l.starts_with(&format!("{name}/{f},")))
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         fs_err::write(&record, kept)?;
@@ -76,7 +95,10 @@ fn normalise_dist_info(dir: &Path) -> Result<()> {
 
 /// Fails naming every file that contains any of `needles` (the staging and cache paths).
 pub fn lint(stage: &Path, needles: &[String]) -> Result<()> {
-    let finders: Vec<_> = needles.iter().map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned()).collect();
+    let finders: Vec<_> = needles
+        .iter()
+        .map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned())
+        .collect();
     let mut bad = Vec::new();
     let mut stack = vec![stage.to_owned()];
     while let Some(d) = stack.pop() {
@@ -88,7 +110,10 @@ pub fn lint(stage: &Path, needles: &[String]) -> Result<()> {
                 stack.push(p);
             } else if ft.is_symlink() {
                 let t = fs_err::read_link(&p)?;
-                if needles.iter().any(|n| t.to_string_lossy().contains(n.as_str())) {
+                if needles
+                    .iter()
+                    .any(|n| t.to_string_lossy().contains(n.as_str()))
+                {
                     bad.push(p);
                 }
             } else if ft.is_file() {
@@ -101,7 +126,11 @@ pub fn lint(stage: &Path, needles: &[String]) -> Result<()> {
     }
     if !bad.is_empty() {
         bad.sort();
-        let shown: Vec<String> = bad.iter().take(20).map(|p| format!("  {}", p.strip_prefix(stage).unwrap_or(p).display())).collect();
+        let shown: Vec<String> = bad
+            .iter()
+            .take(20)
+            .map(|p| format!("  {}", p.strip_prefix(stage).unwrap_or(p).display()))
+            .collect();
         bail!(
             "relocation lint: {} file(s) contain the build path and would break once installed:\n{}",
             bad.len(),
@@ -113,8 +142,16 @@ pub fn lint(stage: &Path, needles: &[String]) -> Result<()> {
 
 /// `name==version` of everything in the venv, sorted (the manifest's frozen package list).
 pub fn frozen_packages(stage: &Path, cache: &Path) -> Result<Vec<String>> {
-    let out = process::stdout(crate::env::uv(cache).args(["pip", "freeze", "--python"]).arg(stage.join("venv/bin/python")))?;
-    let mut v: Vec<String> = out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect();
+    let out = process::stdout(
+        crate::env::uv(cache)
+            .args(["pip", "freeze", "--python"])
+            .arg(stage.join("venv/bin/python")),
+    )?;
+    let mut v: Vec<String> = out
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect();
     v.sort();
     Ok(v)
 }

@@ -10,7 +10,10 @@ use std::process::Command;
 
 /// The mirror directory for a URL.
 pub fn mirror(cache: &Path, url: &str) -> PathBuf {
-    cache.join("git").join(format!("{}.git", &hex::encode(Sha256::digest(url.as_bytes()))[..16]))
+    cache.join("git").join(format!(
+        "{}.git",
+        &hex::encode(Sha256::digest(url.as_bytes()))[..16]
+    ))
 }
 
 fn is_full_sha(rev: &str) -> bool {
@@ -32,7 +35,10 @@ pub async fn resolve(cache: &Path, name: &str, url: &str, rev: &str) -> Result<S
         let _ = fs_err::remove_dir_all(&tmp);
         fs_err::create_dir_all(m.parent().context("mirror has no parent")?)?;
         let mut c = tokio::process::Command::new("git");
-        c.args(["clone", "--mirror", "--quiet"]).arg(url).arg(&tmp).env("GIT_TERMINAL_PROMPT", "0");
+        c.args(["clone", "--mirror", "--quiet"])
+            .arg(url)
+            .arg(&tmp)
+            .env("GIT_TERMINAL_PROMPT", "0");
         process::run_async(c, &what).await?;
         fs_err::rename(&tmp, &m)?;
     }
@@ -60,7 +66,14 @@ pub fn export(cache: &Path, url: &str, commit: &str, dest: &Path) -> Result<()> 
     let _ = fs_err::remove_dir_all(&tmp);
     fs_err::create_dir_all(&tmp)?;
     let tar = tmp.with_extension("tar");
-    process::run(Command::new("git").arg("--git-dir").arg(&m).args(["archive", "--format=tar", "-o"]).arg(&tar).arg(commit))?;
+    process::run(
+        Command::new("git")
+            .arg("--git-dir")
+            .arg(&m)
+            .args(["archive", "--format=tar", "-o"])
+            .arg(&tar)
+            .arg(commit),
+    )?;
     process::run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&tmp))?;
     fs_err::remove_file(&tar)?;
     fs_err::rename(&tmp, dest)?;
@@ -69,7 +82,12 @@ pub fn export(cache: &Path, url: &str, commit: &str, dest: &Path) -> Result<()> 
 
 /// Committer time of `commit` (seconds), the bundle's `SOURCE_DATE_EPOCH`.
 pub fn commit_time(cache: &Path, url: &str, commit: &str) -> Result<u64> {
-    let out = process::stdout(Command::new("git").arg("--git-dir").arg(mirror(cache, url)).args(["log", "-1", "--format=%ct", commit]))?;
+    let out = process::stdout(
+        Command::new("git")
+            .arg("--git-dir")
+            .arg(mirror(cache, url))
+            .args(["log", "-1", "--format=%ct", commit]),
+    )?;
     match out.parse() {
         Ok(t) => Ok(t),
         Err(_) => bail!("unexpected commit time {out:?} for {commit}"),

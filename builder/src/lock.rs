@@ -32,20 +32,28 @@ pub struct LockedGit {
 impl Lock {
     pub fn load(path: &Path) -> Result<Option<Self>> {
         match fs_err::read_to_string(path) {
-            Ok(t) => Ok(Some(toml::from_str(&t).with_context(|| format!("parsing {}", path.display()))?)),
+            Ok(t) => Ok(Some(
+                toml::from_str(&t).with_context(|| format!("parsing {}", path.display()))?,
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = format!("# Written by `comfy-build lock`; commit it next to the recipe.\n{}", toml::to_string(self)?);
+        let text = format!(
+            "# Written by `comfy-build lock`; commit it next to the recipe.\n{}",
+            toml::to_string(self)?
+        );
         fs_err::write(path, text)?;
         Ok(())
     }
 
     pub fn commit(&self, role: Role, name: &str) -> Option<&str> {
-        self.git.iter().find(|g| g.role == role && g.name == name).map(|g| g.commit.as_str())
+        self.git
+            .iter()
+            .find(|g| g.role == role && g.name == name)
+            .map(|g| g.commit.as_str())
     }
 
     /// Why this lock does not fit the plan, if it does not.
@@ -54,9 +62,18 @@ impl Lock {
             return Some("the recipe changed since it was locked".into());
         }
         for s in &plan.sources {
-            match self.git.iter().find(|g| g.role == s.role && g.name == s.name) {
+            match self
+                .git
+                .iter()
+                .find(|g| g.role == s.role && g.name == s.name)
+            {
                 Some(g) if g.url == s.url && g.rev == s.rev => {}
-                _ => return Some(format!("{} ({}) is not locked as the recipe asks", s.name, s.url)),
+                _ => {
+                    return Some(format!(
+                        "{} ({}) is not locked as the recipe asks",
+                        s.name, s.url
+                    ))
+                }
             }
         }
         None

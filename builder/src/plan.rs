@@ -51,7 +51,11 @@ fn resolve_url(dir: &Path, url: &str) -> String {
 }
 
 fn check_name(what: &str, v: &str) -> Result<()> {
-    if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c)) {
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+    {
         bail!("{what} {v:?} must be non-empty and use only [A-Za-z0-9._+-]");
     }
     Ok(())
@@ -63,13 +67,18 @@ pub fn check_arch_list(list: &str) -> Result<()> {
     for a in list.split([';', ' ', ',']).filter(|a| !a.is_empty()) {
         let core = a.trim_end_matches("+PTX").trim_end_matches(['a', 'f']);
         let ok = core.split_once('.').is_some_and(|(maj, min)| {
-            !maj.is_empty() && !min.is_empty() && maj.bytes().all(|b| b.is_ascii_digit()) && min.bytes().all(|b| b.is_ascii_digit())
+            !maj.is_empty()
+                && !min.is_empty()
+                && maj.bytes().all(|b| b.is_ascii_digit())
+                && min.bytes().all(|b| b.is_ascii_digit())
         });
         if !ok {
             bail!("arch {a:?} in arch_list is not spelled as TORCH_CUDA_ARCH_LIST expects: write `12.1` (not `121` or `sm_121`)");
         }
         if a.ends_with('f') {
-            bail!("arch {a:?}: torch's cpp_extension rejects the `f` suffix; write `12.1` or `12.1a`");
+            bail!(
+                "arch {a:?}: torch's cpp_extension rejects the `f` suffix; write `12.1` or `12.1a`"
+            );
         }
     }
     Ok(())
@@ -78,22 +87,37 @@ pub fn check_arch_list(list: &str) -> Result<()> {
 impl Plan {
     pub fn new(recipe: Recipe, recipe_path: &Path, recipe_bytes: &[u8]) -> Result<Self> {
         let r = &recipe;
-        let dir = recipe_path.parent().map_or_else(|| PathBuf::from("."), Path::to_owned);
+        let dir = recipe_path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_owned);
         check_name("bundle name", &r.bundle.name)?;
         check_name("bundle version", &r.bundle.version)?;
         check_name("bundle target", &r.bundle.target)?;
         if !matches!(r.bundle.device_type.as_str(), "cuda" | "cpu") {
-            bail!("bundle.device_type must be \"cuda\" or \"cpu\", not {:?}", r.bundle.device_type);
+            bail!(
+                "bundle.device_type must be \"cuda\" or \"cpu\", not {:?}",
+                r.bundle.device_type
+            );
         }
-        if !r.python.version.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+        if !r
+            .python
+            .version
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
             bail!("python.version {:?} must look like 3.12", r.python.version);
         }
         if r.python.mode == PythonMode::System && !Path::new(&r.python.path).is_absolute() {
-            bail!("python.mode = \"system\" needs an absolute python.path that exists on every host");
+            bail!(
+                "python.mode = \"system\" needs an absolute python.path that exists on every host"
+            );
         }
         check_arch_list(&r.target.arch_list)?;
         if r.torch.pins.iter().any(|p| !p.contains("==")) {
-            bail!("torch.pins must be exact (`name==version`), got {:?}", r.torch.pins);
+            bail!(
+                "torch.pins must be exact (`name==version`), got {:?}",
+                r.torch.pins
+            );
         }
         for a in &r.launch.args {
             if a.starts_with('-') && !a.starts_with("--") {
@@ -136,7 +160,10 @@ impl Plan {
                     disabled: false,
                 }),
                 (None, None, Some(p)) if p.contains("==") => {}
-                _ => bail!("extension {}: give either `git` and `rev`, or `pypi = \"name==version\"`", e.name),
+                _ => bail!(
+                    "extension {}: give either `git` and `rev`, or `pypi = \"name==version\"`",
+                    e.name
+                ),
             }
         }
         Ok(Self {
@@ -199,7 +226,16 @@ mod tests {
     #[test]
     fn flags_are_checked_against_cli_args() {
         let py = "parser.add_argument(\"--listen\", type=str)\nparser.add_argument('--port', type=int)\nparser.add_argument(\"--cpu\", action=\"store_true\")";
-        check_flags(&["--listen".into(), "0.0.0.0".into(), "--port=8188".into(), "--cpu".into()], py).unwrap();
+        check_flags(
+            &[
+                "--listen".into(),
+                "0.0.0.0".into(),
+                "--port=8188".into(),
+                "--cpu".into(),
+            ],
+            py,
+        )
+        .unwrap();
         let err = check_flags(&["--use-xformers".into()], py).unwrap_err();
         assert!(err.to_string().contains("--use-xformers"), "{err}");
     }

@@ -34,7 +34,13 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
         .output()
         .with_context(|| format!("starting {}", describe(cmd)))?;
     if !out.status.success() {
-        bail!("`{}` failed ({}):\n{}{}", describe(cmd), out.status, tail(&out.stdout), tail(&out.stderr));
+        bail!(
+            "`{}` failed ({}):\n{}{}",
+            describe(cmd),
+            out.status,
+            tail(&out.stdout),
+            tail(&out.stderr)
+        );
     }
     Ok(out)
 }
@@ -54,7 +60,12 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
         .with_context(|| format!("starting {}", describe(cmd)))?;
     if !status.success() {
         let text = fs_err::read(log).unwrap_or_default();
-        bail!("`{}` failed ({status}); full log: {}\n{}", describe(cmd), log.display(), tail(&text));
+        bail!(
+            "`{}` failed ({status}); full log: {}\n{}",
+            describe(cmd),
+            log.display(),
+            tail(&text)
+        );
     }
     Ok(())
 }
@@ -77,7 +88,11 @@ pub async fn run_async(mut cmd: tokio::process::Command, what: &str) -> Result<S
         .await
         .with_context(|| format!("starting {desc}"))?;
     if !out.status.success() {
-        bail!("{what}: `{desc}` failed ({}):\n{}", out.status, tail(&out.stderr));
+        bail!(
+            "{what}: `{desc}` failed ({}):\n{}",
+            out.status,
+            tail(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

@@ -152,7 +152,8 @@ impl Recipe {
 
     pub fn load(path: &Path) -> Result<(Self, Vec<u8>)> {
         let bytes = fs_err::read(path)?;
-        let text = std::str::from_utf8(&bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
+        let text = std::str::from_utf8(&bytes)
+            .with_context(|| format!("{} is not UTF-8", path.display()))?;
         let r = Self::parse(text).with_context(|| format!("invalid recipe {}", path.display()))?;
         Ok((r, bytes))
     }

@@ -29,11 +29,17 @@ pub fn filter(owner: &str, text: &str, drop: &[String], pins: &[String]) -> Resu
         if line.starts_with('-') {
             bail!("{owner}: requirement line {line:?} (pip options, -r, -e) is not supported in a recipe build");
         }
-        let req = Requirement::<VerbatimUrl>::from_str(line).map_err(|e| anyhow::anyhow!("{owner}: cannot parse requirement {line:?}: {e}"))?;
+        let req = Requirement::<VerbatimUrl>::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{owner}: cannot parse requirement {line:?}: {e}"))?;
         let name = req.name.to_string();
-        if let Some(pin) = pins.iter().find(|p| p.split("==").next().is_some_and(|n| n.eq_ignore_ascii_case(&name))) {
+        if let Some(pin) = pins.iter().find(|p| {
+            p.split("==")
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&name))
+        }) {
             let version = pin.split("==").nth(1).unwrap_or_default();
-            let pinned = pep440_rs::Version::from_str(version).map_err(|e| anyhow::anyhow!("torch pin {pin}: {e}"))?;
+            let pinned = pep440_rs::Version::from_str(version)
+                .map_err(|e| anyhow::anyhow!("torch pin {pin}: {e}"))?;
             if let Some(pep508_rs::VersionOrUrl::VersionSpecifier(spec)) = &req.version_or_url {
                 if !spec.contains(&pinned) {
                     bail!("{owner} requires {line}, but the recipe pins {pin}: refusing to replace the torch stack");
@@ -56,10 +62,22 @@ mod tests {
     #[test]
     fn drops_torch_and_nvidia_and_refuses_incompatible_torch() {
         let drop = vec!["torch".into(), "torchvision".into(), "nvidia-*".into()];
-        let pins = vec!["torch==2.9.1+cu130".into(), "torchvision==0.24.1+cu130".into()];
-        let kept = filter("node", "six>=1\n# c\ntorch\ntorchvision>=0.20\nnvidia-cublas-cu12\nnumpy<2 # old\n", &drop, &pins).unwrap();
+        let pins = vec![
+            "torch==2.9.1+cu130".into(),
+            "torchvision==0.24.1+cu130".into(),
+        ];
+        let kept = filter(
+            "node",
+            "six>=1\n# c\ntorch\ntorchvision>=0.20\nnvidia-cublas-cu12\nnumpy<2 # old\n",
+            &drop,
+            &pins,
+        )
+        .unwrap();
         assert_eq!(kept, ["six>=1", "numpy<2"]);
         let err = filter("custom node X", "torch>=99\n", &drop, &pins).unwrap_err();
-        assert!(err.to_string().contains("custom node X requires torch>=99"), "{err}");
+        assert!(
+            err.to_string().contains("custom node X requires torch>=99"),
+            "{err}"
+        );
     }
 }

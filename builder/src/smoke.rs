@@ -9,7 +9,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Flags that need a GPU (or a GPU-only package) and so are left out of a CPU smoke start.
-const GPU_ONLY: &[&str] = &["--gpu-only", "--highvram", "--use-sage-attention", "--cpu", "--disable-cuda-malloc"];
+const GPU_ONLY: &[&str] = &[
+    "--gpu-only",
+    "--highvram",
+    "--use-sage-attention",
+    "--cpu",
+    "--disable-cuda-malloc",
+];
 
 fn smoke_args(launch: &[String], port: u16, scratch: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -57,12 +63,20 @@ fn log_tail(log: &Path) -> String {
 }
 
 /// Runs the smoke start of `release` (a copy of the stage); returns classes per custom node dir.
-pub fn smoke(release: &Path, launch: &[String], nodes: &[String], log: &Path, timeout: Duration) -> Result<BTreeMap<String, Vec<String>>> {
+pub fn smoke(
+    release: &Path,
+    launch: &[String],
+    nodes: &[String],
+    log: &Path,
+    timeout: Duration,
+) -> Result<BTreeMap<String, Vec<String>>> {
     let scratch = tempfile::tempdir()?;
     for d in ["base/custom_nodes", "user", "input", "output", "temp"] {
         fs_err::create_dir_all(scratch.path().join(d))?;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     if let Some(p) = log.parent() {
         fs_err::create_dir_all(p)?;
     }
@@ -86,12 +100,18 @@ pub fn smoke(release: &Path, launch: &[String], nodes: &[String], log: &Path, ti
         }
     }
     let guard = Kill(&mut child);
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let base = format!("http://127.0.0.1:{port}");
     let start = Instant::now();
     loop {
         if let Some(status) = guard.0.try_wait()? {
-            bail!("the app exited during the smoke start ({status}); log {}:\n{}", log.display(), log_tail(log));
+            bail!(
+                "the app exited during the smoke start ({status}); log {}:\n{}",
+                log.display(),
+                log_tail(log)
+            );
         }
         if let Ok(r) = client.get(format!("{base}/system_stats")).send() {
             if r.status().is_success() {
@@ -99,18 +119,33 @@ pub fn smoke(release: &Path, launch: &[String], nodes: &[String], log: &Path, ti
             }
         }
         if start.elapsed() > timeout {
-            bail!("the app did not answer /system_stats within {}s; log {}:\n{}", timeout.as_secs(), log.display(), log_tail(log));
+            bail!(
+                "the app did not answer /system_stats within {}s; log {}:\n{}",
+                timeout.as_secs(),
+                log.display(),
+                log_tail(log)
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let body = client.get(format!("{base}/object_info")).send()?.error_for_status()?.bytes()?;
-    let info: serde_json::Value = serde_json::from_slice(&body).context("/object_info is not JSON")?;
+    let body = client
+        .get(format!("{base}/object_info"))
+        .send()?
+        .error_for_status()?
+        .bytes()?;
+    let info: serde_json::Value =
+        serde_json::from_slice(&body).context("/object_info is not JSON")?;
     drop(guard);
     let text = fs_err::read_to_string(log).unwrap_or_default();
-    let mut found: BTreeMap<String, Vec<String>> = nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
+    let mut found: BTreeMap<String, Vec<String>> =
+        nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
     if let Some(obj) = info.as_object() {
         for (class, v) in obj {
-            if let Some(dir) = v.get("python_module").and_then(|m| m.as_str()).and_then(|m| m.strip_prefix("custom_nodes.")) {
+            if let Some(dir) = v
+                .get("python_module")
+                .and_then(|m| m.as_str())
+                .and_then(|m| m.strip_prefix("custom_nodes."))
+            {
                 if let Some(list) = found.get_mut(dir) {
                     list.push(class.clone());
                 }
@@ -118,9 +153,15 @@ pub fn smoke(release: &Path, launch: &[String], nodes: &[String], log: &Path, ti
         }
     }
     for n in nodes {
-        let failed = text.lines().any(|l| l.contains("(IMPORT FAILED)") && l.trim_end().ends_with(&format!("/{n}")));
+        let failed = text
+            .lines()
+            .any(|l| l.contains("(IMPORT FAILED)") && l.trim_end().ends_with(&format!("/{n}")));
         if failed {
-            bail!("custom node {n} failed to import during the smoke start; log {}:\n{}", log.display(), log_tail(log));
+            bail!(
+                "custom node {n} failed to import during the smoke start; log {}:\n{}",
+                log.display(),
+                log_tail(log)
+            );
         }
     }
     for v in found.values_mut() {
@@ -133,12 +174,22 @@ pub fn smoke(release: &Path, launch: &[String], nodes: &[String], log: &Path, ti
 mod tests {
     #[test]
     fn gpu_flags_and_address_are_replaced() {
-        let a: Vec<String> = ["--listen", "0.0.0.0", "--port", "8188", "--gpu-only", "--use-sage-attention", "--bf16-unet"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let a: Vec<String> = [
+            "--listen",
+            "0.0.0.0",
+            "--port",
+            "8188",
+            "--gpu-only",
+            "--use-sage-attention",
+            "--bf16-unet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let out = super::smoke_args(&a, 9999, std::path::Path::new("/s"));
         assert_eq!(&out[..4], ["--bf16-unet", "--cpu", "--listen", "127.0.0.1"]);
-        assert!(!out.iter().any(|x| x == "--gpu-only" || x == "0.0.0.0" || x == "8188"));
+        assert!(!out
+            .iter()
+            .any(|x| x == "--gpu-only" || x == "0.0.0.0" || x == "8188"));
     }
 }

@@ -24,7 +24,12 @@ pub fn lock(a: LockArgs) -> Result<()> {
     let p = plan(&a.recipe)?;
     let l = crate::build::lock(&p, &a.cache.unwrap_or_else(default_cache))?;
     l.save(&p.lock_path())?;
-    println!("wrote {} ({} sources, {} pinned packages)", p.lock_path().display(), l.git.len(), l.requirements.matches("==").count());
+    println!(
+        "wrote {} ({} sources, {} pinned packages)",
+        p.lock_path().display(),
+        l.git.len(),
+        l.requirements.matches("==").count()
+    );
     Ok(())
 }
 
@@ -51,15 +56,34 @@ pub fn build(a: BuildArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&built)?);
     } else {
-        println!("built {} (id {}) in {:.1}s", built.path.display(), built.id, built.seconds);
+        println!(
+            "built {} (id {}) in {:.1}s",
+            built.path.display(),
+            built.id,
+            built.seconds
+        );
     }
     Ok(())
 }
 
 fn print_plan(v: &serde_json::Value) {
-    let s = |x: &serde_json::Value| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string());
-    println!("recipe {} (sha256 {})", s(&v["recipe"]), s(&v["recipe_sha256"]));
-    println!("bundle {} {} sequence {} for {}", s(&v["bundle"]["name"]), s(&v["bundle"]["version"]), v["bundle"]["sequence"], s(&v["bundle"]["target"]));
+    let s = |x: &serde_json::Value| {
+        x.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| x.to_string())
+    };
+    println!(
+        "recipe {} (sha256 {})",
+        s(&v["recipe"]),
+        s(&v["recipe_sha256"])
+    );
+    println!(
+        "bundle {} {} sequence {} for {}",
+        s(&v["bundle"]["name"]),
+        s(&v["bundle"]["version"]),
+        v["bundle"]["sequence"],
+        s(&v["bundle"]["target"])
+    );
     println!("lock   {}", s(&v["lock"]));
     for src in v["sources"].as_array().into_iter().flatten() {
         println!(
@@ -67,12 +91,21 @@ fn print_plan(v: &serde_json::Value) {
             s(&src["role"]),
             s(&src["name"]),
             s(&src["url"]),
-            src["commit"].as_str().unwrap_or(src["rev"].as_str().unwrap_or("")),
-            if src["cached"] == true { " (cached)" } else { "" }
+            src["commit"]
+                .as_str()
+                .unwrap_or(src["rev"].as_str().unwrap_or("")),
+            if src["cached"] == true {
+                " (cached)"
+            } else {
+                ""
+            }
         );
     }
     for st in v["stages"].as_array().into_iter().flatten() {
-        let d = st["digest"].as_str().map(|d| format!(" {}", &d[..12])).unwrap_or_default();
+        let d = st["digest"]
+            .as_str()
+            .map(|d| format!(" {}", &d[..12]))
+            .unwrap_or_default();
         let cached = match st["cached"].as_bool() {
             Some(true) => " cached",
             Some(false) => " to build",
@@ -87,6 +120,9 @@ fn print_plan(v: &serde_json::Value) {
 
 pub fn import_snapshot(a: ImportSnapshotArgs) -> Result<()> {
     let json = fs_err::read_to_string(&a.snapshot)?;
-    print!("{}", crate::snapshot::to_recipe_fragment(&json, &a.comfyui_url)?);
+    print!(
+        "{}",
+        crate::snapshot::to_recipe_fragment(&json, &a.comfyui_url)?
+    );
     Ok(())
 }

@@ -1,0 +1,351 @@
+//! The demo recipe built for real (offline fixtures + PyPI): it runs from another path, it is
+//! reproducible, and the build refuses what would break a host.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// PATH with the pyenv 3.12 interpreter the demo recipe asks for.
+fn path_with_python312() -> String {
+    let prefix = Command::new("pyenv")
+        .args(["prefix", "3.12.1"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let old = std::env::var("PATH").unwrap_or_default();
+    match prefix {
+        Some(o) => format!("{}/bin:{old}", String::from_utf8_lossy(&o.stdout).trim()),
+        None => old,
+    }
+}
+
+struct Demo {
+    tmp: tempfile::TempDir,
+    fixtures: PathBuf,
+    key: PathBuf,
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let st = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+impl Demo {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let fixtures = tmp.path().join("fixtures");
+        let st = Command::new("bash")
+            .arg(repo().join("scripts/demo-fixtures.sh"))
+            .arg(&fixtures)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let key = tmp.path().join("k");
+        let out = Command::new(env!("CARGO_BIN_EXE_comfy-build"))
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        Demo {
+            tmp,
+            fixtures,
+            key: tmp_key(&key),
+        }
+    }
+
+    /// The demo recipe with its fixture paths pointing at this test's repositories.
+    fn recipe(&self, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
+        let text = fs_err::read_to_string(repo().join("recipes/demo.toml"))
+            .unwrap()
+            .replace("../.cache/demo-fixtures", &self.fixtures.to_string_lossy());
+        let p = self.tmp.path().join(format!("{name}.toml"));
+        fs_err::write(&p, edit(text)).unwrap();
+        p
+    }
+
+    /// A copy of a fixture repository with one file changed and committed.
+    fn variant(&self, base: &str, name: &str, file: &str, content: &str) -> PathBuf {
+        let dir = self.fixtures.join(name);
+        let st = Command::new("git")
+            .arg("clone")
+            .arg("-q")
+            .arg(self.fixtures.join(base))
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        fs_err::write(dir.join(file), content).unwrap();
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["commit", "-q", "-m", "variant"]);
+        dir
+    }
+
+    fn build(&self, recipe: &Path, out: &str, cache: &str, extra: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_comfy-build"))
+            .arg("build")
+            .arg(recipe)
+            .arg("--key")
+            .arg(&self.key)
+            .arg("--out")
+            .arg(self.tmp.path().join(out))
+            .arg("--cache")
+            .arg(self.tmp.path().join(cache))
+            .args(extra)
+            .args(["--json"])
+            .env("PATH", path_with_python312())
+            .output()
+            .unwrap()
+    }
+}
+
+fn tmp_key(prefix: &Path) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(".key");
+    PathBuf::from(s)
+}
+
+fn id(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn demo_builds_runs_elsewhere_and_is_reproducible() {
+    let d = Demo::new();
+    let recipe = d.recipe("demo", |t| t);
+    let first = d.build(&recipe, "out1", "cache", &[]);
+    let id1 = id(&first);
+    let again = d.build(&recipe, "out2", "cache", &["--locked"]);
+    assert_eq!(
+        id(&again),
+        id1,
+        "warm cache, other output dir: same bundle id"
+    );
+    let fresh = d.build(&recipe, "out3", "cache-fresh", &["--locked"]);
+    assert_eq!(id(&fresh), id1, "fresh cache: same bundle id");
+
+    // Extract anywhere with stock tar and run it from there.
+    let v: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let bundle = PathBuf::from(v["path"].as_str().unwrap());
+    let x = d.tmp.path().join("somewhere/else");
+    fs_err::create_dir_all(&x).unwrap();
+    assert!(Command::new("tar")
+        .arg("--zstd")
+        .arg("-xf")
+        .arg(&bundle)
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap()
+        .success());
+    let py = x.join("venv/bin/python");
+    let out = Command::new(&py)
+        .args(["-c", "import sys, yaml, six, psutil, dotenv, fastmath; print(fastmath.dot([1, 2], [3, 4])); print(sys.prefix)"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("11.0\n"), "{text}");
+    assert!(text.contains("somewhere/else/venv"), "{text}");
+    let ep = Command::new(x.join("venv/bin/dotenv"))
+        .arg("--help")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    // The trampoline found the release's interpreter and ran dotenv's CLI module (which, without
+    // its optional `cli` extra, says so on stderr).
+    assert!(
+        String::from_utf8_lossy(&ep.stderr).contains("python-dotenv is not installed with cli"),
+        "entry point: {ep:?}"
+    );
+    // The manifest records what smoke saw and what was built.
+    let info = Command::new(env!("CARGO_BIN_EXE_comfy-build"))
+        .arg("inspect")
+        .arg(&bundle)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        m["expected_nodes"]["node-hello"],
+        serde_json::json!(["HelloNumber", "HelloText"])
+    );
+    assert_eq!(m["provenance"]["smoke"], "passed");
+    assert!(m["provenance"]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == "fastmath==1.0.0"));
+    assert_eq!(m["launch"]["entry"], "launch.sh");
+}
+
+#[test]
+fn smoke_catches_a_node_that_fails_to_import() {
+    let d = Demo::new();
+    let broken = d
+        .fixtures
+        .join("node-broken")
+        .to_string_lossy()
+        .into_owned();
+    let recipe = d.recipe("broken", |t| {
+        format!("{t}\n[[custom_nodes]]\ngit = \"{broken}\"\nrev = \"main\"\n")
+    });
+    let out = d.build(&recipe, "out", "cache", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("custom node node-broken failed to import"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broken on purpose"),
+        "the log tail is shown: {err}"
+    );
+}
+
+#[test]
+fn smoke_catches_a_missing_runtime_dependency() {
+    let d = Demo::new();
+    let main =
+        fs_err::read_to_string(repo().join("tests/fixtures/demo/comfyui-app/main.py")).unwrap();
+    let patched = main.replace("import yaml  # a real dependency", "import requests  # not in requirements.txt, as in v0.3.64\nimport yaml  # a real dependency");
+    let app = d.variant("comfyui-app", "comfyui-requests", "main.py", &patched);
+    let recipe = d.recipe("requests", |t| {
+        t.replace(
+            &d.fixtures
+                .join("comfyui-app")
+                .to_string_lossy()
+                .into_owned(),
+            &app.to_string_lossy(),
+        )
+    });
+    let out = d.build(&recipe, "out", "cache", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("exited during the smoke start"), "{err}");
+    assert!(err.contains("No module named 'requests'"), "{err}");
+}
+
+#[test]
+fn a_node_asking_for_another_torch_fails_by_name() {
+    let d = Demo::new();
+    let t99 = d
+        .fixtures
+        .join("node-torch99")
+        .to_string_lossy()
+        .into_owned();
+    let recipe = d.recipe("torch99", |t| {
+        format!("{t}\n[[custom_nodes]]\ngit = \"{t99}\"\nrev = \"main\"\n")
+    });
+    let out = d.build(&recipe, "out", "cache", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("custom node node-torch99 requires torch>=99"),
+        "{err}"
+    );
+    assert!(err.contains("torch==2.9.1"), "{err}");
+}
+
+#[test]
+fn a_required_extension_that_does_not_compile_stops_the_build() {
+    let d = Demo::new();
+    let ext = d.variant(
+        "ext-fastmath",
+        "ext-broken",
+        "fastmath.c",
+        "this is not C;\n",
+    );
+    let recipe = d.recipe("badext", |t| {
+        t.replace(
+            &d.fixtures
+                .join("ext-fastmath")
+                .to_string_lossy()
+                .into_owned(),
+            &ext.to_string_lossy(),
+        )
+    });
+    let out = d.build(&recipe, "out", "cache", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("required extension fastmath failed to build"),
+        "{err}"
+    );
+    assert!(err.contains("full log: "), "{err}");
+    assert!(
+        err.contains("error"),
+        "the compiler's stderr tail is shown: {err}"
+    );
+}
+
+#[test]
+fn an_unreachable_source_is_named_and_a_stale_lock_refused() {
+    let d = Demo::new();
+    let recipe = d.recipe("gone", |t| {
+        format!("{t}\n[[custom_nodes]]\ngit = \"/nonexistent/node-gone\"\nrev = \"main\"\n")
+    });
+    let out = d.build(&recipe, "out", "cache", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("node-gone") && err.contains("/nonexistent/node-gone"),
+        "{err}"
+    );
+    // A lock made for one recipe is refused by --locked once the recipe changes.
+    let good = d.recipe("good", |t| t);
+    let lock = Command::new(env!("CARGO_BIN_EXE_comfy-build"))
+        .arg("lock")
+        .arg(&good)
+        .arg("--cache")
+        .arg(d.tmp.path().join("cache"))
+        .env("PATH", path_with_python312())
+        .output()
+        .unwrap();
+    assert!(lock.status.success(), "{}", stderr(&lock));
+    fs_err::write(
+        &good,
+        fs_err::read_to_string(&good)
+            .unwrap()
+            .replace("version = \"0.1.0\"", "version = \"0.1.1\""),
+    )
+    .unwrap();
+    let out = d.build(&good, "out", "cache", &["--locked"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is stale"), "{}", stderr(&out));
+}

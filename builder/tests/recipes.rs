@@ -1,0 +1,122 @@
+//! Every recipe in recipes/ parses and validates, and the DGX Spark recipe plans what the seed does.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn every_recipe_parses_and_validates() {
+    let mut n = 0;
+    for e in fs_err::read_dir(repo().join("recipes")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let (r, bytes) = builder::recipe::Recipe::load(&p).unwrap();
+            builder::plan::Plan::new(r, &p, &bytes).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n >= 2);
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let text = fs_err::read_to_string(repo().join("recipes/demo.toml"))
+        .unwrap()
+        .replace("[torch]\n", "[torch]\ncuda_version = \"13.0\"\n");
+    let err = builder::recipe::Recipe::parse(&text).unwrap_err();
+    assert!(format!("{err:#}").contains("cuda_version"), "{err:#}");
+}
+
+#[test]
+fn arch_list_121_is_refused() {
+    let text = fs_err::read_to_string(repo().join("recipes/dgx-spark.toml"))
+        .unwrap()
+        .replace("arch_list = \"12.1\"", "arch_list = \"121\"");
+    let r = builder::recipe::Recipe::parse(&text).unwrap();
+    let err = builder::plan::Plan::new(r, Path::new("x.toml"), text.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("write `12.1`"), "{err}");
+}
+
+#[test]
+fn dgx_spark_dry_run_plans_the_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_comfy-build"))
+        .args([
+            "build",
+            "recipes/dgx-spark.toml",
+            "--dry-run",
+            "--json",
+            "--out",
+        ])
+        .arg(tmp.path().join("out"))
+        .arg("--cache")
+        .arg(tmp.path().join("cache"))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bundle"]["target"], "linux-aarch64-cu130-sm_121");
+    assert_eq!(v["bundle"]["device_type"], "cuda");
+    assert_eq!(v["torch"]["pins"][0], "torch==2.9.1+cu130");
+    assert_eq!(
+        v["torch"]["index_url"],
+        "https://download.pytorch.org/whl/cu130"
+    );
+    assert_eq!(v["arch_list"], "12.1");
+    assert_eq!(v["cuda_home"], "/usr/local/cuda-13.0");
+    let launch: Vec<&str> = v["launch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    for f in [
+        "--disable-xformers",
+        "--use-sage-attention",
+        "--gpu-only",
+        "--bf16-unet",
+        "--bf16-vae",
+        "--bf16-text-enc",
+    ] {
+        assert!(launch.contains(&f), "{f} missing from {launch:?}");
+    }
+    let sources = v["sources"].as_array().unwrap();
+    let comfy = sources.iter().find(|s| s["role"] == "comfyui").unwrap();
+    assert_eq!(comfy["rev"], "a125cd84b054a57729b5eecab930ca9408719832");
+    assert!(sources.iter().filter(|s| s["role"] == "node").count() >= 5);
+    let sage = sources
+        .iter()
+        .find(|s| s["name"] == "sageattention")
+        .unwrap();
+    assert_eq!(sage["rev"], "d1a57a546c3d395b1ffcbeecc66d81db76f3b4b5");
+    let stages = v["stages"].as_array().unwrap();
+    let cmd = |name: &str| {
+        stages.iter().find(|s| s["stage"] == name).unwrap()["commands"][0]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(cmd("extension sageattention").contains("TORCH_CUDA_ARCH_LIST=12.1"));
+    assert!(cmd("extension sageattention").contains("--no-build-isolation"));
+    assert!(cmd("extension flash-attention").contains("FLASH_ATTN_CUDA_ARCHS=120"));
+    assert!(cmd("extension flash-attention").contains("FLASH_ATTENTION_FORCE_BUILD=TRUE"));
+    assert!(cmd("extension torchao").contains("torchao==0.15.0"));
+    assert!(cmd("extension torchao").contains("TRITON_PTXAS_PATH=/usr/local/cuda-13.0/bin/ptxas"));
+    assert!(
+        stages.iter().all(|s| s["cached"] != true),
+        "nothing can be cached in a fresh cache"
+    );
+    assert!(
+        !tmp.path().join("cache/git").exists(),
+        "a dry run fetches nothing"
+    );
+}
