@@ -149,8 +149,9 @@ fn compile(plan: &Plan, input: &str, cache: &Path) -> Result<String> {
     Ok(fs_err::read_to_string(&out)?)
 }
 
-/// `comfy-build lock`: resolves every source to a commit and every package to a hashed pin.
-pub fn lock(plan: &Plan, cache: &Path) -> Result<Lock> {
+/// `comfy-build lock`: resolves every source to a commit and every package to a hashed pin. When the
+/// requirement inputs are those `previous` was resolved from, its pins are kept (no resolver run).
+pub fn lock(plan: &Plan, cache: &Path, previous: Option<&Lock>) -> Result<Lock> {
     fs_err::create_dir_all(cache)?;
     step("sources", format!("{} repositories", plan.sources.len()));
     let fetched = fetch(plan, cache, None)?;
@@ -163,9 +164,26 @@ pub fn lock(plan: &Plan, cache: &Path) -> Result<Lock> {
     let cli_text = fs_err::read_to_string(&cli)
         .with_context(|| format!("the pinned ComfyUI has no {}", cli.display()))?;
     crate::plan::check_flags(&plan.recipe.launch.args, &cli_text)?;
-    step("resolve", "requirements under the torch pins");
     let input = requirements(plan, &trees)?;
-    let requirements = compile(plan, &input, cache)?;
+    let r = &plan.recipe;
+    let input_sha = digest(&[
+        "requirements-v1",
+        &input,
+        &r.torch.pins.join("\n"),
+        &r.python.version,
+        &r.target.platform,
+        &env::index_args(r).join(" "),
+    ]);
+    let requirements = match previous {
+        Some(p) if p.requirements_input_sha256 == input_sha => {
+            step("resolve", "requirements unchanged; keeping their pins");
+            p.requirements.clone()
+        }
+        _ => {
+            step("resolve", "requirements under the torch pins");
+            compile(plan, &input, cache)?
+        }
+    };
     let source_date_epoch = git::commit_time(cache, &comfy.0.fetch_url, &comfy.1)?;
     Ok(Lock {
         recipe_sha256: plan.recipe_sha256.clone(),
@@ -181,6 +199,7 @@ pub fn lock(plan: &Plan, cache: &Path) -> Result<Lock> {
             })
             .collect(),
         requirements,
+        requirements_input_sha256: input_sha,
     })
 }
 
@@ -196,7 +215,7 @@ pub struct Built {
 fn env_digest(plan: &Plan, interp: &Interpreter, lock: &Lock, uv: &str) -> String {
     let r = &plan.recipe;
     digest(&[
-        "env-v1",
+        "env-v2",
         &format!("{:?}", r.python.mode),
         &interp.prefix.to_string_lossy(),
         &interp.version,
@@ -240,7 +259,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                     "lock",
                     format!("refreshing {} ({why})", lock_path.display()),
                 );
-                let l = lock(plan, &cache)?;
+                let l = lock(plan, &cache, Some(&l))?;
                 l.save(&lock_path)?;
                 l
             }
@@ -252,7 +271,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         ),
         None => {
             step("lock", format!("writing {}", lock_path.display()));
-            let l = lock(plan, &cache)?;
+            let l = lock(plan, &cache, None)?;
             l.save(&lock_path)?;
             l
         }
@@ -349,7 +368,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         .map(|(_, _, w)| w.to_string_lossy().into_owned())
         .collect();
     let stage_d = digest(&[
-        "stage-v2",
+        "stage-v3",
         &env_d,
         &lock_sha,
         &plan.recipe_sha256,
@@ -371,9 +390,10 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         let tmp = cache.join("tmp").join(format!("stage-{stage_d}"));
         let _ = fs_err::remove_dir_all(&tmp);
         fs_err::create_dir_all(&tmp)?;
+        // A hardlink farm of the cached env: nothing below writes into an existing file in place.
         process::run(
             Command::new("cp")
-                .arg("-a")
+                .arg("-al")
                 .arg(format!("{}/.", env_dir.display()))
                 .arg(&tmp),
         )?;
@@ -404,19 +424,21 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         fs_err::write(&launch_sh, launch::render(&r.launch.env))?;
         fs_err::set_permissions(&launch_sh, std::fs::Permissions::from_mode(0o755))?;
         step("freeze", "bytecode, metadata, relocation lint");
-        freeze::freeze(&tmp, &interp.version)?;
+        freeze::freeze(&tmp)?;
         freeze::lint(
             &tmp,
             &[
                 tmp.to_string_lossy().into_owned(),
                 cache.to_string_lossy().into_owned(),
             ],
+            true,
         )?;
         let nodes = if opts.smoke {
             step("smoke", "starting the frozen app on loopback");
             let copy = cache.join("tmp").join(format!("smoke-{}", &stage_d[..12]));
             let _ = fs_err::remove_dir_all(&copy);
-            process::run(Command::new("cp").arg("-a").arg(&tmp).arg(&copy))?;
+            // Another path proves the tree is relocatable; hardlinks keep the copy cheap.
+            process::run(Command::new("cp").arg("-al").arg(&tmp).arg(&copy))?;
             let log = cache
                 .join("logs")
                 .join(format!("smoke-{}.log", &stage_d[..12]));
@@ -585,7 +607,7 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<serde_json::Value> {
         .collect();
     let reqs = lock.as_ref().map_or("", |l| l.requirements.as_str());
     let env_d = digest(&[
-        "env-v1",
+        "env-v2",
         &format!("{:?}", r.python.mode),
         &r.python.path,
         &r.python.version,

@@ -202,5 +202,14 @@ pub fn build_env(
     .arg(&req);
     process::run(&mut c).context("installing the locked requirements")?;
     fs_err::remove_file(&req)?;
+    crate::freeze::compile(dest, &interp.version, &[]);
+    crate::freeze::lint(
+        dest,
+        &[
+            dest.to_string_lossy().into_owned(),
+            cache.to_string_lossy().into_owned(),
+        ],
+        false,
+    )?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 /// Where `co_filename` points in shipped bytecode (tracebacks on a host show real paths).
 pub const INSTALL_PREFIX: &str = "/opt/comfyui/current";
 
-pub fn freeze(stage: &Path, python_version: &str) -> Result<()> {
+pub fn freeze(stage: &Path) -> Result<()> {
     let mut stack = vec![stage.join("venv")];
     while let Some(d) = stack.pop() {
         for e in fs_err::read_dir(&d)? {
@@ -26,12 +26,26 @@ pub fn freeze(stage: &Path, python_version: &str) -> Result<()> {
         }
     }
     let _ = fs_err::remove_file(stage.join("venv/.lock"));
-    let mut dirs = vec![stage.join("venv/lib"), stage.join("ComfyUI")];
-    let stdlib = stage.join(format!("python/lib/python{python_version}"));
+    // The stdlib and the env's packages were compiled with the env; new here: ComfyUI, nodes, wheels.
+    compile_dirs(stage, &[stage.join("venv/lib"), stage.join("ComfyUI")]);
+    Ok(())
+}
+
+/// Reproducible bytecode for the stdlib, the venv and `extra` (unchecked-hash, PYTHONHASHSEED=0,
+/// `-s root -p INSTALL_PREFIX` so the same file gives the same bytes wherever it was compiled).
+/// Files already compiled are skipped, so the env stage's work is not redone per stage.
+pub fn compile(root: &Path, python_version: &str, extra: &[std::path::PathBuf]) {
+    let mut dirs = vec![root.join("venv/lib")];
+    let stdlib = root.join(format!("python/lib/python{python_version}"));
     if stdlib.exists() {
         dirs.push(stdlib);
     }
-    let out = Command::new(stage.join("venv/bin/python"))
+    dirs.extend(extra.iter().cloned());
+    compile_dirs(root, &dirs);
+}
+
+fn compile_dirs(root: &Path, dirs: &[std::path::PathBuf]) {
+    let out = Command::new(root.join("venv/bin/python"))
         .args([
             "-m",
             "compileall",
@@ -42,22 +56,23 @@ pub fn freeze(stage: &Path, python_version: &str) -> Result<()> {
             "unchecked-hash",
             "-s",
         ])
-        .arg(stage)
+        .arg(root)
         .args(["-p", INSTALL_PREFIX])
-        .args(&dirs)
+        .args(dirs)
         .env("PYTHONHASHSEED", "0")
         .env("SOURCE_DATE_EPOCH", "0")
         .stdin(std::process::Stdio::null())
-        .output()?;
-    if !out.status.success() {
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
         // compileall exits 1 when some file (py2-only code shipped in a package) does not compile;
         // those modules are never imported, so this is a warning, not a failure.
-        tracing::warn!(
+        Ok(o) => tracing::warn!(
             "compileall reported files it could not compile:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+            String::from_utf8_lossy(&o.stdout)
+        ),
+        Err(e) => tracing::warn!("compileall did not run: {e}"),
     }
-    Ok(())
 }
 
 /// Install-time files that name the build (`direct_url.json`: the wheel's path; `uv_cache.json`: a
@@ -93,8 +108,10 @@ fn normalise_dist_info(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Fails naming every file that contains any of `needles` (the staging and cache paths).
-pub fn lint(stage: &Path, needles: &[String]) -> Result<()> {
+/// Fails naming every file that contains any of `needles` (the staging and cache paths). With
+/// `only_unshared`, files hardlinked from the cached env (linted when it was built) are skipped.
+pub fn lint(stage: &Path, needles: &[String], only_unshared: bool) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
     let finders: Vec<_> = needles
         .iter()
         .map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned())
@@ -117,6 +134,9 @@ pub fn lint(stage: &Path, needles: &[String]) -> Result<()> {
                     bad.push(p);
                 }
             } else if ft.is_file() {
+                if only_unshared && e.metadata()?.nlink() > 1 {
+                    continue;
+                }
                 let bytes = fs_err::read(&p)?;
                 if finders.iter().any(|f| f.find(&bytes).is_some()) {
                     bad.push(p);

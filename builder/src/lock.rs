@@ -17,6 +17,8 @@ pub struct Lock {
     pub git: Vec<LockedGit>,
     /// Pinned, hashed requirements (uv pip compile output).
     pub requirements: String,
+    /// Digest of what they were resolved from (requirement files, torch pins, platform).
+    pub requirements_input_sha256: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

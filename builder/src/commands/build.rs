@@ -22,7 +22,12 @@ fn plan(recipe: &std::path::Path) -> Result<Plan> {
 
 pub fn lock(a: LockArgs) -> Result<()> {
     let p = plan(&a.recipe)?;
-    let l = crate::build::lock(&p, &a.cache.unwrap_or_else(default_cache))?;
+    let previous = crate::lock::Lock::load(&p.lock_path()).ok().flatten();
+    let l = crate::build::lock(
+        &p,
+        &a.cache.unwrap_or_else(default_cache),
+        previous.as_ref(),
+    )?;
     l.save(&p.lock_path())?;
     println!(
         "wrote {} ({} sources, {} pinned packages)",
