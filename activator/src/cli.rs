@@ -37,6 +37,22 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Remove old releases (keeping current, previous and the last good) and unused store objects.
     Gc,
+    /// Check the running app on loopback against the current release's manifest (device type,
+    /// expected node classes). Exit 0 healthy, 1 not.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Port ComfyUI listens on.
+    #[arg(long, default_value_t = 8188)]
+    pub port: u16,
+    /// Seconds to wait for it to answer.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Expected device type instead of the manifest's (`cpu`, `cuda`).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Args)]

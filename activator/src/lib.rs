@@ -7,6 +7,7 @@ mod cmd;
 pub mod config;
 mod failpoint;
 mod gc;
+mod health;
 mod host;
 mod inventory;
 mod lock;

@@ -20,6 +20,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     match cli.command {
         Command::Activate(a) => {
+            require_no_service(a.no_service)?;
             let opts = activate::ActivateOptions {
                 allow_downgrade: a.allow_downgrade,
                 jobs,
@@ -60,6 +61,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Rollback(a) => {
+            require_no_service(a.no_service)?;
             let r = rollback::rollback(&host, a.to.as_deref())?;
             if cli.json {
                 print_json(&r)?;
@@ -139,6 +141,35 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
             return Ok(if r.ok { 0 } else { 2 });
         }
+        Command::Health(a) => {
+            let Some(cur) = host.current() else {
+                return crate::host::refuse("no current release to check");
+            };
+            let m = crate::release::manifest(&host.layout.release(&cur))?;
+            let h = crate::health::check(
+                a.port,
+                &m,
+                a.device.as_deref(),
+                std::time::Duration::from_secs(a.timeout),
+            )?;
+            if cli.json {
+                print_json(&h)?;
+            } else if h.healthy {
+                println!(
+                    "healthy: {} {} ({}) on port {}, device {}, {} node classes, all {} expected custom-node classes present",
+                    m.name,
+                    m.version,
+                    short(&cur),
+                    a.port,
+                    h.device_type.as_deref().unwrap_or("?"),
+                    h.node_classes,
+                    m.expected_nodes.values().map(Vec::len).sum::<usize>()
+                );
+            } else {
+                println!("unhealthy: {}", h.reason.as_deref().unwrap_or("unknown"));
+            }
+            return Ok(if h.healthy { 0 } else { 1 });
+        }
         Command::Gc => {
             let _lock = crate::lock::acquire(
                 &host.layout.state(),
@@ -159,6 +190,18 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// This build switches releases but does not yet restart and health-check a systemd unit: say so
+/// instead of silently skipping what an operator expects.
+fn require_no_service(no_service: bool) -> Result<()> {
+    if no_service {
+        return Ok(());
+    }
+    crate::host::refuse(
+        "restarting and health-checking the comfyui service is not available in this build; pass --no-service \
+         and restart the service yourself (then `comfyctl health`)",
+    )
 }
 
 /// Logging to stderr; `-v` debug, `-vv` trace, or `RUST_LOG`.

@@ -43,6 +43,8 @@ impl From<Output> for Out {
 pub struct Tree {
     pub files: Vec<(String, Vec<u8>)>,
     pub preflight: Vec<(&'static str, &'static str)>,
+    pub expected_nodes: Vec<(&'static str, Vec<&'static str>)>,
+    pub device_type: &'static str,
 }
 
 impl Tree {
@@ -68,6 +70,8 @@ impl Tree {
         Tree {
             files,
             preflight: vec![("imports", "ok")],
+            expected_nodes: vec![("node_a", vec!["NodeA"])],
+            device_type: "cpu",
         }
     }
 }
@@ -145,6 +149,12 @@ impl TestHost {
                 python: (*c).into(),
             })
             .collect();
+        m.expected_nodes = tree
+            .expected_nodes
+            .iter()
+            .map(|(d, c)| ((*d).to_owned(), c.iter().map(|x| (*x).to_owned()).collect()))
+            .collect();
+        m.launch.device_type = tree.device_type.into();
         let out = self.tmp.path().join(format!("{name}.bundle"));
         let opts = bundle::PackOptions {
             frame_size: 64 << 10,

@@ -1,0 +1,108 @@
+//! `comfyctl health` against a ComfyUI-shaped server on loopback, and the refusal to pretend a
+//! service restart happened.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
+
+/// Answers /system_stats with `device` and /object_info with `classes` (class, python_module).
+fn serve(device: &'static str, classes: &'static [(&'static str, &'static str)]) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut first = String::new();
+            r.read_line(&mut first).unwrap();
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+            }
+            let body = if first.contains("/system_stats") {
+                format!("{{\"system\":{{}},\"devices\":[{{\"type\":\"{device}\"}}]}}")
+            } else {
+                let parts: Vec<String> = classes
+                    .iter()
+                    .map(|(c, m)| format!("\"{c}\":{{\"python_module\":\"{m}\"}}"))
+                    .collect();
+                format!("{{{}}}", parts.join(","))
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn health_checks_device_and_expected_nodes() {
+    let h = TestHost::new();
+    let b = h.bundle("1.0", 1, &Tree::demo("a"));
+    assert_eq!(
+        h.ctl(&["activate", b.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+
+    let ok = serve(
+        "cpu",
+        &[("KSampler", "nodes"), ("NodeA", "custom_nodes.node_a")],
+    );
+    let out = h.ctl(&["health", "--port", &ok.to_string(), "--json"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.json()["healthy"], true);
+
+    let missing = serve("cpu", &[("KSampler", "nodes")]);
+    let out = h.ctl(&["health", "--port", &missing.to_string()]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("node classes missing: node_a:NodeA"),
+        "{}",
+        out.stdout
+    );
+
+    // The class exists but comes from another module: not the node the manifest expects.
+    let wrong_module = serve("cpu", &[("NodeA", "custom_nodes.other")]);
+    assert_eq!(
+        h.ctl(&["health", "--port", &wrong_module.to_string()]).code,
+        1
+    );
+
+    let gpu = serve("cuda", &[("NodeA", "custom_nodes.node_a")]);
+    let out = h.ctl(&["health", "--port", &gpu.to_string()]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("expected \"cpu\""), "{}", out.stdout);
+    assert_eq!(
+        h.ctl(&["health", "--port", &gpu.to_string(), "--device", "cuda"])
+            .code,
+        0
+    );
+
+    let nobody = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = h.ctl(&["health", "--port", &nobody.to_string(), "--timeout", "1"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("nothing answers"), "{}", out.stdout);
+}
+
+#[test]
+fn activation_without_no_service_says_what_is_missing() {
+    let h = TestHost::new();
+    let b = h.bundle("1.0", 1, &Tree::demo("a"));
+    let out = h.ctl(&["activate", b.to_str().unwrap()]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("pass --no-service"), "{}", out.stderr);
+    assert!(h.current().is_none());
+}
