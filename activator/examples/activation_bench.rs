@@ -83,6 +83,7 @@ fn main() {
     let host = activator::Host::open(&root, None).unwrap();
     let aopts = activator::ActivateOptions {
         allow_downgrade: false,
+        service: false,
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
 
@@ -122,7 +123,7 @@ fn main() {
     let mut whole = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
-        let r = activator::rollback(&host, None).unwrap();
+        let r = activator::rollback(&host, None, false).unwrap();
         whole.push(t.elapsed().as_secs_f64() * 1000.0);
         flips.push(r.flip_ms);
     }

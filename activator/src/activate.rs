@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 pub struct ActivateOptions {
     pub allow_downgrade: bool,
     pub jobs: usize,
+    /// Restart the systemd unit, health-check, and roll back by itself if unhealthy.
+    pub service: bool,
 }
 
 /// What an activation did, printed for people and as JSON for Ansible.
@@ -42,6 +44,7 @@ pub struct ActivateReport {
     pub fetch: Option<Fetched>,
     pub seconds: f64,
     pub gc: Option<GcReport>,
+    pub health: Option<crate::health::Health>,
 }
 
 /// Makes sure the journal matches the real `current` after a kill.
@@ -143,9 +146,39 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
             return Err(e.context(format!("{} {} did not become current", m.name, m.version)));
         }
     }
+    if opts.service {
+        crate::data::check(host)?;
+    }
     failpoint::hit("activate::before-switch")?;
+    let previous = host.current();
     switch::switch(host, &mut state, &b.id, "activate")?;
-    // Without a service to health-check (host integration adds it), passing pre-flight makes it good.
+    if opts.service {
+        let h = crate::serve::start_release(host, &b.id, previous.as_deref());
+        if !h.healthy {
+            let reason = h.reason.clone().unwrap_or_default();
+            let journal = crate::service::journal_tail(host, 30);
+            state.set_status(&b.id, Status::Failed, Some(reason.clone()));
+            state.save(&host.layout.state())?;
+            let back = match &previous {
+                Some(p) => {
+                    switch::switch(host, &mut state, p, "auto-rollback")?;
+                    let h2 = crate::serve::start_release(host, p, None);
+                    format!(
+                        "rolled back to {} ({})",
+                        &p[..12.min(p.len())],
+                        if h2.healthy {
+                            "healthy again".to_owned()
+                        } else {
+                            format!("also unhealthy: {}", h2.reason.unwrap_or_default())
+                        }
+                    )
+                }
+                None => "there was no previous release to roll back to".to_owned(),
+            };
+            anyhow::bail!("{} {} was unhealthy: {reason}; {back}\nlast lines of the unit's journal:\n{journal}", m.name, m.version);
+        }
+        report.health = Some(h);
+    }
     state.set_status(&b.id, Status::Good, None);
     state.save(&host.layout.state())?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "switched");

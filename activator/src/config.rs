@@ -29,6 +29,115 @@ pub struct HostConfig {
     /// Largest bundle download accepted.
     #[serde(default = "default_max_download")]
     pub max_download_bytes: u64,
+    #[serde(default)]
+    pub service: ServiceConfig,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
+}
+
+/// The systemd unit (the seed's `service_*` variables).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    #[serde(default = "default_service_name")]
+    pub name: String,
+    /// `comfyui` (a dedicated system user, created by `comfyctl setup`) or `root` as the seed ran.
+    #[serde(default = "default_service_user")]
+    pub user: String,
+    #[serde(default = "default_service_user")]
+    pub group: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            name: default_service_name(),
+            user: default_service_user(),
+            group: default_service_user(),
+            port: default_port(),
+            listen: default_listen(),
+        }
+    }
+}
+
+/// Where the mutable directories live: empty = local under `data/`, else a path (NFS).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    #[serde(default)]
+    pub models: String,
+    #[serde(default)]
+    pub input: String,
+    #[serde(default)]
+    pub output: String,
+    /// Mapped targets must be mount points (an unmounted NFS share is an empty local directory).
+    #[serde(default)]
+    pub require_mount: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_health_timeout")]
+    pub timeout_secs: u64,
+    /// Overrides the device type the manifest expects (`cpu` on a host without a GPU).
+    #[serde(default)]
+    pub device_type: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: default_health_timeout(),
+            device_type: String::new(),
+        }
+    }
+}
+
+/// Multi-user access (the seed's `comfyui_group`, `comfyui_users`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    #[serde(default = "default_group")]
+    pub group: String,
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            group: default_group(),
+            users: Vec::new(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "comfyui".into()
+}
+fn default_service_user() -> String {
+    "comfyui".into()
+}
+fn default_port() -> u16 {
+    8188
+}
+fn default_listen() -> String {
+    "0.0.0.0".into()
+}
+fn default_health_timeout() -> u64 {
+    120
+}
+fn default_group() -> String {
+    "comfyui-users".into()
 }
 
 fn default_install_dir() -> PathBuf {
@@ -94,6 +203,14 @@ impl Layout {
     }
     pub fn downloads(&self) -> PathBuf {
         self.state().join("downloads")
+    }
+    pub fn data(&self) -> PathBuf {
+        self.install.join("data")
+    }
+    pub fn unit(&self, name: &str) -> PathBuf {
+        self.root
+            .join("etc/systemd/system")
+            .join(format!("{name}.service"))
     }
 
     /// Creates the directories activation needs (never touches anything that exists).

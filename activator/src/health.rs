@@ -16,6 +16,20 @@ pub struct Health {
     pub seconds: f64,
 }
 
+impl Health {
+    /// An unhealthy result for a start that did not even get to the checks.
+    pub fn failed(reason: String) -> Self {
+        Health {
+            healthy: false,
+            device_type: None,
+            node_classes: 0,
+            missing_nodes: vec![],
+            reason: Some(reason),
+            seconds: 0.0,
+        }
+    }
+}
+
 /// Waits up to `timeout` for the app on `port` to answer, then checks it against `m`.
 /// `device_override` replaces the manifest's expected device type (host config).
 pub fn check(

@@ -14,9 +14,10 @@ pub struct RollbackReport {
     pub to: String,
     pub flip_ms: f64,
     pub seconds: f64,
+    pub health: Option<crate::health::Health>,
 }
 
-pub fn rollback(host: &Host, to: Option<&str>) -> Result<RollbackReport> {
+pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<RollbackReport> {
     let t0 = Instant::now();
     host.layout.ensure()?;
     let _lock = lock::acquire(
@@ -47,10 +48,25 @@ pub fn rollback(host: &Host, to: Option<&str>) -> Result<RollbackReport> {
             to: target,
             flip_ms: 0.0,
             seconds: t0.elapsed().as_secs_f64(),
+            health: None,
         });
     }
     let took = switch::switch(host, &mut state, &target, "rollback")?;
+    let health = if service {
+        let h = crate::serve::start_release(host, &target, None);
+        if !h.healthy {
+            anyhow::bail!(
+                "rolled back to {target}, but it is unhealthy: {}\nlast lines of the unit's journal:\n{}",
+                h.reason.unwrap_or_default(),
+                crate::service::journal_tail(host, 30)
+            );
+        }
+        Some(h)
+    } else {
+        None
+    };
     Ok(RollbackReport {
+        health,
         changed: true,
         from,
         to: target,

@@ -20,10 +20,10 @@ pub fn run(cli: Cli) -> Result<u8> {
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     match cli.command {
         Command::Activate(a) => {
-            require_no_service(a.no_service)?;
             let opts = activate::ActivateOptions {
                 allow_downgrade: a.allow_downgrade,
                 jobs,
+                service: !a.no_service,
             };
             let r = activate::activate(&host, &a.source, &opts)?;
             if cli.json {
@@ -61,8 +61,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Rollback(a) => {
-            require_no_service(a.no_service)?;
-            let r = rollback::rollback(&host, a.to.as_deref())?;
+            let r = rollback::rollback(&host, a.to.as_deref(), !a.no_service)?;
             if cli.json {
                 print_json(&r)?;
             } else if r.changed {
@@ -190,18 +189,6 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
     }
     Ok(0)
-}
-
-/// This build switches releases but does not yet restart and health-check a systemd unit: say so
-/// instead of silently skipping what an operator expects.
-fn require_no_service(no_service: bool) -> Result<()> {
-    if no_service {
-        return Ok(());
-    }
-    crate::host::refuse(
-        "restarting and health-checking the comfyui service is not available in this build; pass --no-service \
-         and restart the service yourself (then `comfyctl health`)",
-    )
 }
 
 /// Logging to stderr; `-v` debug, `-vv` trace, or `RUST_LOG`.

@@ -98,11 +98,28 @@ fn health_checks_device_and_expected_nodes() {
 }
 
 #[test]
-fn activation_without_no_service_says_what_is_missing() {
+fn a_service_that_cannot_start_is_rolled_back() {
+    // No systemd runs here: starting the unit fails, and the host goes back to the previous release.
     let h = TestHost::new();
-    let b = h.bundle("1.0", 1, &Tree::demo("a"));
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    let b = h.bundle("1.1", 2, &Tree::demo("b"));
+    assert_eq!(
+        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
     let out = h.ctl(&["activate", b.to_str().unwrap()]);
-    assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("pass --no-service"), "{}", out.stderr);
-    assert!(h.current().is_none());
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("was unhealthy") && out.stderr.contains("rolled back to"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(h.current(), Some(h.id_of(&a)));
+    let rows = h.ctl(&["releases", "--json"]).json();
+    assert!(rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["id"] == h.id_of(&b).as_str() && r["status"] == "failed"));
 }

@@ -1,0 +1,140 @@
+//! Mutable state under `data/`: `models`, `input`, `output` are local directories or links to the
+//! configured (NFS) targets, `user` and `temp` always local, and one SQLite database per release
+//! (`db/<id>/`), copied from the previous release's at its first activation, so a rollback never
+//! opens a database a newer release migrated. Nothing here deletes, moves or chowns user data.
+
+use crate::config::DataConfig;
+use crate::host::{refuse, Host};
+use anyhow::{Context as _, Result};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+/// The directories that may be mapped, with their configured target ("" = local).
+pub fn mapped(cfg: &DataConfig) -> [(&'static str, &str); 3] {
+    [
+        ("models", cfg.models.as_str()),
+        ("input", cfg.input.as_str()),
+        ("output", cfg.output.as_str()),
+    ]
+}
+
+fn is_mount_point(p: &Path) -> bool {
+    let (Ok(m), Some(parent)) = (fs_err::metadata(p), p.parent()) else {
+        return false;
+    };
+    fs_err::metadata(parent).is_ok_and(|pm| pm.dev() != m.dev() || pm.ino() == m.ino())
+}
+
+/// Checks every mapping before anything changes: targets exist (and are mounted where required),
+/// and no local directory holding files stands where a link must go.
+pub fn check(host: &Host) -> Result<()> {
+    let data = host.layout.data();
+    for (name, target) in mapped(&host.cfg.data) {
+        if target.is_empty() {
+            continue;
+        }
+        let t = Path::new(target);
+        if !t.is_dir() {
+            return refuse(format!(
+                "the {name} target {target} does not exist or is not a directory; mount the share or fix [data] {name} in comfyctl.toml"
+            ));
+        }
+        if host.cfg.data.require_mount && !is_mount_point(t) {
+            return refuse(format!(
+                "the {name} target {target} is not a mount point (is the NFS share mounted?)"
+            ));
+        }
+        let link = data.join(name);
+        if let Ok(m) = fs_err::symlink_metadata(&link) {
+            if m.is_dir() && fs_err::read_dir(&link)?.next().is_some() {
+                return refuse(format!(
+                    "{} is a local directory with files where the link to {target} belongs; move its contents to {target} (nothing is deleted automatically)",
+                    link.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn group_gid(group: &str) -> Option<u32> {
+    let text = fs_err::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == group)
+            .then(|| f.nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Creates a directory we own the creation of: group-writable, setgid, in the access group.
+fn make_dir(p: &Path, group: &str) -> Result<()> {
+    if p.exists() {
+        return Ok(());
+    }
+    fs_err::create_dir_all(p)?;
+    if let Some(gid) = group_gid(group) {
+        rustix::fs::chown(p, None, Some(rustix::fs::Gid::from_raw(gid)))
+            .with_context(|| format!("chgrp {}", p.display()))?;
+    }
+    fs_err::set_permissions(p, std::fs::Permissions::from_mode(0o2775))?;
+    Ok(())
+}
+
+/// Creates local dirs and (re)links mapped ones. Call [`check`] first.
+pub fn apply(host: &Host) -> Result<()> {
+    let data = host.layout.data();
+    let group = &host.cfg.access.group;
+    make_dir(&data, group)?;
+    for d in ["user", "temp", "db"] {
+        make_dir(&data.join(d), group)?;
+    }
+    for (name, target) in mapped(&host.cfg.data) {
+        let link = data.join(name);
+        let meta = fs_err::symlink_metadata(&link).ok();
+        if target.is_empty() {
+            match meta {
+                Some(m) if m.file_type().is_symlink() => {
+                    // Back to local storage: only the link goes, the share's data stays where it is.
+                    fs_err::remove_file(&link)?;
+                    make_dir(&link, group)?;
+                }
+                Some(_) => {}
+                None => make_dir(&link, group)?,
+            }
+            continue;
+        }
+        match meta {
+            Some(m)
+                if m.file_type().is_symlink() && fs_err::read_link(&link)? == Path::new(target) => {
+            }
+            Some(m) if m.is_dir() => {
+                // Empty (check() refused a non-empty one): the seed's playbook 02 made the same swap.
+                fs_err::remove_dir(&link)?;
+                crate::atomic::replace_symlink(Path::new(target), &link)?;
+            }
+            _ => crate::atomic::replace_symlink(Path::new(target), &link)?,
+        }
+    }
+    Ok(())
+}
+
+/// The database path of release `id`; at its first activation, a copy of `from`'s (if any).
+/// The copy is made while the service is stopped (WAL files included).
+pub fn database(host: &Host, id: &str, from: Option<&str>) -> Result<PathBuf> {
+    let dir = host.layout.data().join("db").join(id);
+    let db = dir.join("comfyui.db");
+    if dir.exists() {
+        return Ok(db);
+    }
+    make_dir(&dir, &host.cfg.access.group)?;
+    if let Some(prev) = from {
+        let pdir = host.layout.data().join("db").join(prev);
+        for f in ["comfyui.db", "comfyui.db-wal", "comfyui.db-shm"] {
+            if pdir.join(f).exists() {
+                fs_err::copy(pdir.join(f), dir.join(f))?;
+            }
+        }
+    }
+    Ok(db)
+}

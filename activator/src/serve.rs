@@ -1,0 +1,36 @@
+//! Bringing a release up under systemd once `current` points at it: data links, unit, environment,
+//! the release's own database copy (made while the service is stopped), start, health check.
+
+use crate::health::{self, Health};
+use crate::host::Host;
+use crate::{data, release, service};
+use anyhow::Result;
+use std::time::Duration;
+
+/// Restarts the unit on release `id` (now current) and checks it. `from`: the release that was
+/// running, whose database a first activation copies.
+pub fn start_release(host: &Host, id: &str, from: Option<&str>) -> Health {
+    match try_start(host, id, from) {
+        Ok(h) => h,
+        Err(e) => Health::failed(format!("{e:#}")),
+    }
+}
+
+fn try_start(host: &Host, id: &str, from: Option<&str>) -> Result<Health> {
+    let m = release::manifest(&host.layout.release(id))?;
+    data::apply(host)?;
+    service::install_unit(host)?;
+    let unit = service::unit_name(host);
+    let _ = service::systemctl(&["stop", &unit]);
+    let db = data::database(host, id, from)?;
+    service::write_env(host, &m, id, &db)?;
+    service::systemctl(&["start", &unit])?;
+    let device =
+        (!host.cfg.health.device_type.is_empty()).then_some(host.cfg.health.device_type.as_str());
+    health::check(
+        host.cfg.service.port,
+        &m,
+        device,
+        Duration::from_secs(host.cfg.health.timeout_secs),
+    )
+}

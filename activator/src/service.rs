@@ -1,0 +1,167 @@
+//! The systemd unit: rendered from the host config (the release's flags go in an environment file,
+//! so switching releases does not change the unit), installed with `daemon-reload` only when it
+//! changed, and driven through `systemctl`. Hardening keeps releases read-only.
+
+use crate::cmd;
+use crate::host::Host;
+use anyhow::{bail, Result};
+use bundle::Manifest;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// The environment file the unit reads: which release, and its full argument list.
+pub fn env_path(host: &Host) -> std::path::PathBuf {
+    host.layout.state().join("service.env")
+}
+
+pub fn render_unit(host: &Host) -> String {
+    let l = &host.layout;
+    let s = &host.cfg.service;
+    let mut rw = vec![l.data().display().to_string()];
+    for (_, t) in crate::data::mapped(&host.cfg.data) {
+        if !t.is_empty() {
+            rw.push(t.to_owned());
+        }
+    }
+    format!(
+        "# Written by comfyctl; edit /etc/comfyui/comfyctl.toml instead.\n\
+[Unit]\n\
+Description=ComfyUI (immutable release managed by comfyctl)\n\
+After=network-online.target remote-fs.target\n\
+Wants=network-online.target\n\
+\n\
+[Service]\n\
+Type=simple\n\
+User={user}\n\
+Group={group}\n\
+SupplementaryGroups={access}\n\
+EnvironmentFile={env}\n\
+WorkingDirectory={data}\n\
+ExecStart={install}/current/launch.sh $COMFYUI_ARGS\n\
+Restart=always\n\
+RestartSec=2\n\
+TimeoutStopSec=30\n\
+UMask=0002\n\
+ProtectSystem=strict\n\
+ReadWritePaths={rw}\n\
+PrivateTmp=yes\n\
+NoNewPrivileges=yes\n\
+ProtectHome=yes\n\
+StandardOutput=journal\n\
+StandardError=journal\n\
+\n\
+[Install]\n\
+WantedBy=multi-user.target\n",
+        user = s.user,
+        group = s.group,
+        access = host.cfg.access.group,
+        env = env_path(host).display(),
+        data = l.data().display(),
+        install = l.install.display(),
+        rw = rw.join(" "),
+    )
+}
+
+/// The release's launch flags with the host's address and data directories.
+pub fn args(host: &Host, m: &Manifest, db: &Path) -> Result<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut it = m.launch.args.iter().peekable();
+    while let Some(a) = it.next() {
+        let flag = a.split('=').next().unwrap_or(a);
+        if flag == "--listen" || flag == "--port" {
+            if !a.contains('=') && it.peek().is_some_and(|n| !n.starts_with("--")) {
+                it.next();
+            }
+            continue;
+        }
+        out.push(a.clone());
+    }
+    let d = host.layout.data();
+    let s = &host.cfg.service;
+    out.extend([
+        "--listen".into(),
+        s.listen.clone(),
+        "--port".into(),
+        s.port.to_string(),
+        "--input-directory".into(),
+        d.join("input").display().to_string(),
+        "--output-directory".into(),
+        d.join("output").display().to_string(),
+        "--user-directory".into(),
+        d.join("user").display().to_string(),
+        // ComfyUI uses <dir>/temp, and empties it at start and exit.
+        "--temp-directory".into(),
+        d.display().to_string(),
+        "--extra-model-paths-config".into(),
+        d.join("extra_model_paths.yaml").display().to_string(),
+        "--database-url".into(),
+        format!("sqlite:///{}", db.display()),
+    ]);
+    if let Some(bad) = out.iter().find(|a| a.chars().any(char::is_whitespace)) {
+        bail!("launch argument {bad:?} contains whitespace, which the unit's environment file cannot carry");
+    }
+    Ok(out.join(" "))
+}
+
+/// Writes the environment file and the model-paths file for release `id`.
+pub fn write_env(host: &Host, m: &Manifest, id: &str, db: &Path) -> Result<()> {
+    let models = host.layout.data().join("models");
+    crate::atomic::write(
+        &host.layout.data().join("extra_model_paths.yaml"),
+        format!("comfyctl:\n  base_path: {}\n  is_default: true\n  checkpoints: checkpoints\n  loras: loras\n  vae: vae\n  clip: clip\n  unet: unet\n  diffusion_models: diffusion_models\n  text_encoders: text_encoders\n  controlnet: controlnet\n  upscale_models: upscale_models\n  embeddings: embeddings\n", models.display()).as_bytes(),
+    )?;
+    let text = format!(
+        "COMFYUI_RELEASE={id}\nCOMFYUI_ARGS={}\n",
+        args(host, m, db)?
+    );
+    crate::atomic::write(&env_path(host), text.as_bytes())
+}
+
+pub fn systemctl(args: &[&str]) -> Result<cmd::Output> {
+    let o = cmd::output(
+        Command::new("systemctl").args(args),
+        Duration::from_secs(120),
+    )?;
+    if !o.status.success() {
+        bail!(
+            "systemctl {} failed ({}): {}",
+            args.join(" "),
+            o.status,
+            cmd::last_kib(&format!("{}{}", o.stdout, o.stderr))
+        );
+    }
+    Ok(o)
+}
+
+/// Installs the unit; `daemon-reload` only if its text changed. Returns whether it changed.
+pub fn install_unit(host: &Host) -> Result<bool> {
+    let path = host.layout.unit(&host.cfg.service.name);
+    let text = render_unit(host);
+    if fs_err::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(false);
+    }
+    if let Some(p) = path.parent() {
+        fs_err::create_dir_all(p)?;
+    }
+    crate::atomic::write(&path, text.as_bytes())?;
+    systemctl(&["daemon-reload"])?;
+    Ok(true)
+}
+
+/// The last lines the unit logged.
+pub fn journal_tail(host: &Host, lines: usize) -> String {
+    let unit = format!("{}.service", host.cfg.service.name);
+    let n = lines.to_string();
+    match cmd::output(
+        Command::new("journalctl").args(["-u", &unit, "-n", &n, "--no-pager", "-o", "cat"]),
+        Duration::from_secs(30),
+    ) {
+        Ok(o) => o.stdout,
+        Err(e) => format!("(no journal: {e:#})"),
+    }
+}
+
+pub fn unit_name(host: &Host) -> String {
+    format!("{}.service", host.cfg.service.name)
+}
