@@ -40,6 +40,44 @@ pub enum Command {
     /// Check the running app on loopback against the current release's manifest (device type,
     /// expected node classes). Exit 0 healthy, 1 not.
     Health(HealthArgs),
+    /// Prepare the host: access group and users, service user, data directories, a trusted key.
+    Setup(SetupArgs),
+    /// Manage the systemd unit (the seed's playbooks 04-08).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Remove the unit, every release, the store, the state and the group; keep all data (playbook 99).
+    Nuke(NukeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// A release public key to trust (installed into the keys directory).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Write a host config for this target if none exists yet.
+    #[arg(long)]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write the unit for the current release, enable and start it.
+    Install,
+    /// Restart the unit.
+    Restart,
+    /// Stop and disable it (maintenance).
+    Pause,
+    /// Enable and start it again.
+    Start,
+    /// Stop, disable and remove it.
+    Remove,
+}
+
+#[derive(Debug, Args)]
+pub struct NukeArgs {
+    /// Required: this removes every release.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -57,6 +57,10 @@ pub fn check(host: &Host) -> Result<()> {
     Ok(())
 }
 
+pub fn group_exists(group: &str) -> bool {
+    group_gid(group).is_some()
+}
+
 fn group_gid(group: &str) -> Option<u32> {
     let text = fs_err::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {

@@ -11,6 +11,7 @@ mod gc;
 mod health;
 mod host;
 mod inventory;
+mod lifecycle;
 mod lock;
 mod preflight;
 pub mod progress;

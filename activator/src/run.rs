@@ -16,6 +16,18 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 
 /// Runs one parsed command line; returns the exit code for outcomes that are not errors.
 pub fn run(cli: Cli) -> Result<u8> {
+    if let Command::Setup(a) = &cli.command {
+        let path = cli
+            .config
+            .clone()
+            .unwrap_or_else(|| cli.root.join(crate::config::CONFIG_PATH));
+        if let (false, Some(t)) = (path.exists(), &a.target) {
+            if let Some(p) = path.parent() {
+                fs_err::create_dir_all(p)?;
+            }
+            fs_err::write(&path, format!("target = \"{t}\"\n"))?;
+        }
+    }
     let host = Host::open(&cli.root, cli.config.as_deref())?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     match cli.command {
@@ -169,6 +181,29 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
             return Ok(if h.healthy { 0 } else { 1 });
         }
+        Command::Setup(a) => report(cli.json, &crate::lifecycle::setup(&host, a.key.as_deref())?)?,
+        Command::Service(c) => {
+            use crate::cli::ServiceCommand as S;
+            use crate::lifecycle::Action;
+            let action = match c {
+                S::Install => Action::Install,
+                S::Restart => Action::Restart,
+                S::Pause => Action::Pause,
+                S::Start => Action::Start,
+                S::Remove => Action::Remove,
+            };
+            report(cli.json, &crate::lifecycle::service(&host, action)?)?;
+        }
+        Command::Nuke(a) => {
+            if !a.yes {
+                return crate::host::refuse("nuke removes every release and the service; pass --yes (data directories are kept)");
+            }
+            let _lock = crate::lock::acquire(
+                &host.layout.state(),
+                std::time::Duration::from_secs(host.cfg.lock_wait_secs),
+            )?;
+            report(cli.json, &crate::lifecycle::nuke(&host)?)?;
+        }
         Command::Gc => {
             let _lock = crate::lock::acquire(
                 &host.layout.state(),
@@ -189,6 +224,19 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+fn report(json: bool, d: &crate::lifecycle::Done) -> Result<()> {
+    if json {
+        return print_json(d);
+    }
+    if d.actions.is_empty() {
+        println!("nothing to do");
+    }
+    for a in &d.actions {
+        println!("{a}");
+    }
+    Ok(())
 }
 
 /// Logging to stderr; `-v` debug, `-vv` trace, or `RUST_LOG`.

@@ -35,7 +35,7 @@ Wants=network-online.target\n\
 Type=simple\n\
 User={user}\n\
 Group={group}\n\
-SupplementaryGroups={access}\n\
+{supplementary}\
 EnvironmentFile={env}\n\
 WorkingDirectory={data}\n\
 ExecStart={install}/current/launch.sh $COMFYUI_ARGS\n\
@@ -55,7 +55,12 @@ StandardError=journal\n\
 WantedBy=multi-user.target\n",
         user = s.user,
         group = s.group,
-        access = host.cfg.access.group,
+        // A group that does not exist (yet: `comfyctl setup` makes it) would stop the unit starting.
+        supplementary = if crate::data::group_exists(&host.cfg.access.group) {
+            format!("SupplementaryGroups={}\n", host.cfg.access.group)
+        } else {
+            String::new()
+        },
         env = env_path(host).display(),
         data = l.data().display(),
         install = l.install.display(),
@@ -149,17 +154,23 @@ pub fn install_unit(host: &Host) -> Result<bool> {
     Ok(true)
 }
 
-/// The last lines the unit logged.
+/// The unit's state and the last lines it logged (over all its runs: `systemctl status` alone
+/// shows only the current one, which after a restart has logged nothing yet).
 pub fn journal_tail(host: &Host, lines: usize) -> String {
     let unit = format!("{}.service", host.cfg.service.name);
     let n = lines.to_string();
-    match cmd::output(
-        Command::new("journalctl").args(["-u", &unit, "-n", &n, "--no-pager", "-o", "cat"]),
-        Duration::from_secs(30),
-    ) {
+    let run = |c: &mut Command| match cmd::output(c, Duration::from_secs(30)) {
         Ok(o) => o.stdout,
-        Err(e) => format!("(no journal: {e:#})"),
-    }
+        Err(e) => format!("({e:#})\n"),
+    };
+    let state = run(Command::new("systemctl").args([
+        "show",
+        "-p",
+        "ActiveState,SubState,Result,ExecMainStatus",
+        &unit,
+    ]));
+    let log = run(Command::new("journalctl").args(["-u", &unit, "-n", &n, "--no-pager"]));
+    format!("{state}{log}")
 }
 
 pub fn unit_name(host: &Host) -> String {

@@ -1,0 +1,211 @@
+//! The seed's service playbooks as verbs (04 install, 05 restart, 06 pause, 07 start, 08 remove,
+//! 99 nuke) and `setup` (group, users, service user, data dirs, trusted key). Each reports what it
+//! did; `nuke` keeps every data directory and NFS target, removing only links.
+
+use crate::host::{refuse, Host};
+use crate::{cmd, data, release, service};
+use anyhow::{Context as _, Result};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// What a verb did, line by line.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Done {
+    pub changed: bool,
+    pub actions: Vec<String>,
+}
+
+impl Done {
+    fn did(&mut self, what: impl Into<String>) {
+        self.changed = true;
+        self.actions.push(what.into());
+    }
+}
+
+fn exists_in(file: &str, name: &str) -> bool {
+    fs_err::read_to_string(file).is_ok_and(|t| t.lines().any(|l| l.split(':').next() == Some(name)))
+}
+
+fn run(cmdline: &mut Command) -> Result<()> {
+    let o = cmd::output(cmdline, Duration::from_secs(60))?;
+    if !o.status.success() {
+        anyhow::bail!(
+            "{:?} failed: {}",
+            cmdline.get_program(),
+            cmd::last_kib(&o.stderr)
+        );
+    }
+    Ok(())
+}
+
+pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
+    let mut done = Done::default();
+    host.layout.ensure()?;
+    let group = &host.cfg.access.group;
+    if !exists_in("/etc/group", group) {
+        run(Command::new("groupadd").args(["--system", group]))?;
+        done.did(format!("created group {group}"));
+    }
+    let svc = &host.cfg.service;
+    if svc.user != "root" && !exists_in("/etc/passwd", &svc.user) {
+        run(Command::new("useradd")
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--home-dir",
+            ])
+            .arg(host.layout.data())
+            .arg(&svc.user))?;
+        done.did(format!("created service user {}", svc.user));
+    }
+    let mut members = host.cfg.access.users.clone();
+    if svc.user != "root" {
+        members.push(svc.user.clone());
+    }
+    for u in members {
+        if !exists_in("/etc/passwd", &u) {
+            done.actions.push(format!(
+                "user {u} does not exist; create it, then run setup again"
+            ));
+            continue;
+        }
+        let in_group = fs_err::read_to_string("/etc/group")?.lines().any(|l| {
+            l.split(':').next() == Some(group)
+                && l.rsplit(':')
+                    .next()
+                    .is_some_and(|m| m.split(',').any(|x| x == u))
+        });
+        if !in_group {
+            run(Command::new("usermod").args(["-aG", group, &u]))?;
+            done.did(format!("added {u} to {group}"));
+        }
+    }
+    data::check(host)?;
+    data::apply(host)?;
+    done.actions.push(format!(
+        "data directories ready under {}",
+        host.layout.data().display()
+    ));
+    if let Some(k) = key {
+        let pk = keys::PublicKey::load(k)
+            .with_context(|| format!("{} is not a minisign public key", k.display()))?;
+        let dest = host.layout.keys.join(format!("{}.pub", pk.id));
+        if !dest.exists() {
+            fs_err::create_dir_all(&host.layout.keys)?;
+            fs_err::write(&dest, pk.to_file_string())?;
+            fs_err::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
+            done.did(format!(
+                "trusted key {} installed as {}",
+                pk.id,
+                dest.display()
+            ));
+        }
+    }
+    Ok(done)
+}
+
+fn need_current(host: &Host) -> Result<String> {
+    match host.current() {
+        Some(c) => Ok(c),
+        None => refuse("no current release: run `comfyctl activate BUNDLE` first"),
+    }
+}
+
+pub enum Action {
+    Install,
+    Restart,
+    Pause,
+    Start,
+    Remove,
+}
+
+pub fn service(host: &Host, action: Action) -> Result<Done> {
+    let mut done = Done::default();
+    let unit = service::unit_name(host);
+    match action {
+        Action::Install => {
+            let id = need_current(host)?;
+            let m = release::manifest(&host.layout.release(&id))?;
+            data::check(host)?;
+            data::apply(host)?;
+            if service::install_unit(host)? {
+                done.did(format!(
+                    "wrote {} and reloaded systemd",
+                    host.layout.unit(&host.cfg.service.name).display()
+                ));
+            }
+            let db = data::database(host, &id, None)?;
+            service::write_env(host, &m, &id, &db)?;
+            service::systemctl(&["enable", "--now", &unit])?;
+            done.did(format!("enabled and started {unit}"));
+        }
+        Action::Restart => {
+            service::systemctl(&["restart", &unit])?;
+            done.did(format!("restarted {unit}"));
+        }
+        Action::Pause => {
+            service::systemctl(&["disable", "--now", &unit])?;
+            done.did(format!("stopped and disabled {unit}"));
+        }
+        Action::Start => {
+            service::systemctl(&["enable", "--now", &unit])?;
+            done.did(format!("enabled and started {unit}"));
+        }
+        Action::Remove => {
+            let path = host.layout.unit(&host.cfg.service.name);
+            if path.exists() {
+                let _ = service::systemctl(&["disable", "--now", &unit]);
+                fs_err::remove_file(&path)?;
+                service::systemctl(&["daemon-reload"])?;
+                done.did(format!("stopped, disabled and removed {unit}"));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Everything comfyctl installed goes; data directories, their files and NFS targets stay.
+pub fn nuke(host: &Host) -> Result<Done> {
+    let mut done = service(host, Action::Remove)?;
+    let l = &host.layout;
+    for (name, _) in data::mapped(&host.cfg.data) {
+        let p = l.data().join(name);
+        if fs_err::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs_err::remove_file(&p)?;
+            done.did(format!(
+                "removed the link {} (its target is untouched)",
+                p.display()
+            ));
+        }
+    }
+    for link in [
+        l.current(),
+        l.install.join("venv"),
+        l.install.join("ComfyUI"),
+    ] {
+        if fs_err::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs_err::remove_file(&link)?;
+            done.did(format!("removed {}", link.display()));
+        }
+    }
+    for dir in [l.releases(), l.store(), l.state()] {
+        if dir.exists() {
+            bundle::make_writable_and_remove(&dir)
+                .with_context(|| format!("removing {}", dir.display()))?;
+            done.did(format!("removed {}", dir.display()));
+        }
+    }
+    let group = &host.cfg.access.group;
+    if exists_in("/etc/group", group) {
+        run(Command::new("groupdel").arg(group))?;
+        done.did(format!("removed group {group}"));
+    }
+    done.actions
+        .push(format!("kept {} and every NFS target", l.data().display()));
+    Ok(done)
+}
