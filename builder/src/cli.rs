@@ -69,7 +69,7 @@ pub struct BuildArgs {
 pub struct ImportSnapshotArgs {
     /// A ComfyUI-Manager snapshot JSON file.
     pub snapshot: PathBuf,
-    /// Git URL of ComfyUI for the [comfyui] section.
+    /// Git URL of ComfyUI for the `[comfyui]` section.
     #[arg(long, default_value = "https://github.com/comfyanonymous/ComfyUI")]
     pub comfyui_url: String,
 }
