@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job end to end on one machine: build the demo recipe and a second release of it, activate
-# the first on a scratch host root, start it and check it healthy, activate the second, roll back.
-# Everything lives under .cache/demo (delete it to start over).
+# The main job end to end on one machine: build the demo recipe and a second release of it, then, on
+# a real systemd booted in a sandbox (this machine has no systemd as PID 1), set the host up, activate
+# the first (the unit starts and is health-checked), activate the second, roll back.
+# Needs root. Everything lives under .cache/demo (delete it to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -26,40 +27,25 @@ sed -e 's/^version = "0.1.0"/version = "0.1.1"/' -e 's/^sequence = 1/sequence = 
   recipes/demo.toml >"$work/demo-2.toml"
 b2=$($B build "$work/demo-2.toml" --key "$work/release.key" --out "$work/bundles" --cache "$work/cache" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
 
-root=$work/root
-rm -rf "$root"
-mkdir -p "$root/etc/comfyui/keys"
-cp "$work/release.pub" "$root/etc/comfyui/keys/release.pub"
-printf 'target = "linux-x86_64-cpu"\n' >"$root/etc/comfyui/comfyctl.toml"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-data=$root/opt/comfyui/data
-mkdir -p "$data"/{models,input,output,user,temp}
-app=""
-start() {
-  "$root/opt/comfyui/current/launch.sh" --listen 127.0.0.1 --port "$port" --cpu --base-directory "$data" \
-    --input-directory "$data/input" --output-directory "$data/output" --user-directory "$data/user" \
-    --temp-directory "$data" --database-url "sqlite:///$data/user/comfyui.db" >"$work/app.log" 2>&1 &
-  app=$!
-}
-stop() { [ -z "$app" ] || { kill "$app" 2>/dev/null || true; wait "$app" 2>/dev/null || true; app=""; }; }
-trap stop EXIT
+say "boot a real systemd in a sandbox (overlay of this machine's root; the host is untouched)"
+bash tests/sandbox/boot.sh "$work" "$work/sandbox.pid"
+pid=$(cat "$work/sandbox.pid")
+trap 'kill -s SIGRTMIN+4 "$pid" 2>/dev/null || true' EXIT
+host() { nsenter -t "$pid" -a "$@"; }
 
-say "activate release 1 on $root"
-$C --root "$root" activate "$b1" --no-service
-start
-$C --root "$root" health --port "$port"
-stop
+say "comfyctl setup: config, group, service user, data directories, trusted key"
+host "$C" setup --target linux-x86_64-cpu --key "$work/release.pub"
+
+say "activate release 1: unpack, switch, start comfyui.service, health check"
+host "$C" activate "$b1"
+host systemctl is-active comfyui
+host "$C" health
 
 say "activate release 2"
-$C --root "$root" activate "$b2" --no-service
-start
-$C --root "$root" health --port "$port"
-stop
+host "$C" activate "$b2"
 
 say "roll back"
-$C --root "$root" rollback --no-service
-start
-$C --root "$root" health --port "$port"
-stop
-$C --root "$root" releases
-$C --root "$root" status
+host "$C" rollback
+host "$C" health
+host "$C" releases
+host "$C" status

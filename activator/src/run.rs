@@ -56,6 +56,14 @@ pub fn run(cli: Cli) -> Result<u8> {
                 } else {
                     println!("release already installed and intact; not unpacked again");
                 }
+                if let Some(h) = &r.health {
+                    println!(
+                        "service restarted and healthy: device {}, {} node classes ({:.1}s)",
+                        h.device_type.as_deref().unwrap_or("?"),
+                        h.node_classes,
+                        h.seconds
+                    );
+                }
                 if let Some(f) = &r.fetch {
                     println!(
                         "downloaded {} bytes (resumed from {})",
