@@ -265,6 +265,9 @@ fn lifecycle_verbs_nfs_links_and_nuke() {
         0
     );
     assert_eq!(sb.ctl("setup").code, 0);
+    let again = sb.ctl("setup --json");
+    assert_eq!(again.code, 0, "{}", again.text);
+    assert!(again.text.contains("\"changed\": false"), "setup is idempotent: {}", again.text);
     let out = sb.ctl(&format!("activate {}", a.display()));
     assert_eq!(out.code, 0, "{}", out.text);
     assert_eq!(
