@@ -47,6 +47,8 @@ pub enum Command {
     Service(ServiceCommand),
     /// Remove the unit, every release, the store, the state and the group; keep all data (playbook 99).
     Nuke(NukeArgs),
+    /// Check this host: driver and GPU, the unit, the port, the current release, data links, keys, disk.
+    Doctor,
 }
 
 #[derive(Debug, Args)]

@@ -212,6 +212,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             )?;
             report(cli.json, &crate::lifecycle::nuke(&host)?)?;
         }
+        Command::Doctor => return Ok(crate::doctor::doctor(&host).print(cli.json)),
         Command::Gc => {
             let _lock = crate::lock::acquire(
                 &host.layout.state(),

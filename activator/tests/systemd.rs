@@ -244,6 +244,24 @@ fn activation_health_rollback_and_restarts_under_systemd() {
     );
     assert_eq!(sb.current(), id(&a));
     assert!(sb.healthy());
+    // A unit that keeps crashing: doctor shows its last journal lines.
+    assert_eq!(
+        sb.ctl(&format!(
+            "activate {} --no-service --allow-downgrade",
+            broken.display()
+        ))
+        .code,
+        0
+    );
+    assert_eq!(sb.ctl("service restart").code, 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let out = sb.ctl("doctor");
+    assert_eq!(out.code, 1, "{}", out.text);
+    assert!(
+        out.text.contains("FAIL service") && out.text.contains("broken on purpose"),
+        "{}",
+        out.text
+    );
 }
 
 #[test]
@@ -267,7 +285,11 @@ fn lifecycle_verbs_nfs_links_and_nuke() {
     assert_eq!(sb.ctl("setup").code, 0);
     let again = sb.ctl("setup --json");
     assert_eq!(again.code, 0, "{}", again.text);
-    assert!(again.text.contains("\"changed\": false"), "setup is idempotent: {}", again.text);
+    assert!(
+        again.text.contains("\"changed\": false"),
+        "setup is idempotent: {}",
+        again.text
+    );
     let out = sb.ctl(&format!("activate {}", a.display()));
     assert_eq!(out.code, 0, "{}", out.text);
     assert_eq!(

@@ -30,6 +30,17 @@ pub enum Command {
     Build(BuildArgs),
     /// Turn a ComfyUI-Manager snapshot into recipe sections (ComfyUI commit, custom nodes).
     ImportSnapshot(ImportSnapshotArgs),
+    /// Check this build host for a recipe: tools, compilers, CUDA, disk, RAM, network.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    pub recipe: Option<PathBuf>,
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

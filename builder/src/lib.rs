@@ -3,6 +3,7 @@
 pub mod build;
 pub mod cli;
 mod commands;
+mod doctor;
 mod env;
 mod ext;
 mod freeze;

@@ -7,7 +7,7 @@ fn main() -> std::process::ExitCode {
     let cli = builder::cli::Cli::parse();
     builder::init_tracing(cli.verbose);
     match builder::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(builder::exit_code(&e))

@@ -120,3 +120,56 @@ fn dgx_spark_dry_run_plans_the_seed() {
         "a dry run fetches nothing"
     );
 }
+
+fn doctor(recipe_text: &str) -> (i32, serde_json::Value) {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("r.toml");
+    fs_err::write(&p, recipe_text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_comfy-build"))
+        .arg("doctor")
+        .arg(&p)
+        .arg("--json")
+        .arg("--cache")
+        .arg(tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap(),
+    )
+}
+
+fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {v}"))
+}
+
+#[test]
+fn build_doctor_reports_missing_nvcc_and_a_bad_arch_spelling() {
+    let demo = fs_err::read_to_string(repo().join("recipes/demo.toml")).unwrap();
+    let cuda = demo
+        .replace("cuda = \"\"", "cuda = \"13.0\"")
+        .replace("cuda_home = \"\"", "cuda_home = \"/nonexistent/cuda-13.0\"");
+    let (code, v) = doctor(&cuda);
+    assert_eq!(code, 1);
+    let nvcc = check(&v, "nvcc");
+    assert_eq!(nvcc["status"], "fail");
+    assert!(
+        nvcc["fix"]
+            .as_str()
+            .unwrap()
+            .contains("install the CUDA 13.0 toolkit"),
+        "{nvcc}"
+    );
+    // Everything else is reported as it really is: this machine has git and a compiler.
+    assert_eq!(check(&v, "git")["status"], "ok");
+    assert_eq!(check(&v, "gcc")["status"], "ok");
+    let (_, v) = doctor(&demo.replace("arch_list = \"\"", "arch_list = \"121\""));
+    let arch = check(&v, "arch list");
+    assert_eq!(arch["status"], "fail");
+    assert!(arch["fix"].as_str().unwrap().contains("12.1"), "{arch}");
+}

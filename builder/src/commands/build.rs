@@ -131,3 +131,13 @@ pub fn import_snapshot(a: ImportSnapshotArgs) -> Result<()> {
     );
     Ok(())
 }
+
+pub fn doctor(a: crate::cli::DoctorArgs) -> Result<u8> {
+    let cache = a.cache.unwrap_or_else(default_cache);
+    let recipe = match &a.recipe {
+        Some(p) => Some((Recipe::load(p)?.0, fs_err::canonicalize(p)?)),
+        None => None,
+    };
+    let report = crate::doctor::doctor(recipe.as_ref().map(|(r, p)| (r, p.as_path())), &cache);
+    Ok(report.print(a.json))
+}

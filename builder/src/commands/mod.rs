@@ -9,16 +9,18 @@ mod verify;
 use crate::cli::{Cli, Command, SigningArgs, TrustArgs};
 use anyhow::{Context as _, Result};
 
-/// Runs one parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs one parsed command line; returns the exit code of outcomes that are not errors.
+pub fn run(cli: Cli) -> Result<u8> {
+    let done = |r: Result<()>| r.map(|()| 0);
     match cli.command {
-        Command::Keygen(a) => keygen::run(a),
-        Command::Pack(a) => pack::run(a),
-        Command::Verify(a) => verify::run(a),
-        Command::Inspect(a) => inspect::run(a),
-        Command::Lock(a) => build::lock(a),
-        Command::Build(a) => build::build(a),
-        Command::ImportSnapshot(a) => build::import_snapshot(a),
+        Command::Keygen(a) => done(keygen::run(a)),
+        Command::Pack(a) => done(pack::run(a)),
+        Command::Verify(a) => done(verify::run(a)),
+        Command::Inspect(a) => done(inspect::run(a)),
+        Command::Lock(a) => done(build::lock(a)),
+        Command::Build(a) => done(build::build(a)),
+        Command::ImportSnapshot(a) => done(build::import_snapshot(a)),
+        Command::Doctor(a) => build::doctor(a),
     }
 }
 

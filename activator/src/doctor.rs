@@ -1,0 +1,309 @@
+//! `comfyctl doctor`: the host half of the seed's troubleshooting guide as checks (driver and GPU
+//! against the release's target, the unit and its last failure, the port, the current release's
+//! integrity and interpreter, data dirs and NFS links, keys, free disk).
+
+use crate::host::Host;
+use crate::{cmd, data, release, service};
+use checks::{gib, Report};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::process::Command;
+use std::time::Duration;
+
+fn run(c: &mut Command) -> Option<cmd::Output> {
+    cmd::output(c, Duration::from_secs(20)).ok()
+}
+
+/// `sm_121` in a target such as `linux-aarch64-cu130-sm_121` → "12.1".
+fn target_capability(target: &str) -> Option<String> {
+    let sm = target.rsplit('-').next()?.strip_prefix("sm_")?;
+    let (maj, min) = sm.split_at(sm.len().checked_sub(1)?);
+    Some(format!("{maj}.{min}"))
+}
+
+fn driver_checks(r: &mut Report, target: Option<&str>) {
+    let q = run(Command::new("nvidia-smi").args([
+        "--query-gpu=index,name,compute_cap,driver_version",
+        "--format=csv,noheader",
+    ]));
+    let Some(o) = q.filter(|o| o.status.success()) else {
+        r.fail(
+            "NVIDIA driver",
+            "nvidia-smi not found or failing",
+            "install the NVIDIA driver (CUDA 13.0 needs 580 or newer) and reboot",
+        );
+        return;
+    };
+    let gpus: Vec<&str> = o.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    r.ok(
+        "NVIDIA driver",
+        format!("{} GPU(s): {}", gpus.len(), gpus.join("; ")),
+    );
+    if let Some(want) = target.and_then(target_capability) {
+        let caps: Vec<&str> = gpus
+            .iter()
+            .filter_map(|g| g.split(',').nth(2).map(str::trim))
+            .collect();
+        if caps.iter().all(|c| *c == want) && !caps.is_empty() {
+            r.ok(
+                "compute capability",
+                format!("{} as the release's target needs", want),
+            );
+        } else {
+            r.fail(
+                "compute capability",
+                format!("GPUs report {caps:?}, the release is built for {want}"),
+                "activate a bundle built for this GPU's target",
+            );
+        }
+    }
+}
+
+fn port_check(r: &mut Report, host: &Host, unit_active: bool) {
+    let port = host.cfg.service.port;
+    match std::net::TcpListener::bind(("0.0.0.0", port)) {
+        Ok(_) => r.ok("port", format!("{port} is free")),
+        Err(_) if unit_active => r.ok("port", format!("{port} is in use by the running unit")),
+        Err(e) => r.fail(
+            "port",
+            format!("{port} is taken by another process ({e})"),
+            format!(
+                "find it with `ss -ltnp 'sport = :{port}'` and stop it, or change [service] port"
+            ),
+        ),
+    }
+}
+
+pub fn doctor(host: &Host) -> Report {
+    let mut r = Report::default();
+    let current = host.current();
+    let manifest = current
+        .as_ref()
+        .and_then(|c| release::manifest(&host.layout.release(c)).ok());
+    driver_checks(&mut r, manifest.as_ref().map(|m| m.target.as_str()));
+
+    let unit = service::unit_name(host);
+    let active = match run(Command::new("systemctl").args(["is-active", &unit])) {
+        None => {
+            r.warn(
+                "service",
+                "systemctl not available",
+                "run on a host booted with systemd",
+            );
+            false
+        }
+        Some(o) => {
+            let state = o.stdout.trim().to_owned();
+            if state == "active" {
+                r.ok("service", format!("{unit} is active"));
+                true
+            } else if state == "failed" || state == "activating" {
+                r.fail("service", format!("{unit} is {state}; last lines:\n{}", service::journal_tail(host, 15)), "fix what the journal says, then `comfyctl rollback` or `comfyctl service restart`");
+                false
+            } else {
+                r.warn(
+                    "service",
+                    format!(
+                        "{unit} is {}",
+                        if state.is_empty() {
+                            "not installed"
+                        } else {
+                            &state
+                        }
+                    ),
+                    "`comfyctl service install` (or start)",
+                );
+                false
+            }
+        }
+    };
+    port_check(&mut r, host, active);
+
+    match &current {
+        None => r.fail("current release", "none", "`comfyctl activate BUNDLE`"),
+        Some(id) => match release::verify(
+            &host.layout.release(id),
+            keys::TrustedKeys::load_dir(&host.layout.keys).ok().as_ref(),
+        ) {
+            Ok(p) if p.is_empty() => r.ok(
+                "current release",
+                format!("{} matches its signed manifest", &id[..12]),
+            ),
+            Ok(p) => {
+                let shown: Vec<String> = p
+                    .iter()
+                    .take(5)
+                    .map(|x| format!("{}: {}", x.path, x.problem))
+                    .collect();
+                r.fail("current release", format!("{} problem(s): {}", p.len(), shown.join("; ")), "re-activate the bundle (`comfyctl activate` re-unpacks a damaged release) or roll back");
+            }
+            Err(e) => r.fail(
+                "current release",
+                format!("{e:#}"),
+                "re-activate the bundle",
+            ),
+        },
+    }
+    if let (Some(id), Some(m)) = (&current, &manifest) {
+        let py = host.layout.release(id).join("venv/bin/python");
+        let has_torch = m
+            .provenance
+            .packages
+            .iter()
+            .any(|p| p.starts_with("torch=="));
+        if !has_torch {
+            r.warn(
+                "torch",
+                "this release ships no torch",
+                "nothing to check (a CPU demo release)",
+            );
+        } else {
+            let code = "import torch, json; print(json.dumps([torch.__version__, torch.version.cuda, torch.cuda.is_available()]))";
+            match run(Command::new(&py).args(["-c", code])) {
+                Some(o) if o.status.success() => {
+                    let v: serde_json::Value =
+                        serde_json::from_str(o.stdout.trim()).unwrap_or_default();
+                    if v[2] == true {
+                        r.ok("torch", format!("{} with CUDA {}, GPU visible", v[0], v[1]));
+                    } else {
+                        r.fail(
+                            "torch",
+                            format!(
+                                "{} with CUDA {}, but torch.cuda.is_available() is false",
+                                v[0], v[1]
+                            ),
+                            "check the driver and CUDA_VISIBLE_DEVICES",
+                        );
+                    }
+                }
+                Some(o) => r.fail(
+                    "torch",
+                    cmd::last_kib(&o.stderr).to_owned(),
+                    "the release's venv is broken: re-activate it",
+                ),
+                None => r.fail(
+                    "torch",
+                    "the release's interpreter did not run",
+                    "re-activate the release",
+                ),
+            }
+        }
+        match crate::preflight::run(&host.layout.release(id), m) {
+            Ok(n) => r.ok(
+                "pre-flight",
+                format!("{n} check(s) pass (extensions import)"),
+            ),
+            Err(e) => r.fail(
+                "pre-flight",
+                format!("{e:#}"),
+                "roll back; the release's kernels or packages do not import here",
+            ),
+        }
+    }
+
+    let d = host.layout.data();
+    for (name, target) in data::mapped(&host.cfg.data) {
+        let p = d.join(name);
+        let meta = fs_err::symlink_metadata(&p).ok();
+        if target.is_empty() {
+            match meta {
+                Some(m) if m.is_dir() => r.ok(&format!("data/{name}"), "local directory"),
+                _ => r.fail(&format!("data/{name}"), "missing", "`comfyctl setup`"),
+            }
+            continue;
+        }
+        let t = std::path::Path::new(target);
+        if !t.is_dir() {
+            r.fail(
+                &format!("data/{name}"),
+                format!("target {target} is missing"),
+                "mount the share, or fix [data] in comfyctl.toml",
+            );
+            continue;
+        }
+        if host.cfg.data.require_mount
+            && fs_err::metadata(t)
+                .ok()
+                .zip(t.parent().and_then(|p| fs_err::metadata(p).ok()))
+                .is_some_and(|(a, b)| a.dev() == b.dev())
+        {
+            r.fail(
+                &format!("data/{name}"),
+                format!("{target} is not a mount point"),
+                "mount the NFS share",
+            );
+            continue;
+        }
+        match meta {
+            Some(m)
+                if m.file_type().is_symlink() && fs_err::read_link(&p).is_ok_and(|l| l == t) =>
+            {
+                r.ok(&format!("data/{name}"), format!("links to {target}"))
+            }
+            Some(m) if m.is_dir() => r.fail(
+                &format!("data/{name}"),
+                format!("is a directory, not the link to {target} (the seed's git pull did this)"),
+                format!("move its files to {target}, remove it, and re-run `comfyctl activate`"),
+            ),
+            _ => r.fail(
+                &format!("data/{name}"),
+                "missing or pointing elsewhere",
+                "re-run `comfyctl activate` or `comfyctl setup`",
+            ),
+        }
+    }
+    match fs_err::metadata(&d) {
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o7777;
+            let group_ok = data::group_exists(&host.cfg.access.group);
+            if mode & 0o2070 == 0o2070 && group_ok {
+                r.ok("data permissions", format!("{} mode {mode:o}", d.display()));
+            } else {
+                r.warn(
+                    "data permissions",
+                    format!(
+                        "{} mode {mode:o}, group {} {}",
+                        d.display(),
+                        host.cfg.access.group,
+                        if group_ok { "exists" } else { "missing" }
+                    ),
+                    "`comfyctl setup` (setgid 2775, group comfyui-users)",
+                );
+            }
+        }
+        Err(_) => r.fail(
+            "data permissions",
+            format!("{} missing", d.display()),
+            "`comfyctl setup`",
+        ),
+    }
+    match keys::TrustedKeys::load_dir(&host.layout.keys) {
+        Ok(k) => r.ok(
+            "trusted keys",
+            format!(
+                "{} key(s) in {}",
+                k.keys().len(),
+                host.layout.keys.display()
+            ),
+        ),
+        Err(e) => r.fail(
+            "trusted keys",
+            e.to_string(),
+            "`comfyctl setup --key release.pub`",
+        ),
+    }
+    let need = manifest.as_ref().map_or(0, |m| m.total_bytes());
+    match checks::free_bytes(&host.layout.install) {
+        Some(f) if f < need => r.fail(
+            "disk",
+            format!(
+                "{} free, a release like the current one needs up to {}",
+                gib(f),
+                gib(need)
+            ),
+            "`comfyctl gc`, or free space",
+        ),
+        Some(f) => r.ok("disk", format!("{} free for the next release", gib(f))),
+        None => r.warn("disk", "cannot tell", "check `df` by hand"),
+    }
+    r
+}

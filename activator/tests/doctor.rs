@@ -1,0 +1,102 @@
+//! `comfyctl doctor` on this machine (no GPU, no systemd as PID 1): it runs to the end, reports the
+//! missing driver with its fix, and each planted fault as its own failure.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt as _;
+
+fn doctor(h: &TestHost) -> (i32, serde_json::Value) {
+    let out = h.ctl(&["doctor", "--json"]);
+    (out.code, out.json())
+}
+
+fn status<'a>(v: &'a serde_json::Value, name: &str) -> (&'a str, String) {
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {v}"));
+    (
+        c["status"].as_str().unwrap(),
+        format!("{} {}", c["saw"], c["fix"]),
+    )
+}
+
+#[test]
+fn host_doctor_reports_each_fault() {
+    let h = TestHost::new();
+    let nfs = h.tmp.path().join("nfs-models");
+    fs_err::create_dir(&nfs).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    fs_err::write(
+        h.root.join("etc/comfyui/comfyctl.toml"),
+        format!("target = \"{TARGET}\"\n[service]\nuser = \"root\"\ngroup = \"root\"\nport = {port}\n[access]\ngroup = \"root\"\n[data]\nmodels = \"{}\"\n", nfs.display()),
+    )
+    .unwrap();
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    assert_eq!(
+        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+    assert_eq!(h.ctl(&["setup"]).code, 0);
+
+    let (code, v) = doctor(&h);
+    assert_eq!(code, 1, "no GPU here: {v}");
+    let (st, text) = status(&v, "NVIDIA driver");
+    assert_eq!(st, "fail");
+    assert!(text.contains("install the NVIDIA driver"), "{text}");
+    for ok in [
+        "current release",
+        "data/models",
+        "trusted keys",
+        "port",
+        "pre-flight",
+    ] {
+        assert_eq!(status(&v, ok).0, "ok", "{ok}: {v}");
+    }
+
+    // A port taken by another process.
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+    let (_, v) = doctor(&h);
+    let (st, text) = status(&v, "port");
+    assert_eq!(st, "fail");
+    assert!(text.contains("taken by another process"), "{text}");
+    drop(squatter);
+
+    // The NFS link replaced by a directory (what the seed's forced git pull did).
+    let link = h.install().join("data/models");
+    fs_err::remove_file(&link).unwrap();
+    fs_err::create_dir(&link).unwrap();
+    fs_err::write(link.join("stray.safetensors"), "x").unwrap();
+    let (_, v) = doctor(&h);
+    let (st, text) = status(&v, "data/models");
+    assert_eq!(st, "fail");
+    assert!(text.contains("is a directory, not the link"), "{text}");
+    fs_err::remove_dir_all(&link).unwrap();
+    std::os::unix::fs::symlink(&nfs, &link).unwrap();
+
+    // The NFS target missing.
+    fs_err::remove_dir(&nfs).unwrap();
+    let (_, v) = doctor(&h);
+    let (st, text) = status(&v, "data/models");
+    assert_eq!(st, "fail");
+    assert!(text.contains("is missing"), "{text}");
+    fs_err::create_dir(&nfs).unwrap();
+
+    // A tampered release file.
+    let f = h.install().join("current/ComfyUI/main.py");
+    fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    fs_err::write(&f, "print('evil')\n").unwrap();
+    let (_, v) = doctor(&h);
+    let (st, text) = status(&v, "current release");
+    assert_eq!(st, "fail");
+    assert!(text.contains("ComfyUI/main.py"), "{text}");
+}

@@ -1,0 +1,252 @@
+//! `comfy-build doctor [RECIPE]`: the build-host half of the seed's troubleshooting guide as checks
+//! (git, uv, the recipe's Python, gcc/g++ >= 9, nvcc under cuda_home and its version, the arch list
+//! spelling, free disk, RAM against MAX_JOBS, reachability of the torch index and git remotes).
+
+use crate::recipe::Recipe;
+use checks::{gib, Report};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn version_of(cmd: &str, args: &[&str]) -> Option<String> {
+    let o = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    o.status.success().then(|| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    })
+}
+
+fn major(v: &str) -> Option<u32> {
+    v.split_whitespace().last()?.split('.').next()?.parse().ok()
+}
+
+/// Runs `git ls-remote` with a deadline (an unreachable host must not hang the report).
+fn reachable_git(url: &str, timeout: Duration) -> Result<(), String> {
+    let mut child = Command::new("git")
+        .args(["ls-remote", "--heads", url])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let t = std::time::Instant::now();
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return if st.success() {
+                Ok(())
+            } else {
+                Err(format!("git ls-remote failed ({st})"))
+            };
+        }
+        if t.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("no answer within {}s", timeout.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn doctor(recipe: Option<(&Recipe, &Path)>, cache: &Path) -> Report {
+    let mut r = Report::default();
+    match version_of("git", &["--version"]) {
+        Some(v) => r.ok("git", v),
+        None => r.fail("git", "not found", "apt-get install git"),
+    }
+    match version_of("uv", &["--version"]) {
+        Some(v) => r.ok("uv", v),
+        None => r.fail(
+            "uv",
+            "not found",
+            "pip install uv (scripts/install-deps.sh does it)",
+        ),
+    }
+    for cc in ["gcc", "g++"] {
+        match version_of(cc, &["-dumpfullversion"]).or_else(|| version_of(cc, &["--version"])) {
+            Some(v) if major(&v).is_some_and(|m| m >= 9) => r.ok(cc, v),
+            Some(v) => r.fail(
+                cc,
+                format!("{v} is older than 9"),
+                "install gcc 9 or newer (build-essential)",
+            ),
+            None => r.fail(cc, "not found", "apt-get install build-essential"),
+        }
+    }
+    let free = checks::free_bytes(cache);
+    match free {
+        Some(f) if f < 2 << 30 => r.fail(
+            "disk (cache)",
+            format!("{} free at {}", gib(f), cache.display()),
+            "free space or point --cache elsewhere",
+        ),
+        Some(f) if f < 30 << 30 => r.warn(
+            "disk (cache)",
+            format!("{} free at {}", gib(f), cache.display()),
+            "a CUDA build needs ~30 GiB for the torch stack and stage",
+        ),
+        Some(f) => r.ok(
+            "disk (cache)",
+            format!("{} free at {}", gib(f), cache.display()),
+        ),
+        None => r.warn("disk (cache)", "cannot tell", "check `df` by hand"),
+    }
+    let Some((recipe, path)) = recipe else {
+        r.ok("recipe", "none given: only the tools were checked");
+        return r;
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    match crate::env::find_interpreter(recipe) {
+        Ok(i) => r.ok(
+            "python",
+            format!(
+                "{} is Python {} ({})",
+                recipe.python.path,
+                i.version,
+                i.prefix.display()
+            ),
+        ),
+        Err(e) => r.fail(
+            "python",
+            format!("{e:#}"),
+            format!(
+                "install Python {} and set python.path",
+                recipe.python.version
+            ),
+        ),
+    }
+    let needs_cuda = !recipe.torch.cuda.is_empty();
+    let nvcc = Path::new(&recipe.target.cuda_home).join("bin/nvcc");
+    if needs_cuda {
+        match version_of(&nvcc.to_string_lossy(), &["--version"]).map(|_| {
+            let o = Command::new(&nvcc)
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            o.lines()
+                .find(|l| l.contains("release"))
+                .unwrap_or("")
+                .to_owned()
+        }) {
+            Some(line) if line.contains(&format!("release {}", recipe.torch.cuda)) => {
+                r.ok("nvcc", line.trim().to_owned())
+            }
+            Some(line) => r.fail(
+                "nvcc",
+                format!("{} reports {}", nvcc.display(), line.trim()),
+                format!(
+                    "install the CUDA {} toolkit at {}",
+                    recipe.torch.cuda, recipe.target.cuda_home
+                ),
+            ),
+            None => r.fail(
+                "nvcc",
+                format!("{} not found", nvcc.display()),
+                format!(
+                    "install the CUDA {} toolkit at {} (target.cuda_home)",
+                    recipe.torch.cuda, recipe.target.cuda_home
+                ),
+            ),
+        }
+    } else {
+        r.ok("nvcc", "not needed: the recipe builds no CUDA code");
+    }
+    match crate::plan::check_arch_list(&recipe.target.arch_list) {
+        Ok(()) if recipe.target.arch_list.is_empty() => r.ok("arch list", "none (no CUDA kernels)"),
+        Ok(()) => r.ok(
+            "arch list",
+            format!(
+                "{:?} is spelled as TORCH_CUDA_ARCH_LIST expects",
+                recipe.target.arch_list
+            ),
+        ),
+        Err(e) => r.fail(
+            "arch list",
+            e.to_string(),
+            "write arch_list = \"12.1\" (SageAttention skips `121` and `sm_121` silently)",
+        ),
+    }
+    let mem = checks::mem_total().unwrap_or(0);
+    for e in &recipe.extensions {
+        let Some(jobs) = e.env.get("MAX_JOBS").and_then(|j| j.parse::<u64>().ok()) else {
+            continue;
+        };
+        let per_job: u64 = if e.name.contains("flash") {
+            5 << 30
+        } else {
+            2 << 30
+        };
+        let need = jobs * per_job;
+        let name = format!("RAM for {} (MAX_JOBS={jobs})", e.name);
+        if mem < need {
+            r.warn(
+                &name,
+                format!("{} of RAM, ~{} wanted", gib(mem), gib(need)),
+                format!("lower MAX_JOBS to {}", (mem / per_job).max(1)),
+            );
+        } else {
+            r.ok(&name, format!("{} of RAM, ~{} wanted", gib(mem), gib(need)));
+        }
+    }
+    if recipe.torch.install {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build();
+        match client.map(|c| c.get(&recipe.torch.index_url).send()) {
+            Ok(Ok(resp)) if resp.status().is_success() => {
+                r.ok("torch index", format!("{} answers", recipe.torch.index_url))
+            }
+            Ok(Ok(resp)) => r.fail(
+                "torch index",
+                format!("{} answered {}", recipe.torch.index_url, resp.status()),
+                "check the URL and the proxy",
+            ),
+            Ok(Err(e)) => r.fail(
+                "torch index",
+                format!("{} unreachable: {e}", recipe.torch.index_url),
+                "check the network or mirror the index",
+            ),
+            Err(e) => r.fail("torch index", e.to_string(), "check the TLS setup"),
+        }
+    }
+    let mut remotes: Vec<&str> = vec![&recipe.comfyui.git];
+    remotes.extend(recipe.custom_nodes.iter().map(|n| n.git.as_str()));
+    remotes.extend(recipe.extensions.iter().filter_map(|e| e.git.as_deref()));
+    for url in remotes {
+        let resolved = if url.contains("://") || Path::new(url).is_absolute() {
+            url.to_owned()
+        } else {
+            dir.join(url).to_string_lossy().into_owned()
+        };
+        match reachable_git(&resolved, Duration::from_secs(10)) {
+            Ok(()) => r.ok("git remote", url.to_owned()),
+            Err(e) => {
+                let cached = crate::git::mirror(cache, &resolved).exists();
+                let msg = format!("{url}: {e}");
+                if cached {
+                    r.warn(
+                        "git remote",
+                        msg,
+                        "a mirror is cached; pinned commits it holds still build",
+                    );
+                } else {
+                    r.fail(
+                        "git remote",
+                        msg,
+                        "check the URL and the network (or run where GitHub is reachable)",
+                    );
+                }
+            }
+        }
+    }
+    r
+}
