@@ -9,10 +9,10 @@ use crate::release;
 use crate::source::{self, Fetched};
 use crate::state::{now, ReleaseRecord, State, Status};
 use crate::store::Store;
-use crate::{atomic, lock, preflight, switch};
+use crate::{atomic, preflight, switch};
 use anyhow::{Context as _, Result};
 use std::os::unix::fs::PermissionsExt as _;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Clone, Default)]
 pub struct ActivateOptions {
@@ -58,11 +58,7 @@ pub(crate) fn load_state(host: &Host) -> Result<State> {
 
 pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<ActivateReport> {
     let t0 = Instant::now();
-    host.layout.ensure()?;
-    let _lock = lock::acquire(
-        &host.layout.state(),
-        Duration::from_secs(host.cfg.lock_wait_secs),
-    )?;
+    let _lock = host.lock()?;
     failpoint::hit("activate::locked")?;
     let mut state = load_state(host)?;
     host.clean_staging()?;
@@ -199,7 +195,7 @@ fn unpack(
         host.layout
             .releases()
             .join(format!(".staging-{}-{}", &b.id[..12], std::process::id()));
-    let pb = crate::progress::bytes_bar(b.payload_bytes(), "unpacking");
+    let pb = support::bytes_bar(b.payload_bytes(), "unpacking");
     let xopts = bundle::ExtractOptions {
         jobs: opts.jobs.max(1),
         read_only: true,

@@ -4,10 +4,10 @@
 
 use crate::host::Host;
 use crate::{cmd, data, release, service};
-use checks::{gib, Report};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::process::Command;
 use std::time::Duration;
+use support::doctor::{gib, Report};
 
 fn run(c: &mut Command) -> Option<cmd::Output> {
     cmd::output(c, Duration::from_secs(20)).ok()
@@ -292,7 +292,7 @@ pub fn doctor(host: &Host) -> Report {
         ),
     }
     let need = manifest.as_ref().map_or(0, |m| m.total_bytes());
-    match checks::free_bytes(&host.layout.install) {
+    match support::doctor::free_bytes(&host.layout.install) {
         Some(f) if f < need => r.fail(
             "disk",
             format!(

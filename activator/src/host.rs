@@ -28,6 +28,15 @@ impl Host {
         Ok(Self { cfg, layout })
     }
 
+    /// Takes the activation lock (creating the layout first), waiting as long as the config says.
+    pub fn lock(&self) -> Result<crate::lock::Lock> {
+        self.layout.ensure()?;
+        crate::lock::acquire(
+            &self.layout.state(),
+            std::time::Duration::from_secs(self.cfg.lock_wait_secs),
+        )
+    }
+
     /// The release id `current` points at, if any.
     pub fn current(&self) -> Option<String> {
         let t = fs_err::read_link(self.layout.current()).ok()?;

@@ -5,7 +5,7 @@ use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
     let cli = activator::cli::Cli::parse();
-    activator::init_tracing(cli.verbose);
+    support::init_tracing(cli.verbose);
     match activator::run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {

@@ -3,9 +3,9 @@
 
 use crate::activate::load_state;
 use crate::host::{refuse, Host};
-use crate::{lock, release, switch};
+use crate::{release, switch};
 use anyhow::Result;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RollbackReport {
@@ -19,11 +19,7 @@ pub struct RollbackReport {
 
 pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<RollbackReport> {
     let t0 = Instant::now();
-    host.layout.ensure()?;
-    let _lock = lock::acquire(
-        &host.layout.state(),
-        Duration::from_secs(host.cfg.lock_wait_secs),
-    )?;
+    let _lock = host.lock()?;
     let mut state = load_state(host)?;
     let installed = host.installed()?;
     let target = match to {

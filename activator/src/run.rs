@@ -206,18 +206,12 @@ pub fn run(cli: Cli) -> Result<u8> {
             if !a.yes {
                 return crate::host::refuse("nuke removes every release and the service; pass --yes (data directories are kept)");
             }
-            let _lock = crate::lock::acquire(
-                &host.layout.state(),
-                std::time::Duration::from_secs(host.cfg.lock_wait_secs),
-            )?;
+            let _lock = host.lock()?;
             report(cli.json, &crate::lifecycle::nuke(&host)?)?;
         }
         Command::Doctor => return Ok(crate::doctor::doctor(&host).print(cli.json)),
         Command::Gc => {
-            let _lock = crate::lock::acquire(
-                &host.layout.state(),
-                std::time::Duration::from_secs(host.cfg.lock_wait_secs),
-            )?;
+            let _lock = host.lock()?;
             let mut state = activate::load_state(&host)?;
             let r = gc::gc(&host, &mut state, true)?;
             if cli.json {
@@ -246,21 +240,6 @@ fn report(json: bool, d: &crate::lifecycle::Done) -> Result<()> {
         println!("{a}");
     }
     Ok(())
-}
-
-/// Logging to stderr; `-v` debug, `-vv` trace, or `RUST_LOG`.
-pub fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// 2 when the input or request was refused, 1 when something failed.

@@ -70,7 +70,7 @@ pub fn fetch(source: &str, downloads: &Path, max_bytes: u64) -> Result<Fetched> 
             ));
         }
     }
-    let pb = crate::progress::bytes_bar(total.unwrap_or(0), "download");
+    let pb = support::bytes_bar(total.unwrap_or(0), "download");
     pb.set_position(start);
     let mut got = 0u64;
     let mut buf = vec![0u8; 1 << 16];

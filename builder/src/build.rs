@@ -474,7 +474,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         jobs: opts.jobs,
         ..Default::default()
     };
-    let pb = crate::progress::bytes_bar(0, "packing");
+    let pb = support::bytes_bar(0, "packing");
     let packed = bundle::pack(&stage, manifest, key, &tmp_out, &pack_opts, &|d, t| {
         pb.set_length(t);
         pb.set_position(d);

@@ -3,10 +3,10 @@
 //! spelling, free disk, RAM against MAX_JOBS, reachability of the torch index and git remotes).
 
 use crate::recipe::Recipe;
-use checks::{gib, Report};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::doctor::{gib, Report};
 
 fn version_of(cmd: &str, args: &[&str]) -> Option<String> {
     let o = Command::new(cmd)
@@ -81,7 +81,7 @@ pub fn doctor(recipe: Option<(&Recipe, &Path)>, cache: &Path) -> Report {
             None => r.fail(cc, "not found", "apt-get install build-essential"),
         }
     }
-    let free = checks::free_bytes(cache);
+    let free = support::doctor::free_bytes(cache);
     match free {
         Some(f) if f < 2 << 30 => r.fail(
             "disk (cache)",
@@ -175,7 +175,7 @@ pub fn doctor(recipe: Option<(&Recipe, &Path)>, cache: &Path) -> Report {
             "write arch_list = \"12.1\" (SageAttention skips `121` and `sm_121` silently)",
         ),
     }
-    let mem = checks::mem_total().unwrap_or(0);
+    let mem = support::doctor::mem_total().unwrap_or(0);
     for e in &recipe.extensions {
         let Some(jobs) = e.env.get("MAX_JOBS").and_then(|j| j.parse::<u64>().ok()) else {
             continue;

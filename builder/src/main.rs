@@ -5,7 +5,7 @@ use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
     let cli = builder::cli::Cli::parse();
-    builder::init_tracing(cli.verbose);
+    support::init_tracing(cli.verbose);
     match builder::run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {

@@ -67,7 +67,7 @@ pub fn pack_tree(
     out: &std::path::Path,
     level: i32,
 ) -> Result<bundle::Packed> {
-    let pb = crate::progress::bytes_bar(0, "packing");
+    let pb = support::bytes_bar(0, "packing");
     let opts = bundle::PackOptions {
         level,
         ..Default::default()

@@ -7,7 +7,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
     let trusted = super::trusted_keys(&a.trust)?;
     let b = bundle::Bundle::open(&a.file, &trusted)
         .with_context(|| format!("refusing {}", a.file.display()))?;
-    let pb = crate::progress::bytes_bar(b.payload_bytes(), "verifying");
+    let pb = support::bytes_bar(b.payload_bytes(), "verifying");
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     b.verify_payload(jobs, &|n| pb.set_position(n))
         .with_context(|| format!("refusing {}", a.file.display()))?;
