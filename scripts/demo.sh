@@ -28,6 +28,12 @@ sed -e 's/^version = "0.1.0"/version = "0.1.1"/' -e 's/^sequence = 1/sequence = 
 b2=$($B build "$work/demo-2.toml" --key "$work/release.key" --out "$work/bundles" --cache "$work/cache" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
 
 say "boot a real systemd in a sandbox (overlay of this machine's root; the host is untouched)"
+# The sandbox has its own /tmp: comfyctl travels in the shared directory.
+mkdir -p "$work/bin"
+cp "$C" "$work/bin/comfyctl"
+C=$work/bin/comfyctl
+exec 9>/tmp/comfy-sandbox.lock
+flock 9 # one sandboxed systemd at a time (see tests/sandbox/boot.sh)
 bash tests/sandbox/boot.sh "$work" "$work/sandbox.pid"
 pid=$(cat "$work/sandbox.pid")
 trap 'kill -s SIGRTMIN+4 "$pid" 2>/dev/null || true' EXIT

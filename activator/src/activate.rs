@@ -47,6 +47,30 @@ pub struct ActivateReport {
     pub health: Option<crate::health::Health>,
 }
 
+/// A URL on a host that already has releases: first try fetching only the frames it lacks.
+fn fetch(host: &Host, src: &str, trusted: &keys::TrustedKeys) -> Result<Fetched> {
+    if source::is_url(src) && host.current().is_some() {
+        fs_err::create_dir_all(host.layout.downloads())?;
+        let dest = host
+            .layout
+            .downloads()
+            .join(format!("delta-{}.bundle", std::process::id()));
+        let store = Store::new(host.layout.store());
+        match crate::delta::fetch(src, &dest, &store, trusted, host.cfg.max_download_bytes) {
+            Ok(f) => return Ok(f),
+            Err(e) if crate::exit_code(&e) == 2 => {
+                let _ = fs_err::remove_file(&dest);
+                return Err(e);
+            }
+            Err(e) => {
+                let _ = fs_err::remove_file(&dest);
+                tracing::warn!("delta download not possible ({e:#}); fetching the whole bundle");
+            }
+        }
+    }
+    source::fetch(src, &host.layout.downloads(), host.cfg.max_download_bytes)
+}
+
 /// Makes sure the journal matches the real `current` after a kill.
 pub(crate) fn load_state(host: &Host) -> Result<State> {
     let mut state = State::load(&host.layout.state())?;
@@ -63,7 +87,6 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     let mut state = load_state(host)?;
     host.clean_staging()?;
 
-    let fetched = source::fetch(src, &host.layout.downloads(), host.cfg.max_download_bytes)?;
     let trusted = match keys::TrustedKeys::load_dir(&host.layout.keys) {
         Ok(t) => t,
         Err(e) => {
@@ -72,6 +95,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
             ))
         }
     };
+    let fetched = fetch(host, src, &trusted)?;
     let b =
         bundle::Bundle::open(&fetched.path, &trusted).with_context(|| format!("refusing {src}"))?;
     let m = &b.manifest;

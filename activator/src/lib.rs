@@ -6,6 +6,7 @@ pub mod cli;
 mod cmd;
 pub mod config;
 mod data;
+mod delta;
 mod doctor;
 mod failpoint;
 mod gc;

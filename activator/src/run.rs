@@ -64,11 +64,21 @@ pub fn run(cli: Cli) -> Result<u8> {
                         h.seconds
                     );
                 }
-                if let Some(f) = &r.fetch {
-                    println!(
+                match &r.fetch {
+                    Some(f) if f.delta.is_some() => {
+                        let total = f.delta.unwrap_or(1).max(1);
+                        println!(
+                            "fetched {} of {} bytes ({:.1}%): only the frames this host lacked",
+                            f.downloaded,
+                            total,
+                            100.0 * f.downloaded as f64 / total as f64
+                        );
+                    }
+                    Some(f) => println!(
                         "downloaded {} bytes (resumed from {})",
                         f.downloaded, f.resumed_from
-                    );
+                    ),
+                    None => {}
                 }
                 println!(
                     "activated {} {} ({}), previous {}, in {:.2}s",

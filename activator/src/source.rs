@@ -19,6 +19,8 @@ pub struct Fetched {
     /// Bytes transferred in this run (0 for a local file).
     pub downloaded: u64,
     pub resumed_from: u64,
+    /// Set for a delta download: the bundle's full size, of which `downloaded` bytes were fetched.
+    pub delta: Option<u64>,
 }
 
 /// Resolves a source to a local file.
@@ -58,6 +60,7 @@ pub fn fetch(source: &str, downloads: &Path, max_bytes: u64) -> Result<Fetched> 
                 path: done,
                 downloaded: 0,
                 resumed_from: have,
+                delta: None,
             });
         }
         _ => bail!("fetching {source}: server answered {status}"),
@@ -106,5 +109,6 @@ pub fn fetch(source: &str, downloads: &Path, max_bytes: u64) -> Result<Fetched> 
         path: done,
         downloaded: got,
         resumed_from: start,
+        delta: None,
     })
 }

@@ -12,7 +12,12 @@ const TARGET: &str = "linux-x86_64-cpu";
 const APP: &str = include_str!("fixtures/app.py");
 const LAUNCH: &str = "#!/bin/sh\nhere=$(CDPATH= cd -- \"$(dirname -- \"$0\")\" && pwd -P)\nexec /usr/bin/python3 \"$here/ComfyUI/main.py\" \"$@\"\n";
 
+/// One sandbox at a time on the machine (tests and scripts alike take this lock): without a cgroup
+/// namespace of their own, two systemds would manage the same cgroup tree and stop each other's units.
+const SANDBOX_LOCK: &str = "/tmp/comfy-sandbox.lock";
+
 struct Sandbox {
+    _turn: std::fs::File,
     pid: u32,
     share: tempfile::TempDir,
     key: keys::SecretKey,
@@ -25,6 +30,15 @@ struct Out {
 
 impl Sandbox {
     fn boot(config: &str) -> Self {
+        let turn = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(SANDBOX_LOCK)
+            .unwrap()
+            .into_parts()
+            .0;
+        rustix::fs::flock(&turn, rustix::fs::FlockOperation::LockExclusive).unwrap();
         let share = tempfile::tempdir().unwrap();
         fs_err::set_permissions(share.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let pidfile = share.path().join("pid");
@@ -45,7 +59,19 @@ impl Sandbox {
             .parse()
             .unwrap();
         let key = keys::generate();
-        let sb = Sandbox { pid, share, key };
+        // The sandbox has its own /tmp: the binary travels in the shared directory (CI may build
+        // this repository under /tmp).
+        fs_err::copy(
+            env!("CARGO_BIN_EXE_comfyctl"),
+            share.path().join("comfyctl"),
+        )
+        .unwrap();
+        let sb = Sandbox {
+            _turn: turn,
+            pid,
+            share,
+            key,
+        };
         fs_err::write(
             sb.share.path().join("release.pub"),
             sb.key.public().to_file_string(),
@@ -82,7 +108,7 @@ impl Sandbox {
     }
 
     fn ctl(&self, args: &str) -> Out {
-        self.sh(&format!("{} {args}", env!("CARGO_BIN_EXE_comfyctl")))
+        self.sh(&format!("{}/comfyctl {args}", self.share.path().display()))
     }
 
     /// A release: the stdlib app at `revision`, one custom node with `classes`, expected `expect`.
@@ -147,7 +173,18 @@ impl Sandbox {
     }
 
     fn healthy(&self) -> bool {
-        self.ctl("health --port 8188 --timeout 20").code == 0
+        let out = self.ctl("health --port 8188 --timeout 20");
+        if out.code != 0 {
+            eprintln!(
+                "unhealthy: {}\n{}",
+                out.text,
+                self.sh(
+                    "systemctl status --no-pager comfyui; journalctl -u comfyui -n 20 --no-pager"
+                )
+                .text
+            );
+        }
+        out.code == 0
     }
 }
 

@@ -18,6 +18,8 @@ enum Mode {
     ShortLength,
     /// Claims an enormous Content-Length.
     HugeLength,
+    /// Ignores Range headers.
+    NoRanges,
 }
 
 /// Serves `body` until the test ends; returns the URL and the Range headers it saw.
@@ -37,20 +39,41 @@ fn serve(body: Vec<u8>, mode: Mode) -> (String, Arc<Mutex<Vec<Option<String>>>>)
                     break;
                 }
                 if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    range = Some(v.trim().trim_end_matches('-').to_owned());
+                    range = Some(v.trim().to_owned());
                 }
             }
-            seen2.lock().unwrap().push(range.clone());
-            let start: usize = range.as_deref().map_or(0, |r| r.parse().unwrap());
-            let rest = &body[start.min(body.len())..];
+            seen2
+                .lock()
+                .unwrap()
+                .push(range.as_ref().map(|r| r.trim_end_matches('-').to_owned()));
+            // `a-`, `a-b` and `-n` (the last n bytes), as HTTP has them.
+            let (start, end) = match range.as_deref() {
+                None => (0, body.len()),
+                Some(r) => match r.split_once('-').unwrap() {
+                    ("", n) => (body.len() - n.parse::<usize>().unwrap(), body.len()),
+                    (a, "") => (a.parse().unwrap(), body.len()),
+                    (a, b) => (a.parse().unwrap(), b.parse::<usize>().unwrap() + 1),
+                },
+            };
+            let rest = &body[start.min(body.len())..end.min(body.len())];
             let (status, len, send): (&str, u64, &[u8]) = match mode {
                 Mode::ShortLength => ("200 OK", (body.len() / 2) as u64, &body[..body.len() / 2]),
                 Mode::HugeLength => ("200 OK", 100 << 30, &body[..1000]),
                 Mode::CutFirst(cut) if n == 0 => ("200 OK", body.len() as u64, &body[..cut]),
-                _ if start > 0 => ("206 Partial Content", rest.len() as u64, rest),
+                Mode::NoRanges => ("200 OK", body.len() as u64, &body[..]),
+                _ if range.is_some() => ("206 Partial Content", rest.len() as u64, rest),
                 _ => ("200 OK", body.len() as u64, &body[..]),
             };
-            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n");
+            let content_range = if status.starts_with("206") {
+                format!(
+                    "Content-Range: bytes {start}-{}/{}\r\n",
+                    end - 1,
+                    body.len()
+                )
+            } else {
+                String::new()
+            };
+            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\n{content_range}Connection: close\r\n\r\n");
             let _ = stream.write_all(head.as_bytes());
             let _ = stream.write_all(send);
             let _ = stream.flush();
@@ -123,4 +146,36 @@ fn servers_that_lie_about_size_are_refused() {
         out.stderr
     );
     assert!(h.current().is_none());
+}
+
+#[test]
+fn delta_fetch_reads_only_the_frames_the_host_lacks() {
+    let h = TestHost::new();
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    let b = h.bundle("1.1", 2, &Tree::demo("b"));
+    let (url_a, _) = serve(fs_err::read(&a).unwrap(), Mode::Honest);
+    assert_eq!(h.ctl(&["activate", &url_a, "--no-service"]).code, 0);
+    let size = fs_err::metadata(&b).unwrap().len();
+    let (url_b, seen) = serve(fs_err::read(&b).unwrap(), Mode::Honest);
+    let out = h.ctl(&["activate", &url_b, "--no-service", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["fetch"]["delta"], size);
+    let fetched = r["fetch"]["downloaded"].as_u64().unwrap();
+    let share = fetched as f64 / size as f64;
+    println!(
+        "delta fetch: {fetched} of {size} bytes ({:.1}%) in {} requests",
+        100.0 * share,
+        seen.lock().unwrap().len()
+    );
+    assert!(share <= 0.05, "fetched {:.1}% of the bundle", 100.0 * share);
+    assert_eq!(h.current(), Some(h.id_of(&b)));
+    assert_eq!(h.ctl(&["verify"]).code, 0);
+    // A server without Range support still works: the whole bundle is fetched.
+    let c = h.bundle("1.2", 3, &Tree::demo("c"));
+    let (url_c, _) = serve(fs_err::read(&c).unwrap(), Mode::NoRanges);
+    let out = h.ctl(&["activate", &url_c, "--no-service", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["fetch"]["delta"], serde_json::Value::Null);
+    assert_eq!(h.current(), Some(h.id_of(&c)));
 }

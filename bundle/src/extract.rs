@@ -218,7 +218,13 @@ impl Bundle {
 
     /// How many of the payload frames an extraction through `store` reads and decompresses.
     pub fn frames_to_read(&self, store: &dyn ObjectSource) -> usize {
-        crate::stream::needed_frames(&self.frames, &self.reusable(store)).len()
+        self.frames_needed(store).len()
+    }
+
+    /// The payload frames (by index) an extraction through `store` reads: a delta download
+    /// fetches just these.
+    pub fn frames_needed(&self, store: &dyn ObjectSource) -> Vec<usize> {
+        crate::stream::needed_frames(&self.frames, &self.reusable(store))
     }
 
     /// Checks every payload byte against the signed manifest without writing anything.

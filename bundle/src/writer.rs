@@ -357,6 +357,12 @@ pub fn pack(
         let produced = (|| -> Result<()> {
             let mut done_bytes = 0u64;
             for (i, sc) in scanned.iter().enumerate() {
+                // A large file starts a frame of its own, so the small files around it share frames
+                // and a change to one of them costs a delta download only a small frame.
+                if matches!(sc.kind, ScanKind::File { size, .. } if size as usize >= frame_size / 2)
+                {
+                    cutter.cut()?;
+                }
                 cutter.begin_entry(i as u64 + 2)?;
                 let kind = match &sc.kind {
                     ScanKind::Dir => {
@@ -399,6 +405,8 @@ pub fn pack(
                     kind,
                 });
             }
+            // The end-of-archive blocks get a frame of their own: every reader reads the last frame.
+            cutter.cut()?;
             cutter.begin_entry(scanned.len() as u64 + 2)?;
             cutter
                 .buf

@@ -3,6 +3,7 @@
 # root (writes land in a tmpfs; the host is untouched), and prints its PID on the host once it is
 # running. The host directory SHARE is bind-mounted at the same path inside. Stop it with
 # `kill -s SIGRTMIN+4 PID`. Never boot systemd on the real root: its tmpfiles service empties /tmp.
+# One sandbox at a time: they share the host's cgroup tree, so two would stop each other's units.
 # Usage: boot.sh SHARE PIDFILE
 set -euo pipefail
 share=$(realpath "$1")

@@ -61,9 +61,14 @@ impl Tree {
             ("venv/lib/site.py".to_owned(), b"# site\n".to_vec()),
         ];
         for i in 0..40 {
+            // Poorly compressible, like the shared objects of a real venv.
             let mut blob = vec![0u8; 64 << 10];
-            for (j, b) in blob.iter_mut().enumerate() {
-                *b = ((i * 31 + j * 7) % 253) as u8;
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
+            for b in blob.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
             }
             files.push((format!("venv/lib/torch/lib{i:02}.so"), blob));
         }

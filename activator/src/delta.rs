@@ -1,0 +1,106 @@
+//! Delta download: with HTTP Range, fetch the footer, the frame index and the signed first frame,
+//! verify the signature, then fetch only the frames holding files this host's store lacks. They are
+//! written at their offsets into a sparse local copy; the frames left out are holes the extraction
+//! never reads (if it did, the frame would fail to decompress and the bundle would be refused).
+
+use crate::source::Fetched;
+use crate::store::Store;
+use anyhow::{bail, Context as _, Result};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::Path;
+
+fn range(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    spec: &str,
+) -> Result<(Vec<u8>, Option<u64>)> {
+    let mut resp = client
+        .get(url)
+        .header(reqwest::header::RANGE, format!("bytes={spec}"))
+        .send()
+        .with_context(|| format!("fetching {url}"))?;
+    if resp.status().as_u16() != 206 {
+        bail!(
+            "{url} does not serve byte ranges (answered {})",
+            resp.status()
+        );
+    }
+    let total = resp
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit('/').next())
+        .and_then(|t| t.parse().ok());
+    let mut body = Vec::new();
+    resp.read_to_end(&mut body)?;
+    Ok((body, total))
+}
+
+/// Tries a delta download of `url` into `dest`; an error means "fall back to a full download".
+pub fn fetch(
+    url: &str,
+    dest: &Path,
+    store: &Store,
+    trusted: &keys::TrustedKeys,
+    max_bytes: u64,
+) -> Result<Fetched> {
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(15))
+        .build()?;
+    let (footer, total) = range(&client, url, "-16")?;
+    let total = total.context("the server did not say how long the bundle is")?;
+    if total > max_bytes {
+        return crate::host::refuse(format!(
+            "{url} is {total} bytes, over this host's limit of {max_bytes}"
+        ));
+    }
+    let footer: [u8; 16] = footer.as_slice().try_into().context("short footer")?;
+    let idx_len = bundle::index::frame_len_from_footer(&footer)?;
+    let mut file = fs_err::File::create(dest)?;
+    file.set_len(total)?;
+    let mut fetched = 16u64;
+    let idx_at = total
+        .checked_sub(idx_len)
+        .context("index longer than the bundle")?;
+    let (idx, _) = range(&client, url, &format!("{idx_at}-{}", total - 1))?;
+    fetched += idx.len() as u64;
+    file.seek(SeekFrom::Start(idx_at))?;
+    file.write_all(&idx)?;
+    let frames = bundle::index::decode(&idx, idx_at)?;
+    let get = |file: &mut fs_err::File, from: u64, to: u64| -> Result<u64> {
+        let (bytes, _) = range(&client, url, &format!("{from}-{}", to - 1))?;
+        if bytes.len() as u64 != to - from {
+            bail!("{url}: asked for {} bytes, got {}", to - from, bytes.len());
+        }
+        file.seek(SeekFrom::Start(from))?;
+        file.write_all(&bytes)?;
+        Ok(bytes.len() as u64)
+    };
+    fetched += get(
+        &mut file,
+        frames[0].comp_offset,
+        frames[0].comp_offset + frames[0].comp_len,
+    )?;
+    file.sync_all()?;
+    // The signature is checked before anything is planned from the manifest.
+    let b = bundle::Bundle::open(dest, trusted)?;
+    let needed = b.frames_needed(store);
+    // Neighbouring frames in one request each.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for f in needed.iter().map(|i| b.frames[*i]) {
+        match runs.last_mut() {
+            Some(r) if r.1 == f.comp_offset => r.1 += f.comp_len,
+            _ => runs.push((f.comp_offset, f.comp_offset + f.comp_len)),
+        }
+    }
+    for (from, to) in runs {
+        fetched += get(&mut file, from, to)?;
+    }
+    file.sync_all()?;
+    Ok(Fetched {
+        path: dest.to_owned(),
+        downloaded: fetched,
+        resumed_from: 0,
+        delta: Some(total),
+    })
+}
