@@ -9,19 +9,8 @@ use std::time::Duration;
 use support::doctor::{gib, Report};
 
 fn version_of(cmd: &str, args: &[&str]) -> Option<String> {
-    let o = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    o.status.success().then(|| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_owned()
-    })
+    let out = crate::process::stdout(Command::new(cmd).args(args)).ok()?;
+    Some(out.lines().next().unwrap_or("").trim().to_owned())
 }
 
 fn major(v: &str) -> Option<u32> {
@@ -126,17 +115,15 @@ pub fn doctor(recipe: Option<(&Recipe, &Path)>, cache: &Path) -> Report {
     let needs_cuda = !recipe.torch.cuda.is_empty();
     let nvcc = Path::new(&recipe.target.cuda_home).join("bin/nvcc");
     if needs_cuda {
-        match version_of(&nvcc.to_string_lossy(), &["--version"]).map(|_| {
-            let o = Command::new(&nvcc)
-                .arg("--version")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            o.lines()
-                .find(|l| l.contains("release"))
-                .unwrap_or("")
-                .to_owned()
-        }) {
+        let release_line = crate::process::stdout(Command::new(&nvcc).arg("--version"))
+            .ok()
+            .map(|o| {
+                o.lines()
+                    .find(|l| l.contains("release"))
+                    .unwrap_or("")
+                    .to_owned()
+            });
+        match release_line {
             Some(line) if line.contains(&format!("release {}", recipe.torch.cuda)) => {
                 r.ok("nvcc", line.trim().to_owned())
             }
