@@ -84,9 +84,9 @@ pub struct NukeArgs {
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// Port ComfyUI listens on.
-    #[arg(long, default_value_t = 8188)]
-    pub port: u16,
+    /// Port ComfyUI listens on (default: the host config's `[service] port`).
+    #[arg(long)]
+    pub port: Option<u16>,
     /// Seconds to wait for it to answer.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,

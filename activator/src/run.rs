@@ -175,10 +175,14 @@ pub fn run(cli: Cli) -> Result<u8> {
                 return crate::host::refuse("no current release to check");
             };
             let m = crate::release::manifest(&host.layout.release(&cur))?;
+            let port = a.port.unwrap_or(host.cfg.service.port);
             let h = crate::health::check(
-                a.port,
+                port,
                 &m,
-                a.device.as_deref(),
+                a.device
+                    .as_deref()
+                    .or((!host.cfg.health.device_type.is_empty())
+                        .then_some(host.cfg.health.device_type.as_str())),
                 std::time::Duration::from_secs(a.timeout),
             )?;
             if cli.json {
@@ -189,7 +193,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                     m.name,
                     m.version,
                     short(&cur),
-                    a.port,
+                    port,
                     h.device_type.as_deref().unwrap_or("?"),
                     h.node_classes,
                     m.expected_nodes.values().map(Vec::len).sum::<usize>()
