@@ -4,8 +4,8 @@
 
 use crate::index::{self, Frame};
 use crate::manifest::{bundle_id, Manifest, MAX_MANIFEST_BYTES};
-use crate::tarfmt::{checksum_ok, padding, push_header, HeaderKind, BLOCK};
-use crate::writer::{trusted_comment, MANIFEST_PATH, SIGNATURE_PATH};
+use crate::tarfmt::{checksum_ok, padding, BLOCK};
+use crate::writer::{first_frame, trusted_comment, MANIFEST_PATH, SIGNATURE_PATH};
 use crate::{Error, Result};
 use keys::{KeyId, Signature, TrustedKeys};
 use std::os::unix::fs::FileExt as _;
@@ -162,23 +162,7 @@ impl Bundle {
             ));
         }
         // The manifest fixes the header mtime: now the first frame must be exactly what our writer makes.
-        let mut expect = Vec::with_capacity(raw0.len());
-        for (p, b) in [
-            (MANIFEST_PATH, &manifest_bytes[..]),
-            (SIGNATURE_PATH, sig_bytes),
-        ] {
-            push_header(
-                &mut expect,
-                p,
-                HeaderKind::File {
-                    mode: 0o644,
-                    size: b.len() as u64,
-                },
-                manifest.source_date_epoch,
-            );
-            expect.extend_from_slice(b);
-            expect.resize(expect.len() + padding(b.len() as u64), 0);
-        }
+        let expect = first_frame(&manifest_bytes, sig_bytes, manifest.source_date_epoch);
         if expect != raw0 {
             return Err(Error::NotABundle(
                 "manifest or signature tar headers are not canonical".into(),

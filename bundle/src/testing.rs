@@ -4,7 +4,7 @@
 use crate::index::{self, Frame, NO_ENTRY};
 use crate::manifest::{bundle_id, Entry, Kind, Manifest};
 use crate::tarfmt::{padding, push_header, HeaderKind, BLOCK};
-use crate::writer::{trusted_comment, MANIFEST_PATH, SIGNATURE_PATH};
+use crate::writer::trusted_comment;
 use crate::Result;
 use std::path::Path;
 
@@ -91,20 +91,7 @@ pub fn assemble(
     mtime: u64,
     payload: &[Vec<u8>],
 ) -> Result<()> {
-    let mut raw0 = Vec::new();
-    for (p, b) in [(MANIFEST_PATH, manifest), (SIGNATURE_PATH, sig)] {
-        push_header(
-            &mut raw0,
-            p,
-            HeaderKind::File {
-                mode: 0o644,
-                size: b.len() as u64,
-            },
-            mtime,
-        );
-        raw0.extend_from_slice(b);
-        raw0.resize(raw0.len() + padding(b.len() as u64), 0);
-    }
+    let raw0 = crate::writer::first_frame(manifest, sig, mtime);
     let mut file = Vec::new();
     let mut frames = Vec::new();
     let mut raw_off = 0u64;

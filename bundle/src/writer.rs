@@ -291,6 +291,25 @@ fn spool_writer(
     Ok(frames)
 }
 
+/// The raw bytes of frame 0: the manifest and signature entries, exactly as every bundle has them.
+pub(crate) fn first_frame(manifest: &[u8], sig: &[u8], mtime: u64) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(manifest.len() + sig.len() + 4096);
+    for (path, bytes) in [(MANIFEST_PATH, manifest), (SIGNATURE_PATH, sig)] {
+        push_header(
+            &mut raw,
+            path,
+            HeaderKind::File {
+                mode: 0o644,
+                size: bytes.len() as u64,
+            },
+            mtime,
+        );
+        raw.extend_from_slice(bytes);
+        raw.resize(raw.len() + padding(bytes.len() as u64), 0);
+    }
+    raw
+}
+
 /// The trusted comment every bundle signature carries.
 pub fn trusted_comment(m: &Manifest, id: &str) -> String {
     format!(
@@ -439,23 +458,7 @@ pub fn pack(
     .map_err(Error::Key)?;
     let sig_bytes = sig.to_file_string().into_bytes();
 
-    let mut raw0 = Vec::with_capacity(manifest_bytes.len() + sig_bytes.len() + 4096);
-    for (path, bytes) in [
-        (MANIFEST_PATH, &manifest_bytes),
-        (SIGNATURE_PATH, &sig_bytes),
-    ] {
-        push_header(
-            &mut raw0,
-            path,
-            HeaderKind::File {
-                mode: 0o644,
-                size: bytes.len() as u64,
-            },
-            mtime,
-        );
-        raw0.extend_from_slice(bytes);
-        raw0.resize(raw0.len() + padding(bytes.len() as u64), 0);
-    }
+    let raw0 = first_frame(&manifest_bytes, &sig_bytes, mtime);
     let comp0 = compress_one(&raw0, opts.level)?;
     let mut frames = vec![Frame {
         comp_offset: 0,
