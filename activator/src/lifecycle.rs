@@ -145,6 +145,7 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
             done.did(format!("enabled and started {unit}"));
         }
         Action::Restart => {
+            let _ = service::systemctl(&["reset-failed", &unit]);
             service::systemctl(&["restart", &unit])?;
             done.did(format!("restarted {unit}"));
         }
@@ -153,6 +154,7 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
             done.did(format!("stopped and disabled {unit}"));
         }
         Action::Start => {
+            let _ = service::systemctl(&["reset-failed", &unit]);
             service::systemctl(&["enable", "--now", &unit])?;
             done.did(format!("enabled and started {unit}"));
         }

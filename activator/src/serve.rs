@@ -22,6 +22,9 @@ fn try_start(host: &Host, id: &str, from: Option<&str>) -> Result<Health> {
     service::install_unit(host)?;
     let unit = service::unit_name(host);
     let _ = service::systemctl(&["stop", &unit]);
+    // A release that crash-looped until systemd's start limit leaves the unit refusing to start:
+    // clear that, or the rollback that follows could not start the previous release.
+    let _ = service::systemctl(&["reset-failed", &unit]);
     let db = data::database(host, id, from)?;
     service::write_env(host, &m, id, &db)?;
     service::systemctl(&["start", &unit])?;
