@@ -32,11 +32,13 @@ impl Health {
 
 /// Waits up to `timeout` for the app on `port` to answer, then checks it against `m`.
 /// `device_override` replaces the manifest's expected device type (host config).
+/// `gone` is asked while waiting; a reason from it (the service died) ends the wait early.
 pub fn check(
     port: u16,
     m: &Manifest,
     device_override: Option<&str>,
     timeout: Duration,
+    gone: &dyn Fn() -> Option<String>,
 ) -> Result<Health> {
     let t0 = Instant::now();
     let client = reqwest::blocking::Client::builder()
@@ -62,6 +64,14 @@ pub fn check(
             Ok(r) => format!("/system_stats answered {}", r.status()),
             Err(e) => format!("nothing answers on {base} ({e})"),
         };
+        if let Some(why) = gone() {
+            return Ok(unhealthy(
+                format!("{why} before answering ({last})"),
+                None,
+                0,
+                vec![],
+            ));
+        }
         if t0.elapsed() >= timeout {
             return Ok(unhealthy(
                 format!("{last} after {}s", timeout.as_secs()),

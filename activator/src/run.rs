@@ -184,6 +184,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                     .or((!host.cfg.health.device_type.is_empty())
                         .then_some(host.cfg.health.device_type.as_str())),
                 std::time::Duration::from_secs(a.timeout),
+                &|| None,
             )?;
             if cli.json {
                 print_json(&h)?;

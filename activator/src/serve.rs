@@ -30,10 +30,23 @@ fn try_start(host: &Host, id: &str, from: Option<&str>) -> Result<Health> {
     service::systemctl(&["start", &unit])?;
     let device =
         (!host.cfg.health.device_type.is_empty()).then_some(host.cfg.health.device_type.as_str());
+    // ComfyUI never exits by itself: a unit waiting to restart (or failed) has already lost.
+    let gone = || {
+        let o = service::systemctl(&["show", "-p", "ActiveState,SubState", &unit]).ok()?;
+        let dead =
+            o.stdout.contains("SubState=auto-restart") || o.stdout.contains("ActiveState=failed");
+        dead.then(|| {
+            format!(
+                "the service exited ({})",
+                o.stdout.split_whitespace().collect::<Vec<_>>().join(", ")
+            )
+        })
+    };
     health::check(
         host.cfg.service.port,
         &m,
         device,
         Duration::from_secs(host.cfg.health.timeout_secs),
+        &gone,
     )
 }
