@@ -2,7 +2,9 @@
 # Runs inside the new namespaces (see boot.sh): overlay root, then pivot_root and exec systemd.
 set -euo pipefail
 share=$1
-base=$(mktemp -d /tmp/comfy-sandbox.XXXXXX)
+# The mount point lives in the shared directory: its owner removes it, nothing is left in /tmp.
+base=$share/.sandbox
+mkdir -p "$base"
 mount -t tmpfs -o size=4g tmpfs "$base"
 mkdir -p "$base"/{upper,work,root}
 mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$base/root"
