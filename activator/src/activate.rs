@@ -122,15 +122,17 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
         ..Default::default()
     };
     let dir = host.layout.release(&b.id);
-    if host.current().as_deref() == Some(b.id.as_str()) && release::is_intact(&dir) {
+    let is_current = host.current().as_deref() == Some(b.id.as_str());
+    let intact = release::is_intact(&dir);
+    if is_current && intact {
         switch::ensure_seed_links(host)?;
         report.seconds = t0.elapsed().as_secs_f64();
         return Ok(report);
     }
     report.changed = true;
-    if !release::is_intact(&dir) {
+    if !intact {
         if dir.exists() {
-            if host.current().as_deref() == Some(b.id.as_str()) {
+            if is_current {
                 return refuse(format!(
                     "the current release {} is damaged; run `comfyctl verify`",
                     b.id

@@ -85,11 +85,7 @@ fn downgrade_needs_allow_downgrade() {
     let h = TestHost::new();
     let new = h.bundle("2.0", 5, &Tree::demo("new"));
     let old = h.bundle("1.0", 4, &Tree::demo("old"));
-    assert_eq!(
-        h.ctl(&["activate", new.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&new);
     let before = h.snapshot();
     let out = h.ctl(&["activate", old.to_str().unwrap(), "--no-service"]);
     assert_eq!(out.code, 2);
@@ -109,11 +105,7 @@ fn downgrade_needs_allow_downgrade() {
 fn wrong_target_and_untrusted_key_are_refused() {
     let h = TestHost::new();
     let good = h.bundle("1.0", 1, &Tree::demo("a"));
-    assert_eq!(
-        h.ctl(&["activate", good.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&good);
     let before = h.snapshot();
     let other = h.bundle_with_key(
         "x",
@@ -155,11 +147,7 @@ fn wrong_target_and_untrusted_key_are_refused() {
 fn every_hostile_bundle_leaves_the_host_as_it_was() {
     let h = TestHost::new();
     let good = h.bundle("1.0", 1, &Tree::demo("a"));
-    assert_eq!(
-        h.ctl(&["activate", good.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&good);
     let before = h.snapshot();
     let store_before = h.ctl(&["status", "--json"]).json()["store_objects"].clone();
     let dir = h.tmp.path().join("hostile");
@@ -187,11 +175,7 @@ fn every_hostile_bundle_leaves_the_host_as_it_was() {
 fn failed_preflight_never_becomes_current() {
     let h = TestHost::new();
     let good = h.bundle("1.0", 1, &Tree::demo("a"));
-    assert_eq!(
-        h.ctl(&["activate", good.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&good);
     let mut tree = Tree::demo("broken");
     tree.preflight = vec![
         ("imports", "ok"),
@@ -222,11 +206,7 @@ fn failed_preflight_never_becomes_current() {
 fn verify_finds_tampering() {
     let h = TestHost::new();
     let a = h.bundle("1.0", 1, &Tree::demo("a"));
-    assert_eq!(
-        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&a);
     let f = h.install().join("current/ComfyUI/main.py");
     fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
     fs_err::write(&f, "print('owned')\n").unwrap();
@@ -253,11 +233,7 @@ fn gc_keeps_current_previous_and_good_ones_and_sweeps_the_store() {
         ));
         let b = h.bundle(&format!("1.{i}"), i + 1, &t);
         ids.push(h.id_of(&b));
-        assert_eq!(
-            h.ctl(&["activate", b.to_str().unwrap(), "--no-service"])
-                .code,
-            0
-        );
+        h.activate_ok(&b);
     }
     // A failed release does not push good ones out.
     let mut t = Tree::demo("bad");

@@ -71,11 +71,7 @@ fn sigkill_at_every_failpoint() {
         let a = h.bundle("1.0", 1, &Tree::demo("a"));
         let b = h.bundle("1.1", 2, &big_tree("b"));
         let (ida, idb) = (h.id_of(&a), h.id_of(&b));
-        assert_eq!(
-            h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
-                .code,
-            0
-        );
+        h.activate_ok(&a);
         let out: Out = h
             .command(&["activate", b.to_str().unwrap(), "--no-service"])
             .env("COMFYCTL_FAILPOINTS", format!("{point}=kill"))
@@ -114,20 +110,12 @@ fn sigkill_at_random_moments() {
     let h = TestHost::new();
     let a = h.bundle("1.0", 1, &Tree::demo("a"));
     let (ida, mut allowed) = (h.id_of(&a), Vec::new());
-    assert_eq!(
-        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&a);
     allowed.push(ida.clone());
     // Time one full activation of a fresh bundle to spread the kills over it.
     let probe = h.bundle("probe", 2, &big_tree("probe"));
     let t = Instant::now();
-    assert_eq!(
-        h.ctl(&["activate", probe.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&probe);
     let full = t.elapsed();
     allowed.push(h.id_of(&probe));
     assert_eq!(h.ctl(&["rollback", "--to", &ida, "--no-service"]).code, 0);
@@ -195,11 +183,7 @@ fn full_disk_fails_cleanly() {
     }
     let _guard = Unmount(h.install());
     let a = h.bundle("1.0", 1, &Tree::demo("a"));
-    assert_eq!(
-        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&a);
     let before = h.snapshot();
     let b = h.bundle("1.1", 2, &big_tree("b"));
     let out = h.ctl(&["activate", b.to_str().unwrap(), "--no-service"]);

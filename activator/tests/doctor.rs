@@ -41,11 +41,7 @@ fn host_doctor_reports_each_fault() {
     )
     .unwrap();
     let a = h.bundle("1.0", 1, &Tree::demo("a"));
-    assert_eq!(
-        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&a);
     assert_eq!(h.ctl(&["setup"]).code, 0);
 
     let (code, v) = doctor(&h);

@@ -47,11 +47,7 @@ fn serve(device: &'static str, classes: &'static [(&'static str, &'static str)])
 fn health_checks_device_and_expected_nodes() {
     let h = TestHost::new();
     let b = h.bundle("1.0", 1, &Tree::demo("a"));
-    assert_eq!(
-        h.ctl(&["activate", b.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&b);
 
     let ok = serve(
         "cpu",
@@ -103,11 +99,7 @@ fn a_service_that_cannot_start_is_rolled_back() {
     let h = TestHost::new();
     let a = h.bundle("1.0", 1, &Tree::demo("a"));
     let b = h.bundle("1.1", 2, &Tree::demo("b"));
-    assert_eq!(
-        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
-            .code,
-        0
-    );
+    h.activate_ok(&a);
     let out = h.ctl(&["activate", b.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(

@@ -169,6 +169,18 @@ impl TestHost {
         out
     }
 
+    /// Activates `bundle` without a service and insists it worked.
+    pub fn activate_ok(&self, bundle: &Path) {
+        let out = self.ctl(&["activate", bundle.to_str().unwrap(), "--no-service"]);
+        assert_eq!(
+            out.code,
+            0,
+            "activating {}: {}",
+            bundle.display(),
+            out.stderr
+        );
+    }
+
     /// The id `current` points at.
     pub fn current(&self) -> Option<String> {
         let t = fs_err::read_link(self.install().join("current")).ok()?;
