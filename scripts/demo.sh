@@ -32,11 +32,9 @@ say "boot a real systemd in a sandbox (overlay of this machine's root; the host 
 mkdir -p "$work/bin"
 cp "$C" "$work/bin/comfyctl"
 C=$work/bin/comfyctl
-exec 9>/tmp/comfy-sandbox.lock
-flock 9 # one sandboxed systemd at a time (see tests/sandbox/boot.sh)
 bash tests/sandbox/boot.sh "$work" "$work/sandbox.pid"
 pid=$(cat "$work/sandbox.pid")
-trap 'kill -s SIGRTMIN+4 "$pid" 2>/dev/null || true' EXIT
+trap 'bash tests/sandbox/stop.sh "$pid"' EXIT
 host() { nsenter -t "$pid" -a "$@"; }
 
 say "comfyctl setup: config, group, service user, data directories, trusted key"

@@ -12,12 +12,7 @@ const TARGET: &str = "linux-x86_64-cpu";
 const APP: &str = include_str!("fixtures/app.py");
 const LAUNCH: &str = "#!/bin/sh\nhere=$(CDPATH= cd -- \"$(dirname -- \"$0\")\" && pwd -P)\nexec /usr/bin/python3 \"$here/ComfyUI/main.py\" \"$@\"\n";
 
-/// One sandbox at a time on the machine (tests and scripts alike take this lock): without a cgroup
-/// namespace of their own, two systemds would manage the same cgroup tree and stop each other's units.
-const SANDBOX_LOCK: &str = "/tmp/comfy-sandbox.lock";
-
 struct Sandbox {
-    _turn: std::fs::File,
     pid: u32,
     share: tempfile::TempDir,
     key: keys::SecretKey,
@@ -30,15 +25,6 @@ struct Out {
 
 impl Sandbox {
     fn boot(config: &str) -> Self {
-        let turn = fs_err::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(SANDBOX_LOCK)
-            .unwrap()
-            .into_parts()
-            .0;
-        rustix::fs::flock(&turn, rustix::fs::FlockOperation::LockExclusive).unwrap();
         let share = tempfile::tempdir().unwrap();
         fs_err::set_permissions(share.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let pidfile = share.path().join("pid");
@@ -67,7 +53,6 @@ impl Sandbox {
         )
         .unwrap();
         let sb = Sandbox {
-            _turn: turn,
             pid,
             share,
             key,
@@ -190,16 +175,11 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-s", "SIGRTMIN+4"])
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/sandbox/stop.sh");
+        let _ = Command::new("bash")
+            .arg(script)
             .arg(self.pid.to_string())
             .status();
-        let t = Instant::now();
-        while Path::new(&format!("/proc/{}", self.pid)).exists()
-            && t.elapsed() < Duration::from_secs(10)
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 }
 

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Boots a real systemd as PID 1 of new pid, mount and network namespaces, on an overlay of the host
-# root (writes land in a tmpfs; the host is untouched), and prints its PID on the host once it is
+# Boots a real systemd as PID 1 of new pid, mount, network and UTS namespaces, on an overlay of the
+# host root (writes land in a tmpfs; the host is untouched), and prints its PID on the host once it is
 # running. The host directory SHARE is bind-mounted at the same path inside. Stop it with
-# `kill -s SIGRTMIN+4 PID`. Never boot systemd on the real root: its tmpfiles service empties /tmp.
-# One sandbox at a time: they share the host's cgroup tree, so two would stop each other's units.
+# tests/sandbox/stop.sh PID. Never boot systemd on the real root: its tmpfiles service empties /tmp.
+# Each sandbox has a cgroup namespace of its own (child.sh), so several can run side by side.
 # Usage: boot.sh SHARE PIDFILE
 set -euo pipefail
 share=$(realpath "$1")
 pidfile=$2
 here=$(cd "$(dirname "$0")" && pwd)
-unshare --pid --fork --mount --net --propagation private bash "$here/child.sh" "$share" &
+unshare --pid --fork --mount --net --uts --propagation private bash "$here/child.sh" "$share" &
 launcher=$!
 for _ in $(seq 1 200); do
   # systemd (PID 1 inside) is the child `unshare --fork` made.
