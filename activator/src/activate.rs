@@ -105,12 +105,6 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
             m.target, host.cfg.target
         ));
     }
-    if m.sequence < state.highest_sequence && !opts.allow_downgrade {
-        return refuse(format!(
-            "{} {} has sequence {}, below the highest this host has seen ({}); use --allow-downgrade to activate an older release",
-            m.name, m.version, m.sequence, state.highest_sequence
-        ));
-    }
     let mut report = ActivateReport {
         id: b.id.clone(),
         name: m.name.clone(),
@@ -128,6 +122,13 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
         switch::ensure_seed_links(host)?;
         report.seconds = t0.elapsed().as_secs_f64();
         return Ok(report);
+    }
+    // After the no-op case: re-running an activation of the release a rollback returned to is fine.
+    if m.sequence < state.highest_sequence && !opts.allow_downgrade {
+        return refuse(format!(
+            "{} {} has sequence {}, below the highest this host has seen ({}); use --allow-downgrade to activate an older release",
+            m.name, m.version, m.sequence, state.highest_sequence
+        ));
     }
     report.changed = true;
     if !intact {

@@ -65,7 +65,7 @@ pub struct SetupArgs {
 pub enum ServiceCommand {
     /// Write the unit for the current release, enable and start it.
     Install,
-    /// Restart the unit.
+    /// Restart the unit with the host config re-applied (unit, flags, data links), then check health.
     Restart,
     /// Stop and disable it (maintenance).
     Pause,

@@ -72,9 +72,10 @@ fn group_gid(group: &str) -> Option<u32> {
 }
 
 /// Creates a directory we own the creation of: group-writable, setgid, in the access group.
-fn make_dir(p: &Path, group: &str) -> Result<()> {
+/// Creates `p` (group-writable, setgid, owned by `group`); true when it did not exist.
+fn make_dir(p: &Path, group: &str) -> Result<bool> {
     if p.exists() {
-        return Ok(());
+        return Ok(false);
     }
     fs_err::create_dir_all(p)?;
     if let Some(gid) = group_gid(group) {
@@ -82,16 +83,23 @@ fn make_dir(p: &Path, group: &str) -> Result<()> {
             .with_context(|| format!("chgrp {}", p.display()))?;
     }
     fs_err::set_permissions(p, std::fs::Permissions::from_mode(0o2775))?;
-    Ok(())
+    Ok(true)
 }
 
-/// Creates local dirs and (re)links mapped ones. Call [`check`] first.
-pub fn apply(host: &Host) -> Result<()> {
+/// Creates local dirs and (re)links mapped ones; returns what it changed. Call [`check`] first.
+pub fn apply(host: &Host) -> Result<Vec<String>> {
     let data = host.layout.data();
     let group = &host.cfg.access.group;
-    make_dir(&data, group)?;
+    let mut changed = Vec::new();
+    let mut made = |p: &Path, did: bool| {
+        if did {
+            changed.push(format!("created {}", p.display()));
+        }
+    };
+    made(&data, make_dir(&data, group)?);
     for d in ["user", "temp", "db"] {
-        make_dir(&data.join(d), group)?;
+        let p = data.join(d);
+        made(&p, make_dir(&p, group)?);
     }
     for (name, target) in mapped(&host.cfg.data) {
         let link = data.join(name);
@@ -102,15 +110,21 @@ pub fn apply(host: &Host) -> Result<()> {
                     // Back to local storage: only the link goes, the share's data stays where it is.
                     fs_err::remove_file(&link)?;
                     make_dir(&link, group)?;
+                    changed.push(format!("{} is local again (was a link)", link.display()));
                 }
                 Some(_) => {}
-                None => make_dir(&link, group)?,
+                None => {
+                    make_dir(&link, group)?;
+                    changed.push(format!("created {}", link.display()));
+                }
             }
             continue;
         }
         match meta {
             Some(m)
-                if m.file_type().is_symlink() && fs_err::read_link(&link)? == Path::new(target) => {
+                if m.file_type().is_symlink() && fs_err::read_link(&link)? == Path::new(target) =>
+            {
+                continue;
             }
             Some(m) if m.is_dir() => {
                 // Empty (check() refused a non-empty one): the seed's playbook 02 made the same swap.
@@ -119,8 +133,9 @@ pub fn apply(host: &Host) -> Result<()> {
             }
             _ => crate::atomic::replace_symlink(Path::new(target), &link)?,
         }
+        changed.push(format!("linked {} -> {target}", link.display()));
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// The database path of release `id`; at its first activation, a copy of `from`'s (if any).

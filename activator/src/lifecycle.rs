@@ -86,11 +86,9 @@ pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
         }
     }
     data::check(host)?;
-    data::apply(host)?;
-    done.actions.push(format!(
-        "data directories ready under {}",
-        host.layout.data().display()
-    ));
+    for what in data::apply(host)? {
+        done.did(what);
+    }
     if let Some(k) = key {
         let pk = keys::PublicKey::load(k)
             .with_context(|| format!("{} is not a minisign public key", k.display()))?;
@@ -145,9 +143,22 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
             done.did(format!("enabled and started {unit}"));
         }
         Action::Restart => {
-            let _ = service::systemctl(&["reset-failed", &unit]);
-            service::systemctl(&["restart", &unit])?;
-            done.did(format!("restarted {unit}"));
+            // Re-applies the host config (unit, flags, data links) to the current release, then
+            // checks it as an activation does: editing comfyctl.toml takes effect here.
+            let id = need_current(host)?;
+            data::check(host)?;
+            let h = crate::serve::start_release(host, &id, None);
+            if !h.healthy {
+                anyhow::bail!(
+                    "{unit} restarted but is unhealthy: {}\nlast lines of the unit's journal:\n{}",
+                    h.reason.unwrap_or_default(),
+                    service::journal_tail(host, 30)
+                );
+            }
+            done.did(format!(
+                "restarted {unit} with the host config; healthy ({} node classes)",
+                h.node_classes
+            ));
         }
         Action::Pause => {
             service::systemctl(&["disable", "--now", &unit])?;

@@ -6,11 +6,18 @@ use clap::Parser as _;
 fn main() -> std::process::ExitCode {
     let cli = activator::cli::Cli::parse();
     support::init_tracing(cli.verbose);
+    let json = cli.json;
     match activator::run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
+            let code = activator::exit_code(&e);
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(activator::exit_code(&e))
+            if json {
+                // Scripts (the Ansible role) read the reason from stdout, as they read success.
+                let v = serde_json::json!({ "error": format!("{e:#}"), "exit_code": code });
+                println!("{v}");
+            }
+            std::process::ExitCode::from(code)
         }
     }
 }

@@ -91,6 +91,15 @@ fn downgrade_needs_allow_downgrade() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("--allow-downgrade"), "{}", out.stderr);
     assert_eq!(h.snapshot(), before);
+    // With --json the reason also arrives on stdout, for scripts (the Ansible role).
+    let out = h.ctl(&["activate", old.to_str().unwrap(), "--no-service", "--json"]);
+    assert_eq!(out.code, 2);
+    let v = out.json();
+    assert_eq!(v["exit_code"], 2);
+    assert!(
+        v["error"].as_str().unwrap().contains("--allow-downgrade"),
+        "{v}"
+    );
     let out = h.ctl(&[
         "activate",
         old.to_str().unwrap(),
@@ -99,6 +108,30 @@ fn downgrade_needs_allow_downgrade() {
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(h.current(), Some(h.id_of(&old)));
+}
+
+#[test]
+fn activating_the_release_a_rollback_returned_to_changes_nothing() {
+    // A fleet re-running its playbook after a rollback: the older release is current, so this is
+    // a no-op, not a downgrade.
+    let h = TestHost::new();
+    let old = h.bundle("1.0", 1, &Tree::demo("old"));
+    let new = h.bundle("2.0", 2, &Tree::demo("new"));
+    h.activate_ok(&old);
+    h.activate_ok(&new);
+    assert_eq!(h.ctl(&["rollback", "--no-service"]).code, 0);
+    let before = h.snapshot();
+    let out = h.ctl(&["activate", old.to_str().unwrap(), "--no-service", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["changed"], false);
+    assert_eq!(h.snapshot(), before);
+    // Any other older release still needs --allow-downgrade.
+    let older = h.bundle("0.9", 0, &Tree::demo("older"));
+    assert_eq!(
+        h.ctl(&["activate", older.to_str().unwrap(), "--no-service"])
+            .code,
+        2
+    );
 }
 
 #[test]

@@ -52,11 +52,7 @@ impl Sandbox {
             share.path().join("comfyctl"),
         )
         .unwrap();
-        let sb = Sandbox {
-            pid,
-            share,
-            key,
-        };
+        let sb = Sandbox { pid, share, key };
         fs_err::write(
             sb.share.path().join("release.pub"),
             sb.key.public().to_file_string(),
