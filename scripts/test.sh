@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite: installs the tools the tests call, then runs every test of the workspace.
+# The whole test suite: installs the tools the tests call, runs every test of the workspace, the
+# workflow and YAML checks, and the fleet test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 . scripts/env.sh
 python3.12 -V >/dev/null || { echo "Python 3.12 is needed (recipes/demo.toml builds with it)" >&2; exit 1; }
 cargo test --workspace --locked "$@"
+# What cannot run here (the CI workflow) is linted, and checked against this README.
+bash tests/ci/check.sh
+# Three hosts, each a real systemd with sshd on a private network, driven by ansible-playbook.
+bash tests/fleet/test.sh
