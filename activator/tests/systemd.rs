@@ -266,7 +266,14 @@ fn activation_health_rollback_and_restarts_under_systemd() {
         .code,
         0
     );
-    assert_eq!(sb.ctl("service restart").code, 0);
+    // A restart checks health like an activation does: this one fails and says why.
+    let out = sb.ctl("service restart");
+    assert_eq!(out.code, 1, "{}", out.text);
+    assert!(
+        out.text.contains("unhealthy") && out.text.contains("broken on purpose"),
+        "{}",
+        out.text
+    );
     std::thread::sleep(Duration::from_secs(3));
     let out = sb.ctl("doctor");
     assert_eq!(out.code, 1, "{}", out.text);
@@ -319,6 +326,20 @@ fn lifecycle_verbs_nfs_links_and_nuke() {
     assert_eq!(sb.ctl("service start").code, 0);
     assert!(sb.healthy());
     assert_eq!(sb.sh("systemctl is-enabled comfyui").text.trim(), "enabled");
+    assert_eq!(sb.ctl("service restart").code, 0);
+    assert!(sb.healthy());
+    // An edited host config takes effect at the next restart (the Ansible role relies on it).
+    let port = |p: u16| {
+        sb.sh(&format!(
+            "sed -i '/^port = /d; s/^\\[service\\]$/[service]\\nport = {p}/' /etc/comfyui/comfyctl.toml"
+        ))
+    };
+    assert_eq!(port(8190).code, 0);
+    let out = sb.ctl("service restart");
+    assert_eq!(out.code, 0, "{}", out.text);
+    assert_eq!(sb.ctl("health --port 8190 --timeout 5").code, 0);
+    assert_ne!(sb.ctl("health --port 8188 --timeout 1").code, 0);
+    assert_eq!(port(8188).code, 0);
     assert_eq!(sb.ctl("service restart").code, 0);
     assert!(sb.healthy());
     assert_eq!(sb.ctl("service remove").code, 0);
