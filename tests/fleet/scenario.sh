@@ -27,8 +27,11 @@ count() { recap "$1" "$3" | grep -oE "$2=[0-9]+" | cut -d= -f2; }
 play() { # LOG PLAYBOOK ARGS...: runs ansible-playbook as an operator would, from ansible/
   log=$work/$1
   shift
+  local t0=$SECONDS rc=0
   (cd "$repo/ansible" && ANSIBLE_NOCOLOR=1 ANSIBLE_LOCAL_TEMP=$work/ansible-tmp \
-    "$ap" -i "$work/inventory.yml" "$@") >"$log" 2>&1
+    "$ap" -i "$work/inventory.yml" "$@") >"$log" 2>&1 || rc=$?
+  echo "ansible-playbook $* -> exit $rc in $((SECONDS - t0)) s" >&2
+  return $rc
 }
 
 id1=$(id_of r1)
@@ -108,6 +111,7 @@ for i in 1 2 3; do
   [ "$(count "spark$i" changed "$log")" = 0 ] || fail "re-run changed spark$i: $r"
 done
 echo "recap: $(recap spark1 "$log")" >&2
+grep -Eo "spark1: .*already current.*" "$log" | head -1 >&2
 
 say "a bad release: fails health on the canary, which rolls itself back; the rollout stops"
 before2=$(on 2 comfyctl releases --json)
@@ -154,4 +158,10 @@ play rerun2.log site.yml -e "comfyui_bundle_url=$url/r1.bundle" || fail "re-run 
 for i in 1 2 3; do
   [ "$(count "spark$i" changed "$log")" = 0 ] || fail "re-run after rollback changed spark$i"
 done
-say "ok: rollout, re-run without change, canary stop with rollback, delta rollout, rollback playbook"
+
+say "rollback playbook with --limit: only spark2 moves"
+play rollback-limit.log rollback.yml --limit spark2 || fail "rollback --limit spark2 failed"
+[ "$(current 2)" != "$id1" ] || fail "spark2 did not roll back"
+[ "$(current 1)" = "$id1" ] && [ "$(current 3)" = "$id1" ] || fail "spark1/spark3 moved with --limit spark2"
+[ -z "$(recap spark1 "$log")$(recap spark3 "$log")" ] || fail "spark1/spark3 were part of a --limit spark2 run"
+say "ok: rollout, re-run without change, canary stop with rollback, delta rollout, rollback playbook (all, and --limit)"
