@@ -15,7 +15,8 @@ cargo build --release --locked -q -p builder -p activator
 B=$repo/target/release/comfy-build
 work=$(mktemp -d /tmp/comfy-fleet.XXXXXX)
 chmod 755 "$work"
-trap 'rm -rf "$work"' EXIT
+# The playbook runs' logs are kept in .cache/fleet-logs (the rest goes).
+trap 'rm -rf .cache/fleet-logs; mkdir -p .cache/fleet-logs; cp "$work"/*.log .cache/fleet-logs/ 2>/dev/null; rm -rf "$work"' EXIT
 say() { printf '\n== fleet: %s\n' "$*" >&2; }
 
 say "fixtures and three bundles"
