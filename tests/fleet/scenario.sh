@@ -100,7 +100,7 @@ done
 # The canary finished before the others started.
 grep -q "^PLAY \[Roll out" "$log" || fail "no rollout play"
 batches=$(grep -c "^TASK \[comfyctl : Activate" "$log")
-[ "$batches" = 2 ] || fail "expected 2 batches (canary, then the rest), saw $batches"
+[ "$batches" = 3 ] || fail "expected 3 batches (host by host, spark1 first), saw $batches"
 grep "spark.: comfyui-demo" "$log" >&2 || true
 
 say "re-run: nothing changes"
@@ -112,6 +112,21 @@ for i in 1 2 3; do
 done
 echo "recap: $(recap spark1 "$log")" >&2
 grep -Eo "spark1: .*already current.*" "$log" | head -1 >&2
+
+say "a changed host config (service_port) reaches the running release, then goes back"
+play port.log site.yml -e "comfyui_bundle_url=$url/r1.bundle" -e service_port=8189 || fail "port change failed"
+for i in 1 2 3; do
+  [ "$(count "spark$i" changed "$log")" -ge 1 ] || fail "the port change did not change spark$i"
+  python3 -c "import urllib.request; urllib.request.urlopen('http://${addrs[$((i - 1))]}:8189/system_stats', timeout=5)" \
+    || fail "spark$i does not answer on the new port"
+  [ "$(current "$i")" = "$id1" ] || fail "spark$i left release 1 on a config change"
+done
+grep -q "RUNNING HANDLER \[comfyctl : Restart the release with the changed host config\]" "$log" || fail "no restart handler ran"
+play port-back.log site.yml -e "comfyui_bundle_url=$url/r1.bundle" || fail "port change back failed"
+for i in 1 2 3; do
+  python3 -c "import urllib.request; urllib.request.urlopen('http://${addrs[$((i - 1))]}:8188/system_stats', timeout=5)" \
+    || fail "spark$i does not answer on 8188 again"
+done
 
 say "a bad release: fails health on the canary, which rolls itself back; the rollout stops"
 before2=$(on 2 comfyctl releases --json)
@@ -135,7 +150,10 @@ assert rows['$idbad']['status'] == 'failed', rows['$idbad']" || fail "spark1 doe
 
 say "roll out release 2 (one custom node changed): only the frames each host lacks are fetched"
 size=$(stat -c %s "$work/www/r2.bundle")
-play rollout2.log site.yml -e "comfyui_bundle_url=$url/r2.bundle" || fail "rollout of release 2 failed"
+play rollout2.log site.yml -e "comfyui_bundle_url=$url/r2.bundle" -e '{"comfyui_rollout_batches": [1, "100%"]}' \
+  || fail "rollout of release 2 failed"
+batches=$(grep -c "^TASK \[comfyctl : Activate" "$log")
+[ "$batches" = 2 ] || fail "expected 2 batches (a canary, then the other two), saw $batches"
 for i in 1 2 3; do
   [ "$(current "$i")" = "$id2" ] || fail "spark$i is not on release 2"
   line=$(grep -Eo "spark$i: comfyui-demo 0.1.2 .*fetched [0-9]+ of [0-9]+ bytes \([0-9.]+%\)" "$log" | head -1)
