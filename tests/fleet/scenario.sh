@@ -180,7 +180,12 @@ done
 
 say "rollback playbook with --limit: only spark2 moves"
 play rollback-limit.log rollback.yml --limit spark2 || fail "rollback --limit spark2 failed"
-[ "$(current 2)" != "$id1" ] || fail "spark2 did not roll back"
+[ "$(current 2)" = "$id2" ] || fail "spark2 did not roll back to its previous release (2)"
 [ "$(current 1)" = "$id1" ] && [ "$(current 3)" = "$id1" ] || fail "spark1/spark3 moved with --limit spark2"
 [ -z "$(recap spark1 "$log")$(recap spark3 "$log")" ] || fail "spark1/spark3 were part of a --limit spark2 run"
-say "ok: rollout, re-run without change, canary stop with rollback, delta rollout, rollback playbook (all, and --limit)"
+play status.log status.yml || fail "status playbook failed"
+grep -q "spark1: comfyui-demo 0.1.0 (${id1:0:12}) sequence 1" "$log" || fail "status.yml does not show spark1 on release 1"
+grep -q "spark2: comfyui-demo 0.1.2 (${id2:0:12}) sequence 3" "$log" || fail "status.yml does not show spark2 on release 2"
+[ "$(count spark2 changed "$log")" = 0 ] || fail "status.yml changed something"
+grep -E '"msg": "spark.: ' "$log" >&2
+say "ok: rollout, re-run without change, canary stop with rollback, delta rollout, rollback playbook (all, and --limit), status"
