@@ -4,6 +4,7 @@
 # runs them for real). Uses the tools scripts/install-deps.sh puts in .cache/tools.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+export LC_ALL=C.UTF-8 # ansible-lint needs a UTF-8 locale
 t=.cache/tools/bin
 [ -x "$t/check-jsonschema" ] || { echo "linters missing: run scripts/install-deps.sh" >&2; exit 1; }
 "$t/yamllint" --strict .github ansible .yamllint

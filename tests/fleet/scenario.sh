@@ -28,7 +28,7 @@ play() { # LOG PLAYBOOK ARGS...: runs ansible-playbook as an operator would, fro
   log=$work/$1
   shift
   local t0=$SECONDS rc=0
-  (cd "$repo/ansible" && ANSIBLE_NOCOLOR=1 ANSIBLE_LOCAL_TEMP=$work/ansible-tmp \
+  (cd "$repo/ansible" && LC_ALL=C.UTF-8 ANSIBLE_NOCOLOR=1 ANSIBLE_LOCAL_TEMP=$work/ansible-tmp \
     "$ap" -i "$work/inventory.yml" "$@") >"$log" 2>&1 || rc=$?
   echo "ansible-playbook $* -> exit $rc in $((SECONDS - t0)) s" >&2
   return $rc
