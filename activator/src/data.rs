@@ -71,7 +71,6 @@ fn group_gid(group: &str) -> Option<u32> {
     })
 }
 
-/// Creates a directory we own the creation of: group-writable, setgid, in the access group.
 /// Creates `p` (group-writable, setgid, owned by `group`); true when it did not exist.
 fn make_dir(p: &Path, group: &str) -> Result<bool> {
     if p.exists() {
