@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a Debian machine: stock zstd, tar and minisign (the
-# interop tests call them), GNU time (benchmarks), git and patchelf (the builder), sshd, nginx and
-# iproute2 (the fleet test's hosts, bundle server and network), uv from PyPI (the builder's
+# interop tests call them), GNU time (benchmarks), git and patchelf (the builder), sshd, sudo, nginx
+# and iproute2 (the fleet test's hosts, bundle server and network), uv from PyPI (the builder's
 # installer), and the test tools pinned in scripts/tools-requirements.txt (ansible-core, linters)
 # into .cache/tools. Idempotent; runs apt and pip only when something is missing.
 set -euo pipefail
@@ -20,6 +20,7 @@ command -v patchelf >/dev/null || need+=(patchelf)
 command -v ssh >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v ip >/dev/null || need+=(iproute2)
+command -v sudo >/dev/null || need+=(sudo)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

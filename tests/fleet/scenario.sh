@@ -62,7 +62,9 @@ sparks:
     spark2: {ansible_host: ${addrs[1]}}
     spark3: {ansible_host: ${addrs[2]}}
   vars:
-    ansible_user: root
+    # As an operator connects: a sudo account, the become password from the inventory.
+    ansible_user: admin
+    ansible_become_password: fleet-test
     ansible_ssh_private_key_file: $FLEET_SSH_KEY
     ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
     ansible_python_interpreter: /usr/bin/python3

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A private network of Sparks for the fleet test: N hosts, each a real systemd (tests/sandbox/boot.sh)
 # in its own network namespace with sshd and one address on a bridge, and this controller's side of
-# the bridge; nothing here reaches any other network. Runs CMD in the controller's namespace with
+# the bridge; nothing here reaches any other network. Each host has root and an `admin` account
+# (sudo password `fleet-test`) that take the controller's ssh key. Runs CMD in the controller's namespace with
 # FLEET_HOSTS (addresses) and FLEET_PIDS (each host's systemd) set, then stops every host.
 # Root only. Usage: world.sh SHARE N CMD...
 set -euo pipefail
@@ -42,6 +43,12 @@ for i in $(seq 1 "$n"); do
   nsenter -t "$pid" -n ip addr add "$addr/24" dev eth0
   nsenter -t "$pid" -n ip link set eth0 up
   nsenter -t "$pid" -m -u sh -c "hostname spark$i; mkdir -p -m 700 /root/.ssh; cat >/root/.ssh/authorized_keys" <"$share/ssh/id_ed25519.pub"
+  # An operator account as the seed's inventory has one: ssh key login, sudo with a password.
+  nsenter -t "$pid" -m sh -c 'useradd -m -s /bin/bash admin && echo admin:fleet-test | chpasswd &&
+    install -d -m 700 -o admin -g admin /home/admin/.ssh &&
+    install -m 600 -o admin -g admin /root/.ssh/authorized_keys /home/admin/.ssh/authorized_keys &&
+    echo "admin ALL=(ALL) ALL" >/etc/sudoers.d/admin && chmod 440 /etc/sudoers.d/admin'
+
   addrs+=("$addr")
 done
 for a in "${addrs[@]}"; do
