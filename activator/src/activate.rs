@@ -179,7 +179,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
         let h = crate::serve::start_release(host, &b.id, previous.as_deref());
         if !h.healthy {
             let reason = h.reason.clone().unwrap_or_default();
-            let journal = crate::service::journal_tail(host, 30);
+            let journal = crate::service::journal_note(host);
             state.set_status(&b.id, Status::Failed, Some(reason.clone()));
             state.save(&host.layout.state())?;
             let back = match &previous {
@@ -198,7 +198,11 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
                 }
                 None => "there was no previous release to roll back to".to_owned(),
             };
-            anyhow::bail!("{} {} was unhealthy: {reason}; {back}\nlast lines of the unit's journal:\n{journal}", m.name, m.version);
+            anyhow::bail!(
+                "{} {} was unhealthy: {reason}; {back}\n{journal}",
+                m.name,
+                m.version
+            );
         }
         report.health = Some(h);
     }

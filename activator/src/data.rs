@@ -90,15 +90,15 @@ pub fn apply(host: &Host) -> Result<Vec<String>> {
     let data = host.layout.data();
     let group = &host.cfg.access.group;
     let mut changed = Vec::new();
-    let mut made = |p: &Path, did: bool| {
-        if did {
+    for p in [
+        data.clone(),
+        data.join("user"),
+        data.join("temp"),
+        data.join("db"),
+    ] {
+        if make_dir(&p, group)? {
             changed.push(format!("created {}", p.display()));
         }
-    };
-    made(&data, make_dir(&data, group)?);
-    for d in ["user", "temp", "db"] {
-        let p = data.join(d);
-        made(&p, make_dir(&p, group)?);
     }
     for (name, target) in mapped(&host.cfg.data) {
         let link = data.join(name);

@@ -150,9 +150,9 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
             let h = crate::serve::start_release(host, &id, None);
             if !h.healthy {
                 anyhow::bail!(
-                    "{unit} restarted but is unhealthy: {}\nlast lines of the unit's journal:\n{}",
+                    "{unit} restarted but is unhealthy: {}\n{}",
                     h.reason.unwrap_or_default(),
-                    service::journal_tail(host, 30)
+                    service::journal_note(host)
                 );
             }
             done.did(format!(

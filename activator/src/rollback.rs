@@ -52,9 +52,9 @@ pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<Rollback
         let h = crate::serve::start_release(host, &target, None);
         if !h.healthy {
             anyhow::bail!(
-                "rolled back to {target}, but it is unhealthy: {}\nlast lines of the unit's journal:\n{}",
+                "rolled back to {target}, but it is unhealthy: {}\n{}",
                 h.reason.unwrap_or_default(),
-                crate::service::journal_tail(host, 30)
+                crate::service::journal_note(host)
             );
         }
         Some(h)

@@ -156,6 +156,14 @@ pub fn install_unit(host: &Host) -> Result<bool> {
 
 /// The unit's state and the last lines it logged (over all its runs: `systemctl status` alone
 /// shows only the current one, which after a restart has logged nothing yet).
+/// The unit's last journal lines under a heading, for an unhealthy-release error.
+pub fn journal_note(host: &Host) -> String {
+    format!(
+        "last lines of the unit's journal:\n{}",
+        journal_tail(host, 30)
+    )
+}
+
 pub fn journal_tail(host: &Host, lines: usize) -> String {
     let unit = format!("{}.service", host.cfg.service.name);
     let n = lines.to_string();

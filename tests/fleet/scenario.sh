@@ -16,8 +16,10 @@ fail() {
 on() { # HOST_INDEX CMD...: runs CMD on spark<i> over ssh
   local i=$1
   shift
-  ssh -q -i "$FLEET_SSH_KEY" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-    "root@${addrs[$((i - 1))]}" "$@"
+  ssh -F "$FLEET_SSH_CONFIG" "root@${addrs[$((i - 1))]}" "$@"
+}
+answers() { # HOST_INDEX PORT: ComfyUI on spark<i> answers /system_stats over the bridge
+  python3 -c "import urllib.request; urllib.request.urlopen('http://${addrs[$(($1 - 1))]}:$2/system_stats', timeout=5)"
 }
 current() { on "$1" comfyctl status --json | python3 -c 'import json,sys; c=json.load(sys.stdin)["current"]; print(c["id"] if c else "")'; }
 id_of() { $B inspect "$work/www/$1.bundle" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
@@ -65,8 +67,7 @@ sparks:
     # As an operator connects: a sudo account, the become password from the inventory.
     ansible_user: admin
     ansible_become_password: fleet-test
-    ansible_ssh_private_key_file: $FLEET_SSH_KEY
-    ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+    ansible_ssh_common_args: -F $FLEET_SSH_CONFIG
     ansible_python_interpreter: /usr/bin/python3
     comfyctl_binary: $repo/target/release/comfyctl
     comfyctl_trusted_keys: [$work/release.pub]
@@ -94,8 +95,7 @@ for i in 1 2 3; do
   [ "$(current "$i")" = "$id1" ] || fail "spark$i is not on release 1"
   [ "$(count "spark$i" failed "$log")" = 0 ] || fail "spark$i failed in the recap"
   [ "$(on "$i" systemctl is-active comfyui)" = active ] || fail "comfyui.service is not active on spark$i"
-  python3 -c "import urllib.request,sys; urllib.request.urlopen('http://${addrs[$((i - 1))]}:8188/system_stats', timeout=5)" \
-    || fail "spark$i does not answer /system_stats over the network"
+  answers "$i" 8188 || fail "spark$i does not answer /system_stats over the network"
   [ "$(on "$i" readlink /opt/comfyui/data/models)" = /srv/nfs/models ] || fail "spark$i models link"
   on "$i" id alice >/dev/null || fail "comfyui_users were not created on spark$i"
 done
@@ -119,15 +119,13 @@ say "a changed host config (service_port) reaches the running release, then goes
 play port.log site.yml -e "comfyui_bundle_url=$url/r1.bundle" -e service_port=8189 || fail "port change failed"
 for i in 1 2 3; do
   [ "$(count "spark$i" changed "$log")" -ge 1 ] || fail "the port change did not change spark$i"
-  python3 -c "import urllib.request; urllib.request.urlopen('http://${addrs[$((i - 1))]}:8189/system_stats', timeout=5)" \
-    || fail "spark$i does not answer on the new port"
+  answers "$i" 8189 || fail "spark$i does not answer on the new port"
   [ "$(current "$i")" = "$id1" ] || fail "spark$i left release 1 on a config change"
 done
 grep -q "RUNNING HANDLER \[comfyctl : Restart the release with the changed host config\]" "$log" || fail "no restart handler ran"
 play port-back.log site.yml -e "comfyui_bundle_url=$url/r1.bundle" || fail "port change back failed"
 for i in 1 2 3; do
-  python3 -c "import urllib.request; urllib.request.urlopen('http://${addrs[$((i - 1))]}:8188/system_stats', timeout=5)" \
-    || fail "spark$i does not answer on 8188 again"
+  answers "$i" 8188 || fail "spark$i does not answer on 8188 again"
 done
 
 say "a bad release: fails health on the canary, which rolls itself back; the rollout stops"

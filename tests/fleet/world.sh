@@ -2,8 +2,9 @@
 # A private network of Sparks for the fleet test: N hosts, each a real systemd (tests/sandbox/boot.sh)
 # in its own network namespace with sshd and one address on a bridge, and this controller's side of
 # the bridge; nothing here reaches any other network. Each host has root and an `admin` account
-# (sudo password `fleet-test`) that take the controller's ssh key. Runs CMD in the controller's namespace with
-# FLEET_HOSTS (addresses) and FLEET_PIDS (each host's systemd) set, then stops every host.
+# (sudo password `fleet-test`) that take the controller's ssh key. Runs CMD in the controller's
+# namespace with FLEET_HOSTS (addresses), FLEET_PIDS (each host's systemd), FLEET_CONTROLLER and
+# FLEET_SSH_CONFIG (`ssh -F` file with the key) set, then stops every host.
 # Root only. Usage: world.sh SHARE N CMD...
 set -euo pipefail
 if [ "${FLEET_INSIDE:-}" != 1 ]; then
@@ -30,6 +31,17 @@ trap stop_all EXIT
 
 mkdir -p "$share/ssh"
 [ -f "$share/ssh/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C fleet-controller -f "$share/ssh/id_ed25519"
+# One ssh config for every client here (this script, the test's checks, Ansible): the hosts are
+# fresh sandboxes, so their host keys are neither known nor kept.
+cat >"$share/ssh/config" <<CONF
+Host *
+  IdentityFile $share/ssh/id_ed25519
+  BatchMode yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+  ConnectTimeout 5
+CONF
 addrs=()
 for i in $(seq 1 "$n"); do
   dir=$share/host$i
@@ -53,15 +65,14 @@ for i in $(seq 1 "$n"); do
 done
 for a in "${addrs[@]}"; do
   for _ in $(seq 1 100); do
-    ssh -q -i "$share/ssh/id_ed25519" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-      -o ConnectTimeout=2 "root@$a" true && continue 2
+    ssh -F "$share/ssh/config" -o ConnectTimeout=2 "root@$a" true && continue 2
     sleep 0.2
   done
   echo "sshd on $a did not answer" >&2
   exit 1
 done
 echo "fleet: ${#addrs[@]} hosts up (${addrs[*]}), controller $net.1" >&2
-export FLEET_HOSTS="${addrs[*]}" FLEET_PIDS="${pids[*]}" FLEET_CONTROLLER=$net.1 FLEET_SSH_KEY=$share/ssh/id_ed25519
+export FLEET_HOSTS="${addrs[*]}" FLEET_PIDS="${pids[*]}" FLEET_CONTROLLER=$net.1 FLEET_SSH_CONFIG=$share/ssh/config
 set +e
 "$@"
 rc=$?
