@@ -91,13 +91,7 @@ pub fn check(
             vec![],
         ));
     }
-    let body = client
-        .get(format!("{base}/object_info"))
-        .send()?
-        .error_for_status()?
-        .bytes()?;
-    let info: serde_json::Value =
-        serde_json::from_slice(&body).context("/object_info is not JSON")?;
+    let info = support::object_info(&client, &base)?;
     let Some(obj) = info.as_object() else {
         bail!("/object_info is not an object")
     };

@@ -128,13 +128,7 @@ pub fn smoke(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let body = client
-        .get(format!("{base}/object_info"))
-        .send()?
-        .error_for_status()?
-        .bytes()?;
-    let info: serde_json::Value =
-        serde_json::from_slice(&body).context("/object_info is not JSON")?;
+    let info = support::object_info(&client, &base)?;
     drop(guard);
     let text = fs_err::read_to_string(log).unwrap_or_default();
     let mut found: BTreeMap<String, Vec<String>> =

@@ -1,5 +1,6 @@
 //! What `comfy-build` and `comfyctl` share as command-line programs: the doctor report, progress
-//! bars on a terminal, and logging set-up. No format, key or host logic lives here.
+//! bars on a terminal, logging set-up, and reading a running ComfyUI's `/object_info`. No format,
+//! key or host logic lives here.
 
 pub mod doctor;
 
@@ -34,4 +35,19 @@ pub fn init_tracing(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// `GET {base}/object_info` of a running ComfyUI, as JSON (the builder's smoke start and the
+/// host's health check both read which node classes it lists).
+pub fn object_info(
+    client: &reqwest::blocking::Client,
+    base: &str,
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context as _;
+    let body = client
+        .get(format!("{base}/object_info"))
+        .send()?
+        .error_for_status()?
+        .bytes()?;
+    serde_json::from_slice(&body).context("/object_info is not JSON")
 }
