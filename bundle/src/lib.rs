@@ -18,8 +18,8 @@ mod writer;
 pub use error::{Error, Result};
 pub use extract::{count, make_writable_and_remove, ExtractOptions, Extracted, ObjectSource};
 pub use manifest::{
-    bundle_id, rfc3339, Check, Entry, Extension, GitSource, Kind, Launch, Limits, Manifest,
-    Provenance, FORMAT_VERSION,
+    bundle_id, model_paths_yaml, rfc3339, Check, Entry, Extension, GitSource, Kind, Launch, Limits,
+    Manifest, Provenance, StatePath, FORMAT_VERSION, STATE_DIR,
 };
 pub use reader::{Bundle, MAX_FRAME_RAW};
 pub use stream::{NullSink, Sink};

@@ -7,6 +7,7 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 /// The only format version this crate reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -43,7 +44,42 @@ pub struct Manifest {
     /// Checks run with the release's own interpreter before it may become current.
     #[serde(default)]
     pub preflight: Vec<Check>,
+    /// Paths inside the release that the app writes (found by the build's smoke start or declared
+    /// by the recipe): each is a symlink into [`STATE_DIR`], which the host links to per-node state
+    /// under its data directory, so the release itself stays read-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<StatePath>,
     pub files: Vec<Entry>,
+}
+
+/// The directory at the release root that the host turns into a link to its node state
+/// (`data/node-state`); no bundle may ship an entry there.
+pub const STATE_DIR: &str = "node-state";
+
+/// One writable path of a release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatePath {
+    /// The symlink in the release, e.g. `ComfyUI/custom_nodes/X/pysssss.json`.
+    pub path: String,
+    /// Where it points below [`STATE_DIR`] (and so below the host's `data/node-state`): the owner
+    /// (custom node directory, or `ComfyUI`) then the path inside it, e.g. `X/pysssss.json`.
+    pub target: String,
+    /// A directory (the host creates it) rather than a file (the app creates it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dir: bool,
+    /// The release's own copy, placed at `target` the first time a host has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+}
+
+impl StatePath {
+    /// The link target a state path's symlink must have: up to the release root, then
+    /// `node-state/<target>`.
+    pub fn link_target(path: &str, target: &str) -> String {
+        let depth = parent(path).split('/').filter(|c| !c.is_empty()).count();
+        format!("{}{STATE_DIR}/{target}", "../".repeat(depth))
+    }
 }
 
 /// Where every byte came from.
@@ -103,6 +139,58 @@ pub struct Launch {
     /// Device type `/system_stats` must report when healthy (`cuda`, `cpu`).
     #[serde(default)]
     pub device_type: String,
+}
+
+impl Launch {
+    /// The arguments a release is started with, by the host's unit and by the build's smoke start
+    /// alike: the release's own flags without `--listen`/`--port`, then `listen` and `port`, and
+    /// the host's data layout: `data/{input,output,user}`, `data/temp` (ComfyUI appends `temp` to
+    /// `--temp-directory` and empties it at start and exit), the model-paths file
+    /// `data/extra_model_paths.yaml` ([`model_paths_yaml`]) and the SQLite database `db`.
+    /// No `--base-directory`: ComfyUI would then look for custom nodes below it instead of in the
+    /// release's own `ComfyUI/custom_nodes`.
+    pub fn run_args(&self, listen: &str, port: u16, data: &Path, db: &Path) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut it = self.args.iter().peekable();
+        while let Some(a) = it.next() {
+            let flag = a.split('=').next().unwrap_or(a);
+            if flag == "--listen" || flag == "--port" {
+                if !a.contains('=') && it.peek().is_some_and(|n| !n.starts_with("--")) {
+                    it.next();
+                }
+                continue;
+            }
+            out.push(a.clone());
+        }
+        let d = |s: &str| data.join(s).display().to_string();
+        out.extend([
+            "--listen".into(),
+            listen.to_owned(),
+            "--port".into(),
+            port.to_string(),
+            "--input-directory".into(),
+            d("input"),
+            "--output-directory".into(),
+            d("output"),
+            "--user-directory".into(),
+            d("user"),
+            "--temp-directory".into(),
+            data.display().to_string(),
+            "--extra-model-paths-config".into(),
+            d("extra_model_paths.yaml"),
+            "--database-url".into(),
+            format!("sqlite:///{}", db.display()),
+        ]);
+        out
+    }
+}
+
+/// The model-paths file a started release reads: every model folder below `models`.
+pub fn model_paths_yaml(models: &Path) -> String {
+    format!(
+        "comfyctl:\n  base_path: {}\n  is_default: true\n  checkpoints: checkpoints\n  loras: loras\n  vae: vae\n  clip: clip\n  unet: unet\n  diffusion_models: diffusion_models\n  text_encoders: text_encoders\n  controlnet: controlnet\n  upscale_models: upscale_models\n  embeddings: embeddings\n",
+        models.display()
+    )
 }
 
 /// A pre-flight check: Python source run by the release's interpreter; non-zero exit fails it.
@@ -328,6 +416,50 @@ impl Manifest {
                 .ok_or_else(|| Error::LimitExceeded("total size overflows".into()))?;
             kinds.insert(&e.path, &e.kind);
         }
+        for st in &self.state {
+            check_path(&st.target)?;
+            let owner = st.target.split('/').next().unwrap_or_default();
+            if owner.is_empty() || owner == st.target {
+                return Err(Error::BadManifest(format!(
+                    "state target {:?} must be <owner>/<path>",
+                    st.target
+                )));
+            }
+            let want = StatePath::link_target(&st.path, &st.target);
+            match kinds.get(st.path.as_str()) {
+                Some(Kind::Symlink { target }) if *target == want => {}
+                _ => {
+                    return Err(Error::BadManifest(format!(
+                        "state path {:?} is not a listed symlink to {want:?}",
+                        st.path
+                    )))
+                }
+            }
+            if let Some(seed) = &st.seed {
+                let ok = match kinds.get(seed.as_str()) {
+                    Some(Kind::Dir) => st.dir,
+                    Some(Kind::File { .. }) => !st.dir,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(Error::BadManifest(format!(
+                        "state seed {seed:?} of {:?} is not a listed {}",
+                        st.path,
+                        if st.dir { "directory" } else { "file" }
+                    )));
+                }
+            }
+        }
+        if let Some(e) = self
+            .files
+            .iter()
+            .find(|e| e.path == STATE_DIR || e.path.starts_with(&format!("{STATE_DIR}/")))
+        {
+            return Err(Error::UnsafePath {
+                path: e.path.clone(),
+                reason: "the release root's node-state belongs to the host",
+            });
+        }
         if self.files.len() as u64 > self.limits.files {
             return Err(Error::LimitExceeded(format!(
                 "{} entries, limit {}",
@@ -399,6 +531,7 @@ mod tests {
                 name: "import".into(),
                 python: "import os".into(),
             }],
+            state: Vec::new(),
             files: vec![
                 Entry {
                     path: "a".into(),
@@ -418,6 +551,29 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn run_args_replace_address_and_add_the_data_layout() {
+        let l = Launch {
+            args: ["--listen", "0.0.0.0", "--port=8188", "--cpu"]
+                .map(String::from)
+                .to_vec(),
+            ..Launch::default()
+        };
+        let a = l.run_args(
+            "127.0.0.1",
+            9000,
+            Path::new("/d"),
+            Path::new("/d/db/x/c.db"),
+        );
+        assert_eq!(
+            a.join(" "),
+            "--cpu --listen 127.0.0.1 --port 9000 --input-directory /d/input --output-directory /d/output \
+             --user-directory /d/user --temp-directory /d --extra-model-paths-config /d/extra_model_paths.yaml \
+             --database-url sqlite:////d/db/x/c.db"
+        );
+        assert!(!a.iter().any(|x| x == "--base-directory"));
     }
 
     #[test]
@@ -457,5 +613,42 @@ mod tests {
         let mut m = sample();
         m.limits.bytes = 4;
         assert!(matches!(m.validate(), Err(Error::LimitExceeded(_))));
+    }
+
+    #[test]
+    fn state_paths_must_be_links_into_node_state() {
+        let mut m = sample();
+        m.limits.files = 10;
+        m.files.push(Entry {
+            path: "a/s".into(),
+            kind: Kind::Symlink {
+                target: "../node-state/n/s".into(),
+            },
+        });
+        m.state.push(StatePath {
+            path: "a/s".into(),
+            target: "n/s".into(),
+            dir: false,
+            seed: Some("a/f".into()),
+        });
+        m.validate().unwrap();
+        let bytes = m.to_canonical_bytes().unwrap();
+        assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+        // A seed of the wrong kind, a link elsewhere, an owner-less target, a shipped node-state.
+        let mut bad = m.clone();
+        bad.state[0].dir = true;
+        assert!(matches!(bad.validate(), Err(Error::BadManifest(_))));
+        let mut bad = m.clone();
+        bad.state[0].target = "n/t".into();
+        assert!(matches!(bad.validate(), Err(Error::BadManifest(_))));
+        let mut bad = m.clone();
+        bad.state[0].target = "s".into();
+        assert!(matches!(bad.validate(), Err(Error::BadManifest(_))));
+        let mut bad = m.clone();
+        bad.files.push(Entry {
+            path: "node-state".into(),
+            kind: Kind::Dir,
+        });
+        assert!(matches!(bad.validate(), Err(Error::UnsafePath { .. })));
     }
 }

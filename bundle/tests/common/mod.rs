@@ -23,6 +23,7 @@ pub fn template() -> Manifest {
         limits: Limits::default(),
         expected_nodes: Default::default(),
         preflight: vec![],
+        state: Vec::new(),
         files: vec![],
     }
 }
