@@ -6,7 +6,7 @@
 use crate::env::{self, Interpreter};
 use crate::lock::{Lock, LockedGit};
 use crate::plan::{Plan, Role, Source};
-use crate::{ext, freeze, git, launch, process, reqs, smoke};
+use crate::{ext, freeze, git, launch, process, reqs, smoke, state};
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -203,6 +203,47 @@ pub fn lock(plan: &Plan, cache: &Path, previous: Option<&Lock>) -> Result<Lock> 
     })
 }
 
+/// What the stage step found, kept beside the cached stage.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct StageRecord {
+    smoke: Option<smoke::SmokeReport>,
+    state: Vec<bundle::StatePath>,
+}
+
+/// Fails the build on what the smoke start saw that would break on the host: classes a node
+/// registers that `/object_info` cannot describe (unless the recipe accepts them by name), and
+/// writes outside the app's own tree or removals inside the release.
+fn check_smoke(plan: &Plan, report: &smoke::SmokeReport, log: &Path) -> Result<()> {
+    let accepted: BTreeMap<String, std::collections::BTreeSet<String>> = plan
+        .sources
+        .iter()
+        .filter(|s| s.role == Role::Node)
+        .map(|s| (s.name.clone(), s.broken_classes.iter().cloned().collect()))
+        .collect();
+    let mut problems = smoke::unaccepted_broken(report, &accepted);
+    for (p, _) in &report.written {
+        if !p.starts_with("ComfyUI/") {
+            problems.push(format!(
+                "the app wrote {p} during the smoke start: only paths inside ComfyUI/ can become node state, the rest of a release is read-only on the host"
+            ));
+        }
+    }
+    for p in &report.removed {
+        problems.push(format!(
+            "the app removed {p} from the release during the smoke start; on the host the release is read-only"
+        ));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the smoke start found {} problem(s) (log {}):\n  {}",
+            problems.len(),
+            log.display(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
 /// What a build produced.
 #[derive(Debug, serde::Serialize)]
 pub struct Built {
@@ -368,7 +409,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         .map(|(_, _, w)| w.to_string_lossy().into_owned())
         .collect();
     let stage_d = digest(&[
-        "stage-v3",
+        "stage-v4",
         &env_d,
         &lock_sha,
         &plan.recipe_sha256,
@@ -433,12 +474,23 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
             ],
             true,
         )?;
-        let nodes = if opts.smoke {
-            step("smoke", "starting the frozen app on loopback");
+        let smoke = if opts.smoke {
+            step(
+                "smoke",
+                "starting the frozen app on loopback, as the host's unit does",
+            );
             let copy = cache.join("tmp").join(format!("smoke-{}", &stage_d[..12]));
             let _ = fs_err::remove_dir_all(&copy);
-            // Another path proves the tree is relocatable; hardlinks keep the copy cheap.
+            // Another path proves the tree is relocatable; hardlinks keep the copy cheap, and the
+            // app's own tree is a real copy, so what it writes there never reaches the cache.
             process::run(Command::new("cp").arg("-al").arg(&tmp).arg(&copy))?;
+            fs_err::remove_dir_all(copy.join("ComfyUI"))?;
+            process::run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(tmp.join("ComfyUI"))
+                    .arg(copy.join("ComfyUI")),
+            )?;
             let log = cache
                 .join("logs")
                 .join(format!("smoke-{}.log", &stage_d[..12]));
@@ -447,23 +499,42 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 &r.launch.args,
                 &enabled,
                 &log,
-                Duration::from_secs(180),
+                Duration::from_secs(300),
             );
             let _ = fs_err::remove_dir_all(&copy);
-            Some(res?)
+            let report = res?;
+            check_smoke(plan, &report, &log)?;
+            Some(report)
         } else {
             None
         };
+        let state = state::apply(&tmp, &state::paths(&trees, smoke.as_ref())?)?;
+        if !state.is_empty() {
+            step(
+                "state",
+                format!(
+                    "{} path(s) the app writes become links into the host's node state: {}",
+                    state.len(),
+                    state
+                        .iter()
+                        .map(|s| s.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
         fs_err::create_dir_all(cache.join("stage"))?;
-        fs_err::write(&smoke_file, serde_json::to_vec(&nodes)?)?;
+        fs_err::write(
+            &smoke_file,
+            serde_json::to_vec(&StageRecord { smoke, state })?,
+        )?;
         fs_err::rename(&tmp, &stage)?;
     }
-    let nodes: Option<BTreeMap<String, Vec<String>>> =
-        serde_json::from_slice(&fs_err::read(&smoke_file)?)?;
+    let record: StageRecord = serde_json::from_slice(&fs_err::read(&smoke_file)?)?;
 
     step("pack", "signing the bundle");
     let manifest = manifest(
-        plan, &lock, &lock_sha, &trees, &wheels, nodes, &stage, &cache,
+        plan, &lock, &lock_sha, &trees, &wheels, record, &stage, &cache,
     )?;
     fs_err::create_dir_all(&opts.out)?;
     let tmp_out = opts.out.join(format!(
@@ -502,11 +573,12 @@ fn manifest(
     lock_sha: &str,
     trees: &[(Source, String, PathBuf)],
     wheels: &[(crate::recipe::ExtensionSection, String, PathBuf)],
-    nodes: Option<BTreeMap<String, Vec<String>>>,
+    record: StageRecord,
     stage: &Path,
     cache: &Path,
 ) -> Result<bundle::Manifest> {
     let r = &plan.recipe;
+    let nodes = record.smoke.map(|s| s.nodes);
     let git_src = |s: &Source, c: &str| bundle::GitSource {
         name: s.name.clone(),
         url: s.url.clone(),
@@ -573,6 +645,7 @@ fn manifest(
             .filter(|(_, v)| !v.is_empty())
             .collect(),
         preflight,
+        state: record.state,
         files: Vec::new(),
     })
 }

@@ -184,7 +184,7 @@ pub fn doctor(recipe: Option<(&Recipe, &Path)>, cache: &Path) -> Report {
             r.ok(&name, format!("{} of RAM, ~{} wanted", gib(mem), gib(need)));
         }
     }
-    if recipe.torch.install {
+    if recipe.torch.install && !recipe.torch.index_url.is_empty() {
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
             .build();

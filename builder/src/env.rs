@@ -48,9 +48,10 @@ pub fn python_platform(platform: &str) -> Result<&'static str> {
     })
 }
 
-/// Index arguments: PyPI, plus the torch index when torch is installed from it.
+/// Index arguments: PyPI, plus the torch index when torch is installed from it (an empty
+/// `index_url` takes torch from the default index too).
 pub fn index_args(r: &Recipe) -> Vec<String> {
-    if r.torch.install {
+    if r.torch.install && !r.torch.index_url.is_empty() {
         vec![
             "--extra-index-url".into(),
             r.torch.index_url.clone(),

@@ -16,6 +16,7 @@ pub mod recipe;
 mod reqs;
 mod smoke;
 mod snapshot;
+mod state;
 
 pub use commands::run;
 

@@ -27,6 +27,10 @@ pub struct Source {
     pub fetch_url: String,
     pub rev: String,
     pub disabled: bool,
+    /// Custom nodes: paths inside the node it writes (recipe `state`), and classes it may register
+    /// without `/object_info` describing them (recipe `broken_classes`).
+    pub state: Vec<String>,
+    pub broken_classes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -39,6 +43,8 @@ pub struct Plan {
 
 fn repo_name(url: &str) -> String {
     let base = url.trim_end_matches('/').rsplit('/').next().unwrap_or(url);
+    // A git bundle file (`X.git.bundle`) names the repository it holds, like a URL does.
+    let base = base.strip_suffix(".bundle").unwrap_or(base);
     base.trim_end_matches(".git").to_owned()
 }
 
@@ -131,6 +137,8 @@ impl Plan {
             fetch_url: resolve_url(&dir, &r.comfyui.git),
             rev: r.comfyui.rev.clone(),
             disabled: false,
+            state: Vec::new(),
+            broken_classes: Vec::new(),
         }];
         let mut names = std::collections::HashSet::new();
         for n in &r.custom_nodes {
@@ -139,6 +147,15 @@ impl Plan {
             if !names.insert(name.clone()) {
                 bail!("two custom nodes would both live in custom_nodes/{name}; set `name` on one");
             }
+            for st in &n.state {
+                let p = st.trim_end_matches('/');
+                if p.is_empty()
+                    || p.starts_with('/')
+                    || p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+                {
+                    bail!("custom node {name}: state path {st:?} must be a plain relative path inside the node");
+                }
+            }
             sources.push(Source {
                 role: Role::Node,
                 name,
@@ -146,6 +163,8 @@ impl Plan {
                 fetch_url: resolve_url(&dir, &n.git),
                 rev: n.rev.clone(),
                 disabled: n.disabled,
+                state: n.state.clone(),
+                broken_classes: n.broken_classes.clone(),
             });
         }
         for e in &r.extensions {
@@ -158,6 +177,8 @@ impl Plan {
                     fetch_url: resolve_url(&dir, g),
                     rev: rev.clone(),
                     disabled: false,
+                    state: Vec::new(),
+                    broken_classes: Vec::new(),
                 }),
                 (None, None, Some(p)) if p.contains("==") => {}
                 _ => bail!(

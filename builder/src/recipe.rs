@@ -127,6 +127,15 @@ pub struct NodeSection {
     /// Shipped as `<name>.disabled`, which ComfyUI skips.
     #[serde(default)]
     pub disabled: bool,
+    /// Paths inside the node's directory it writes at run time, beyond those the smoke start sees
+    /// (`rgthree_config.json`; a trailing `/` marks a directory). Each becomes a link into the
+    /// host's per-node state.
+    #[serde(default)]
+    pub state: Vec<String>,
+    /// Classes this node registers that `/object_info` may fail to describe without failing the
+    /// build (by name).
+    #[serde(default)]
+    pub broken_classes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

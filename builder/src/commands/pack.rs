@@ -31,6 +31,7 @@ pub fn run(a: PackArgs) -> Result<()> {
         limits: bundle::Limits::default(),
         expected_nodes: Default::default(),
         preflight: Vec::new(),
+        state: Vec::new(),
         files: Vec::new(),
     };
     let packed = pack_tree(&a.dir, template, &key, &a.out, a.level)?;
