@@ -258,6 +258,10 @@ fn unpack(
             fs_err::set_permissions(staging.join(f), std::fs::Permissions::from_mode(0o444))?;
         }
         fs_err::set_permissions(&meta, std::fs::Permissions::from_mode(0o555))?;
+        if !b.manifest.state.is_empty() {
+            // The release's state links end here: in the host's data, not in the release.
+            std::os::unix::fs::symlink(release::STATE_LINK, staging.join(bundle::STATE_DIR))?;
+        }
         fs_err::set_permissions(&staging, std::fs::Permissions::from_mode(0o555))?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "metadata written");
         store.adopt(&staging, &b.manifest, &x.written)?;

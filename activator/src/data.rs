@@ -61,6 +61,142 @@ pub fn group_exists(group: &str) -> bool {
     group_gid(group).is_some()
 }
 
+/// The uid of `user` from /etc/passwd.
+fn user_uid(user: &str) -> Option<u32> {
+    let text = fs_err::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == user)
+            .then(|| f.nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Makes a file comfyctl writes for the service (environment, model paths) owned by root and the
+/// service's group with `mode`: the service reads it, nobody else does. Without the group (a host
+/// not set up yet) only the mode is set.
+pub fn share_with_service(host: &Host, p: &Path, mode: u32) -> Result<()> {
+    if let Some(gid) = group_gid(&host.cfg.service.group) {
+        rustix::fs::chown(
+            p,
+            Some(rustix::fs::Uid::ROOT),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )
+        .with_context(|| format!("chown root:{} {}", host.cfg.service.group, p.display()))?;
+    }
+    fs_err::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Hands `p` to the service user and group with `mode` (state the service writes).
+fn give_to_service(host: &Host, p: &Path, mode: u32) -> Result<()> {
+    let s = &host.cfg.service;
+    let uid = user_uid(&s.user).map(rustix::fs::Uid::from_raw);
+    let gid = group_gid(&s.group).map(rustix::fs::Gid::from_raw);
+    rustix::fs::chown(p, uid, gid)
+        .with_context(|| format!("chown {}:{} {}", s.user, s.group, p.display()))?;
+    fs_err::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents below `top` for the service (0770, service-owned).
+fn service_dirs(host: &Host, top: &Path, dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while d.starts_with(top) && !d.exists() {
+        missing.push(d.to_owned());
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    for m in missing.iter().rev() {
+        fs_err::create_dir(m)?;
+        give_to_service(host, m, 0o770)?;
+    }
+    Ok(())
+}
+
+/// Copies the release's seed (a file or a tree) to `dest`, every copy handed to the service.
+fn copy_seed(host: &Host, seed: &Path, dest: &Path) -> Result<()> {
+    let meta = fs_err::symlink_metadata(seed)?;
+    if meta.is_dir() {
+        fs_err::create_dir(dest)?;
+        give_to_service(host, dest, 0o770)?;
+        for e in fs_err::read_dir(seed)? {
+            let e = e?;
+            copy_seed(host, &e.path(), &dest.join(e.file_name()))?;
+        }
+    } else if meta.is_file() {
+        fs_err::copy(seed, dest)?;
+        give_to_service(host, dest, 0o660)?;
+    }
+    Ok(())
+}
+
+/// The node state release `dir` writes to (its manifest's `state`), below `data/node-state`:
+/// directories created, files seeded from the release's copy the first time, all owned by the
+/// service user and group (0770/0660). What is already there is kept as it is: state outlives
+/// releases, rollbacks, gc and nuke. Returns what it created.
+pub fn node_state(host: &Host, dir: &Path, m: &bundle::Manifest) -> Result<Vec<String>> {
+    let top = host.layout.data().join(bundle::STATE_DIR);
+    let mut created = Vec::new();
+    if m.state.is_empty() {
+        return Ok(created);
+    }
+    if !top.exists() {
+        fs_err::create_dir_all(&top)?;
+        give_to_service(host, &top, 0o770)?;
+    }
+    for st in &m.state {
+        let dest = top.join(&st.target);
+        if let Some(parent) = dest.parent() {
+            service_dirs(host, &top, parent)?;
+        }
+        if fs_err::symlink_metadata(&dest).is_ok() {
+            continue;
+        }
+        match &st.seed {
+            Some(seed) => copy_seed(host, &dir.join(seed), &dest)?,
+            None if st.dir => {
+                fs_err::create_dir(&dest)?;
+                give_to_service(host, &dest, 0o770)?;
+            }
+            None => continue,
+        }
+        created.push(format!("node state {}", dest.display()));
+    }
+    Ok(created)
+}
+
+/// ComfyUI-Manager on an immutable release: unless the operator configured it already, its
+/// settings (`data/user/default/ComfyUI-Manager/config.ini`) start at `security_level = strong`,
+/// which makes it refuse every install, update and uninstall with a message, and
+/// `network_mode = offline`, so a host without GitHub does not wait on it at startup.
+pub fn manager_config(host: &Host, m: &bundle::Manifest) -> Result<Option<String>> {
+    let has_manager = m
+        .provenance
+        .custom_nodes
+        .iter()
+        .any(|n| !n.disabled && n.name.eq_ignore_ascii_case("ComfyUI-Manager"));
+    if !has_manager {
+        return Ok(None);
+    }
+    let user = host.layout.data().join("user");
+    let dir = user.join("default/ComfyUI-Manager");
+    let file = dir.join("config.ini");
+    if file.exists() {
+        return Ok(None);
+    }
+    service_dirs(host, &user, &dir)?;
+    crate::atomic::write(&file, MANAGER_CONFIG.as_bytes())?;
+    give_to_service(host, &file, 0o660)?;
+    Ok(Some(format!("wrote {}", file.display())))
+}
+
+/// What [`manager_config`] writes.
+pub const MANAGER_CONFIG: &str = "# Written by comfyctl: releases are immutable, nodes change through the recipe.\n[default]\nsecurity_level = strong\nnetwork_mode = offline\n";
+
 fn group_gid(group: &str) -> Option<u32> {
     let text = fs_err::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {
@@ -151,6 +287,7 @@ pub fn database(host: &Host, id: &str, from: Option<&str>) -> Result<PathBuf> {
         for f in ["comfyui.db", "comfyui.db-wal", "comfyui.db-shm"] {
             if pdir.join(f).exists() {
                 fs_err::copy(pdir.join(f), dir.join(f))?;
+                give_to_service(host, &dir.join(f), 0o660)?;
             }
         }
     }

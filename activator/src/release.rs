@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub const MANIFEST: &str = ".bundle/manifest.toml";
 pub const SIGNATURE: &str = ".bundle/manifest.toml.minisig";
+/// Where `releases/<id>/node-state` points when the manifest has state paths: `data/node-state`.
+pub const STATE_LINK: &str = "../../data/node-state";
 
 /// Reads and checks a release's manifest: it must hash to the directory's name.
 pub fn manifest(dir: &Path) -> Result<Manifest> {
@@ -126,6 +128,12 @@ pub fn verify(dir: &Path, trusted: Option<&keys::TrustedKeys>) -> Result<Vec<Pro
                 .to_string_lossy()
                 .into_owned();
             if rel == ".bundle" || rel.starts_with(".bundle/") {
+                continue;
+            }
+            if rel == bundle::STATE_DIR && !m.state.is_empty() {
+                if fs_err::read_link(&p).ok().as_deref() != Some(Path::new(STATE_LINK)) {
+                    bad(&rel, format!("should be a symlink to {STATE_LINK}"));
+                }
                 continue;
             }
             if !listed.contains(rel.as_str()) {

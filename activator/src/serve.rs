@@ -17,8 +17,11 @@ pub fn start_release(host: &Host, id: &str, from: Option<&str>) -> Health {
 }
 
 fn try_start(host: &Host, id: &str, from: Option<&str>) -> Result<Health> {
-    let m = release::manifest(&host.layout.release(id))?;
+    let dir = host.layout.release(id);
+    let m = release::manifest(&dir)?;
     data::apply(host)?;
+    data::node_state(host, &dir, &m)?;
+    data::manager_config(host, &m)?;
     service::install_unit(host)?;
     let unit = service::unit_name(host);
     let _ = service::systemctl(&["stop", &unit]);

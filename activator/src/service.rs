@@ -70,57 +70,30 @@ WantedBy=multi-user.target\n",
 
 /// The release's launch flags with the host's address and data directories.
 pub fn args(host: &Host, m: &Manifest, db: &Path) -> Result<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut it = m.launch.args.iter().peekable();
-    while let Some(a) = it.next() {
-        let flag = a.split('=').next().unwrap_or(a);
-        if flag == "--listen" || flag == "--port" {
-            if !a.contains('=') && it.peek().is_some_and(|n| !n.starts_with("--")) {
-                it.next();
-            }
-            continue;
-        }
-        out.push(a.clone());
-    }
-    let d = host.layout.data();
     let s = &host.cfg.service;
-    out.extend([
-        "--listen".into(),
-        s.listen.clone(),
-        "--port".into(),
-        s.port.to_string(),
-        "--input-directory".into(),
-        d.join("input").display().to_string(),
-        "--output-directory".into(),
-        d.join("output").display().to_string(),
-        "--user-directory".into(),
-        d.join("user").display().to_string(),
-        // ComfyUI uses <dir>/temp, and empties it at start and exit.
-        "--temp-directory".into(),
-        d.display().to_string(),
-        "--extra-model-paths-config".into(),
-        d.join("extra_model_paths.yaml").display().to_string(),
-        "--database-url".into(),
-        format!("sqlite:///{}", db.display()),
-    ]);
+    let out = m
+        .launch
+        .run_args(&s.listen, s.port, &host.layout.data(), db);
     if let Some(bad) = out.iter().find(|a| a.chars().any(char::is_whitespace)) {
         bail!("launch argument {bad:?} contains whitespace, which the unit's environment file cannot carry");
     }
     Ok(out.join(" "))
 }
 
-/// Writes the environment file and the model-paths file for release `id`.
+/// Writes the environment file and the model-paths file for release `id`: owned by root, readable
+/// by the service's group (the unit runs as the service user, and ComfyUI dies on a model-paths
+/// file it cannot read), by nobody else.
 pub fn write_env(host: &Host, m: &Manifest, id: &str, db: &Path) -> Result<()> {
     let models = host.layout.data().join("models");
-    crate::atomic::write(
-        &host.layout.data().join("extra_model_paths.yaml"),
-        format!("comfyctl:\n  base_path: {}\n  is_default: true\n  checkpoints: checkpoints\n  loras: loras\n  vae: vae\n  clip: clip\n  unet: unet\n  diffusion_models: diffusion_models\n  text_encoders: text_encoders\n  controlnet: controlnet\n  upscale_models: upscale_models\n  embeddings: embeddings\n", models.display()).as_bytes(),
-    )?;
+    let yaml = host.layout.data().join("extra_model_paths.yaml");
+    crate::atomic::write(&yaml, bundle::model_paths_yaml(&models).as_bytes())?;
+    crate::data::share_with_service(host, &yaml, 0o640)?;
     let text = format!(
         "COMFYUI_RELEASE={id}\nCOMFYUI_ARGS={}\n",
         args(host, m, db)?
     );
-    crate::atomic::write(&env_path(host), text.as_bytes())
+    crate::atomic::write(&env_path(host), text.as_bytes())?;
+    crate::data::share_with_service(host, &env_path(host), 0o640)
 }
 
 pub fn systemctl(args: &[&str]) -> Result<cmd::Output> {
