@@ -174,28 +174,20 @@ pub fn node_state(host: &Host, dir: &Path, m: &bundle::Manifest) -> Result<Vec<S
 /// which makes it refuse every install, update and uninstall with a message, and
 /// `network_mode = offline`, so a host without GitHub does not wait on it at startup.
 pub fn manager_config(host: &Host, m: &bundle::Manifest) -> Result<Option<String>> {
-    let has_manager = m
-        .provenance
-        .custom_nodes
-        .iter()
-        .any(|n| !n.disabled && n.name.eq_ignore_ascii_case("ComfyUI-Manager"));
-    if !has_manager {
+    if !bundle::has_manager(&m.provenance.custom_nodes) {
         return Ok(None);
     }
     let user = host.layout.data().join("user");
-    let dir = user.join("default/ComfyUI-Manager");
-    let file = dir.join("config.ini");
+    let file = user.join(bundle::MANAGER_CONFIG_PATH);
+    let dir = file.parent().expect("a file below user/");
     if file.exists() {
         return Ok(None);
     }
     service_dirs(host, &user, &dir)?;
-    crate::atomic::write(&file, MANAGER_CONFIG.as_bytes())?;
+    crate::atomic::write(&file, bundle::MANAGER_CONFIG.as_bytes())?;
     give_to_service(host, &file, 0o660)?;
     Ok(Some(format!("wrote {}", file.display())))
 }
-
-/// What [`manager_config`] writes.
-pub const MANAGER_CONFIG: &str = "# Written by comfyctl: releases are immutable, nodes change through the recipe.\n[default]\nsecurity_level = strong\nnetwork_mode = offline\n";
 
 fn group_gid(group: &str) -> Option<u32> {
     let text = fs_err::read_to_string("/etc/group").ok()?;

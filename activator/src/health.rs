@@ -107,7 +107,7 @@ pub fn check(
     }
     if !missing.is_empty() {
         return Ok(unhealthy(
-            format!("node classes missing: {}", missing.join(", ")),
+            missing_by_node(&m.expected_nodes, &missing),
             device,
             obj.len(),
             missing,
@@ -121,4 +121,67 @@ pub fn check(
         reason: None,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// One clause per custom node that lost classes, naming the node first (the operator looks for
+/// the node, not for one of its 194 classes): `custom node X: 3 of 12 classes missing (A, B, C)`.
+fn missing_by_node(
+    expected: &std::collections::BTreeMap<String, Vec<String>>,
+    missing: &[String],
+) -> String {
+    let mut parts = Vec::new();
+    for (dir, classes) in expected {
+        let gone: Vec<&str> = missing
+            .iter()
+            .filter_map(|m| m.strip_prefix(dir.as_str())?.strip_prefix(':'))
+            .collect();
+        if gone.is_empty() {
+            continue;
+        }
+        let shown = gone.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        let more = if gone.len() > 5 {
+            format!(", and {} more", gone.len() - 5)
+        } else {
+            String::new()
+        };
+        let what = if gone.len() == classes.len() {
+            " (it did not import: see the unit's journal)"
+        } else {
+            ""
+        };
+        parts.push(format!(
+            "custom node {dir}: {} of {} classes missing{what} ({shown}{more})",
+            gone.len(),
+            classes.len()
+        ));
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_classes_are_reported_by_node() {
+        let expected = [
+            (
+                "KJNodes".to_owned(),
+                (0..8).map(|i| format!("K{i}")).collect(),
+            ),
+            ("hello".to_owned(), vec!["Hello".to_owned()]),
+            ("fine".to_owned(), vec!["Fine".to_owned()]),
+        ]
+        .into_iter()
+        .collect();
+        let missing: Vec<String> = (0..7)
+            .map(|i| format!("KJNodes:K{i}"))
+            .chain(["hello:Hello".to_owned()])
+            .collect();
+        assert_eq!(
+            missing_by_node(&expected, &missing),
+            "custom node KJNodes: 7 of 8 classes missing (K0, K1, K2, K3, K4, and 2 more); \
+             custom node hello: 1 of 1 classes missing (it did not import: see the unit's journal) (Hello)"
+        );
+    }
 }

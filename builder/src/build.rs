@@ -352,9 +352,11 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         );
         let tmp = cache.join("tmp").join(format!("env-{env_d}"));
         let _ = fs_err::remove_dir_all(&tmp);
+        let scratch = Scratch(&tmp);
         env::build_env(r, &interp, &lock.requirements, &cache, &tmp)?;
         fs_err::create_dir_all(cache.join("env"))?;
         fs_err::rename(&tmp, &env_dir)?;
+        drop(scratch);
     }
 
     let mut wheels = Vec::new();
@@ -431,6 +433,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         let tmp = cache.join("tmp").join(format!("stage-{stage_d}"));
         let _ = fs_err::remove_dir_all(&tmp);
         fs_err::create_dir_all(&tmp)?;
+        let scratch = Scratch(&tmp);
         // A hardlink farm of the cached env: nothing below writes into an existing file in place.
         process::run(
             Command::new("cp")
@@ -529,6 +532,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
             serde_json::to_vec(&StageRecord { smoke, state })?,
         )?;
         fs_err::rename(&tmp, &stage)?;
+        drop(scratch);
     }
     let record: StageRecord = serde_json::from_slice(&fs_err::read(&smoke_file)?)?;
 
@@ -731,4 +735,16 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<serde_json::Value> {
         "sources": sources,
         "stages": stages,
     }))
+}
+
+/// A stage or env being assembled under `cache/tmp`: removed when the build stops before it is
+/// renamed into place (a failed smoke start must not leave gigabytes behind).
+struct Scratch<'a>(&'a Path);
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = fs_err::remove_dir_all(self.0);
+        }
+    }
 }

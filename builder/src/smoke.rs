@@ -204,6 +204,15 @@ pub fn smoke(
         data.join("extra_model_paths.yaml"),
         bundle::model_paths_yaml(&data.join("models")),
     )?;
+    // ComfyUI-Manager starts with the settings a host gives it (strong security, offline).
+    if nodes
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case("ComfyUI-Manager"))
+    {
+        let ini = data.join("user").join(bundle::MANAGER_CONFIG_PATH);
+        fs_err::create_dir_all(ini.parent().expect("below user/"))?;
+        fs_err::write(ini, bundle::MANAGER_CONFIG)?;
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

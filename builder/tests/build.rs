@@ -236,6 +236,12 @@ fn smoke_catches_a_node_that_fails_to_import() {
         err.contains("broken on purpose"),
         "the log tail is shown: {err}"
     );
+    // The stage being assembled and the smoke copy are gone; only finished stages stay cached.
+    let scratch: Vec<_> = fs_err::read_dir(d.tmp.path().join("cache/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(scratch.is_empty(), "left in cache/tmp: {scratch:?}");
 }
 
 #[test]

@@ -18,8 +18,9 @@ mod writer;
 pub use error::{Error, Result};
 pub use extract::{count, make_writable_and_remove, ExtractOptions, Extracted, ObjectSource};
 pub use manifest::{
-    bundle_id, model_paths_yaml, rfc3339, Check, Entry, Extension, GitSource, Kind, Launch, Limits,
-    Manifest, Provenance, StatePath, FORMAT_VERSION, STATE_DIR,
+    bundle_id, has_manager, model_paths_yaml, rfc3339, Check, Entry, Extension, GitSource, Kind,
+    Launch, Limits, Manifest, Provenance, StatePath, FORMAT_VERSION, MANAGER_CONFIG,
+    MANAGER_CONFIG_PATH, STATE_DIR,
 };
 pub use reader::{Bundle, MAX_FRAME_RAW};
 pub use stream::{NullSink, Sink};

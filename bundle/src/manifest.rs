@@ -185,6 +185,23 @@ impl Launch {
     }
 }
 
+/// ComfyUI-Manager's settings on an immutable release, below the user directory at
+/// [`MANAGER_CONFIG_PATH`]: `security_level = strong` makes it refuse every install, update and
+/// uninstall with a message (nodes change through the recipe), `network_mode = offline` keeps a
+/// host without GitHub from waiting on it at startup. The host writes it once (an operator may
+/// change it); the builder's smoke start uses it too.
+pub const MANAGER_CONFIG: &str = "# Written by comfyctl: releases are immutable, nodes change through the recipe.\n[default]\nsecurity_level = strong\nnetwork_mode = offline\n";
+
+/// Where ComfyUI-Manager reads [`MANAGER_CONFIG`], relative to ComfyUI's user directory.
+pub const MANAGER_CONFIG_PATH: &str = "default/ComfyUI-Manager/config.ini";
+
+/// True when `m` ships ComfyUI-Manager enabled.
+pub fn has_manager(nodes: &[crate::GitSource]) -> bool {
+    nodes
+        .iter()
+        .any(|n| !n.disabled && n.name.eq_ignore_ascii_case("ComfyUI-Manager"))
+}
+
 /// The model-paths file a started release reads: every model folder below `models`.
 pub fn model_paths_yaml(models: &Path) -> String {
     format!(

@@ -73,6 +73,7 @@ pub(crate) fn summary(b: &bundle::Bundle) -> serde_json::Value {
         "launch": m.launch,
         "provenance": m.provenance,
         "expected_nodes": m.expected_nodes,
+        "state": m.state,
         "preflight": m.preflight.iter().map(|c| &c.name).collect::<Vec<_>>(),
     })
 }
@@ -118,5 +119,16 @@ pub(crate) fn print_summary(b: &bundle::Bundle) {
     }
     if !p.packages.is_empty() {
         println!("packages:  {}", p.packages.len());
+    }
+    for (dir, classes) in &m.expected_nodes {
+        println!("classes:   {dir}: {}", classes.len());
+    }
+    for s in &m.state {
+        println!(
+            "state:     {}{} -> data/node-state/{}",
+            s.path,
+            if s.dir { "/" } else { "" },
+            s.target
+        );
     }
 }
