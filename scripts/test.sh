@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the tools the tests call, runs every test of the workspace, the
-# workflow and YAML checks, and the fleet test.
+# real-ComfyUI end-to-end test, the workflow and YAML checks, and the fleet test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 . scripts/env.sh
 python3.12 -V >/dev/null || { echo "Python 3.12 is needed (recipes/demo.toml builds with it)" >&2; exit 1; }
 cargo test --workspace --locked "$@"
+# The real ComfyUI v0.3.64 and five real custom nodes, built and run as the service user under a
+# sandboxed systemd (shares .cache/build with the demo).
+bash tests/real/test.sh
 # What cannot run here (the CI workflow) is linted, and checked against this README.
 bash tests/ci/check.sh
 # Three hosts, each a real systemd with sshd on a private network, driven by ansible-playbook.

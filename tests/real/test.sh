@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The real ComfyUI v0.3.64 with five real custom nodes (../shared/upstream), PyPI's torch on the CPU,
+# end to end as the default service user under a real systemd booted in a sandbox:
+# - builds release 1, release 2 (KJNodes moved to its next commit), a release whose extra node
+#   imports at build but not on a host (it opens the NVIDIA driver when a GPU may be visible), and
+#   a recipe whose extra node is too new for v0.3.64 (the build must stop, naming node and class);
+# - checks what the builder recorded: every node's classes, the paths nodes write (node state);
+# - activates 1: healthy with every class checked, the unit runs as `comfyui`, the files comfyctl
+#   wrote for it are readable by its group only, Custom-Scripts' state lives under data/;
+# - ComfyUI-Manager serves but refuses to install, update or uninstall; the release is intact;
+# - activates 2, rolls back, activates the bad release (rolled back by itself, node named); node
+#   state survives all of it and gc.
+# Builds share .cache/build with the demo; everything else lives in a scratch directory that is
+# removed at the end. Needs root. Usage: tests/real/test.sh   (scripts/test.sh runs it)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/env.sh
+cargo build --release --locked -q -p builder -p activator
+B=$PWD/target/release/comfy-build
+cache=$PWD/.cache/build
+mkdir -p .cache
+work=$(mktemp -d "$PWD/.cache/real-test.XXXXXX")
+pid=
+cleanup() {
+  # The bind mount of /opt/comfyui goes with the sandbox's mount namespace.
+  if [ -n "$pid" ]; then bash tests/sandbox/stop.sh "$pid"; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+t0=$SECONDS
+say() { printf '\n== [%4ss] %s\n' "$((SECONDS - t0))" "$*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+bash scripts/demo-fixtures.sh "$work/fixtures" >/dev/null
+$B keygen --out "$work/release" >/dev/null
+build() { # recipe -> bundle path (the build's JSON goes to $work/last-build.json)
+  $B lock "$1" --cache "$cache" >&2
+  $B build "$1" --key "$work/release.key" --out "$work/bundles" --cache "$cache" --locked --json >"$work/last-build.json"
+  json 'd["path"]' <"$work/last-build.json"
+}
+
+say "release 1: ComfyUI v0.3.64, ComfyUI-Manager, KJNodes, rgthree, Custom-Scripts, essentials"
+r1=$(bash scripts/comfyui-recipe.sh 1 "$work/r1")
+b1=$(build "$r1")
+$B inspect "$b1" --json >"$work/b1.json"
+python3 - "$work/b1.json" <<'PY' || fail "release 1's manifest"
+import json, sys
+m = json.load(open(sys.argv[1]))
+n = {k: len(v) for k, v in m["expected_nodes"].items()}
+print("classes per node:", n)
+# ComfyUI-Manager registers no class; the others were all seen in /object_info at build.
+for node, least in [("ComfyUI-KJNodes", 150), ("ComfyUI_essentials", 50), ("rgthree-comfy", 10), ("ComfyUI-Custom-Scripts", 5)]:
+    assert n.get(node, 0) >= least, f"{node}: {n.get(node)} classes recorded, expected at least {least}"
+state = {s["path"]: s for s in m["state"]}
+print("node state:", sorted(state))
+cs = state.get("ComfyUI/custom_nodes/ComfyUI-Custom-Scripts/pysssss.json")
+assert cs and cs["target"] == "ComfyUI-Custom-Scripts/pysssss.json", "the smoke start did not record Custom-Scripts' pysssss.json"
+assert "ComfyUI/custom_nodes/rgthree-comfy/rgthree_config.json" in state, "the recipe's declared rgthree state is missing"
+PY
+
+say "a node too new for v0.3.64: the build stops, naming node and class"
+rn=$(bash scripts/comfyui-recipe.sh 1 "$work/rn" "$work/fixtures/node-too-new")
+if build "$rn" 2>"$work/too-new.err" >/dev/null; then fail "a node whose class /object_info cannot describe was built"; fi
+grep -q "node-too-new" "$work/too-new.err" && grep -q "NewerSwitch" "$work/too-new.err" \
+  || { cat "$work/too-new.err" >&2; fail "the error does not name node-too-new and NewerSwitch"; }
+grep -q "StillFine" "$work/too-new.err" && fail "the error names StillFine, which works"
+grep -E "NewerSwitch|node-too-new" "$work/too-new.err" | head -3
+
+say "release 2: KJNodes moved to its next upstream commit"
+r2=$(bash scripts/comfyui-recipe.sh 2 "$work/r2")
+b2=$(build "$r2")
+
+say "release 3: release 2 plus a node that imports at build but needs the NVIDIA driver on a host"
+r3=$(bash scripts/comfyui-recipe.sh 2 "$work/r3" "$work/fixtures/node-needs-driver")
+sed -i -e 's/^sequence = 2$/sequence = 3/' -e 's/^version = "0.3.64-2"/version = "0.3.64-3"/' "$r3"
+b3=$(build "$r3")
+id1=$($B inspect "$b1" --json | json 'd["id"]')
+id2=$($B inspect "$b2" --json | json 'd["id"]')
+
+say "boot a real systemd in a sandbox; /opt/comfyui is a directory on disk (the release is 9 GB)"
+mkdir -p "$work/bin" "$work/opt"
+cp target/release/comfyctl "$work/bin/comfyctl"
+C=$work/bin/comfyctl
+bash tests/sandbox/boot.sh "$work" "$work/sandbox.pid"
+pid=$(cat "$work/sandbox.pid")
+host() { nsenter -t "$pid" -a "$@"; }
+host mkdir -p /opt/comfyui
+host mount --bind "$work/opt" /opt/comfyui
+host "$C" setup --target linux-x86_64-cpu --key "$work/release.pub"
+
+say "activate release 1 (the unit runs as the default service user)"
+host "$C" activate "$b1" --json >"$work/a1.json" || { host journalctl -u comfyui --no-pager | tail -40; fail "release 1 did not activate"; }
+json '"health: %s, %d classes, %.1fs to healthy" % (d["health"]["healthy"], d["health"]["node_classes"], d["health"]["seconds"])' <"$work/a1.json"
+host "$C" health --json | json 'd["healthy"] and not d["missing_nodes"] or sys.exit("unhealthy")' >/dev/null
+main=$(host systemctl show -p MainPID --value comfyui)
+[ "$(host ps -o user= -p "$main")" = comfyui ] || fail "the unit's main process runs as $(host ps -o user= -p "$main")"
+# What comfyctl wrote for the unit: readable by the service's group, by no one else.
+for f in /opt/comfyui/data/extra_model_paths.yaml /opt/comfyui/state/service.env; do
+  m=$(host stat -c '%a %U %G' "$f")
+  [ "$m" = "640 root comfyui" ] || fail "$f is $m, expected 640 root comfyui"
+done
+st=/opt/comfyui/data/node-state/ComfyUI-Custom-Scripts/pysssss.json
+host test -f "$st" || fail "Custom-Scripts' pysssss.json is not in data/node-state"
+[ "$(host stat -c %U "$st")" = comfyui ] || fail "$st is not the service user's"
+[ "$(host readlink -f /opt/comfyui/current/ComfyUI/custom_nodes/ComfyUI-Custom-Scripts/pysssss.json)" = "$st" ] \
+  || fail "the release's pysssss.json does not lead to data/node-state"
+host su -s /bin/sh nobody -c "cat /opt/comfyui/data/extra_model_paths.yaml" 2>/dev/null && fail "another user can read the model-paths file"
+host journalctl -u comfyui --no-pager | grep -q "IMPORT FAILED" && fail "a node failed to import on the host"
+
+say "ComfyUI-Manager serves, and refuses to change the release"
+code() { host curl -s -o /dev/null -w '%{http_code}' "$@"; }
+[ "$(code http://127.0.0.1:8188/api/manager/version)" = 200 ] || fail "ComfyUI-Manager does not serve"
+for path in manager/queue/install manager/queue/update manager/queue/uninstall customnode/install/git_url; do
+  c=$(code -X POST -H 'Content-Type: application/json' -d '{"id":"comfyui-impact-pack","url":"https://github.com/ltdrdata/ComfyUI-Impact-Pack","version":"nightly","selected_version":"nightly"}' "http://127.0.0.1:8188/api/$path")
+  echo "POST /api/$path -> $c"
+  [ "$c" = 403 ] || fail "ComfyUI-Manager answered $c to $path"
+done
+host grep -q '^security_level = strong' /opt/comfyui/data/user/default/ComfyUI-Manager/config.ini || fail "Manager's config.ini"
+host "$C" verify >/dev/null || fail "the release changed"
+
+say "node state is the host's: kept across activation, rollback and gc"
+host python3 -c "
+import json; p='$st'; d=json.load(open(p)); d['kept-by-test']=1; json.dump(d, open(p, 'w'))"
+host "$C" activate "$b2" --json >"$work/a2.json" || fail "release 2 did not activate"
+json '"release 2: %d files written, %d reused; healthy in %.1fs" % (d["files_written"], d["files_reused"], d["health"]["seconds"])' <"$work/a2.json"
+host "$C" rollback
+[ "$(host "$C" status --json | json 'd["current"]["id"]')" = "$id1" ] || fail "rollback did not return to release 1"
+host "$C" health >/dev/null || fail "release 1 unhealthy after rollback"
+
+say "release 3: imports at build, fails on the host; rolled back by itself with the node named"
+if host "$C" activate "$b3" 2>"$work/a3.err"; then fail "a release whose node fails on the host activated"; fi
+grep -m3 "custom node\|rolled back\|unhealthy" "$work/a3.err" || true
+grep -q "custom node node-needs-driver" "$work/a3.err" || fail "the error does not name node-needs-driver"
+[ "$(host "$C" status --json | json 'd["current"]["id"]')" = "$id1" ] || fail "release 3 was not rolled back"
+host systemctl is-active comfyui >/dev/null || fail "the unit is not running after the automatic rollback"
+host "$C" gc >/dev/null
+host grep -q kept-by-test "$st" || fail "node state was lost"
+echo "id2 $id2 kept for rollback: $(host "$C" releases --json | json '"'"$id2"'" in str(d)')"
+say "real ComfyUI end to end: ok"
