@@ -98,6 +98,17 @@ fn dgx_spark_dry_run_plans_the_seed() {
         .find(|s| s["name"] == "sageattention")
         .unwrap();
     assert_eq!(sage["rev"], "d1a57a546c3d395b1ffcbeecc66d81db76f3b4b5");
+    // The custom nodes are pinned as a set known to work with v0.3.64 (FACTS.md, ../shared/upstream).
+    for (name, rev) in [
+        ("ComfyUI-Manager", "c792f9277cdab9f754ca02f35eabf9304af2b89b"),
+        ("ComfyUI-KJNodes", "3fcd22f2fe2be69c3229f192362b91888277cbcb"),
+        ("rgthree-comfy", "2b9eb36d3e1741e88dbfccade0e08137f7fa2bfb"),
+        ("ComfyUI-Custom-Scripts", "f2838ed5e59de4d73cde5c98354b87a8d3200190"),
+        ("ComfyUI_essentials", "33ff89fd354d8ec3ab6affb605a79a931b445d99"),
+    ] {
+        let node = sources.iter().find(|s| s["name"] == name).unwrap();
+        assert_eq!(node["rev"], rev, "{name}");
+    }
     let stages = v["stages"].as_array().unwrap();
     let cmd = |name: &str| {
         stages.iter().find(|s| s["stage"] == name).unwrap()["commands"][0]
@@ -172,4 +183,17 @@ fn build_doctor_reports_missing_nvcc_and_a_bad_arch_spelling() {
     let arch = check(&v, "arch list");
     assert_eq!(arch["status"], "fail");
     assert!(arch["fix"].as_str().unwrap().contains("12.1"), "{arch}");
+}
+
+#[test]
+fn committed_locks_match_their_recipes() {
+    for name in ["demo.toml", "comfyui-cpu.toml"] {
+        let p = repo().join("recipes").join(name);
+        let (r, bytes) = builder::recipe::Recipe::load(&p).unwrap();
+        let plan = builder::plan::Plan::new(r, &p, &bytes).unwrap();
+        let lock = builder::lock::Lock::load(&plan.lock_path())
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name} has no lock"));
+        assert_eq!(lock.stale_reason(&plan), None, "{name}");
+    }
 }
