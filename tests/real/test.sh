@@ -92,6 +92,7 @@ host "$C" setup --target linux-x86_64-cpu --key "$work/release.pub"
 say "activate release 1 (the unit runs as the default service user)"
 host "$C" activate "$b1" --json >"$work/a1.json" || { host journalctl -u comfyui --no-pager | tail -40; fail "release 1 did not activate"; }
 json '"health: %s, %d classes, %.1fs to healthy" % (d["health"]["healthy"], d["health"]["node_classes"], d["health"]["seconds"])' <"$work/a1.json"
+rm -f "$b1" # installed: a 4 GB bundle less on the disk
 host "$C" health --json | json 'd["healthy"] and not d["missing_nodes"] or sys.exit("unhealthy")' >/dev/null
 main=$(host systemctl show -p MainPID --value comfyui)
 [ "$(host ps -o user= -p "$main")" = comfyui ] || fail "the unit's main process runs as $(host ps -o user= -p "$main")"
@@ -124,6 +125,7 @@ host python3 -c "
 import json; p='$st'; d=json.load(open(p)); d['kept-by-test']=1; json.dump(d, open(p, 'w'))"
 host "$C" activate "$b2" --json >"$work/a2.json" || fail "release 2 did not activate"
 json '"release 2: %d files written, %d reused; healthy in %.1fs" % (d["files_written"], d["files_reused"], d["health"]["seconds"])' <"$work/a2.json"
+rm -f "$b2"
 host "$C" rollback
 [ "$(host "$C" status --json | json 'd["current"]["id"]')" = "$id1" ] || fail "rollback did not return to release 1"
 host "$C" health >/dev/null || fail "release 1 unhealthy after rollback"
