@@ -183,7 +183,7 @@ pub fn manager_config(host: &Host, m: &bundle::Manifest) -> Result<Option<String
     if file.exists() {
         return Ok(None);
     }
-    service_dirs(host, &user, &dir)?;
+    service_dirs(host, &user, dir)?;
     crate::atomic::write(&file, bundle::MANAGER_CONFIG.as_bytes())?;
     give_to_service(host, &file, 0o660)?;
     Ok(Some(format!("wrote {}", file.display())))

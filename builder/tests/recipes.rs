@@ -100,11 +100,23 @@ fn dgx_spark_dry_run_plans_the_seed() {
     assert_eq!(sage["rev"], "d1a57a546c3d395b1ffcbeecc66d81db76f3b4b5");
     // The custom nodes are pinned as a set known to work with v0.3.64 (FACTS.md, ../shared/upstream).
     for (name, rev) in [
-        ("ComfyUI-Manager", "c792f9277cdab9f754ca02f35eabf9304af2b89b"),
-        ("ComfyUI-KJNodes", "3fcd22f2fe2be69c3229f192362b91888277cbcb"),
+        (
+            "ComfyUI-Manager",
+            "c792f9277cdab9f754ca02f35eabf9304af2b89b",
+        ),
+        (
+            "ComfyUI-KJNodes",
+            "3fcd22f2fe2be69c3229f192362b91888277cbcb",
+        ),
         ("rgthree-comfy", "2b9eb36d3e1741e88dbfccade0e08137f7fa2bfb"),
-        ("ComfyUI-Custom-Scripts", "f2838ed5e59de4d73cde5c98354b87a8d3200190"),
-        ("ComfyUI_essentials", "33ff89fd354d8ec3ab6affb605a79a931b445d99"),
+        (
+            "ComfyUI-Custom-Scripts",
+            "f2838ed5e59de4d73cde5c98354b87a8d3200190",
+        ),
+        (
+            "ComfyUI_essentials",
+            "33ff89fd354d8ec3ab6affb605a79a931b445d99",
+        ),
     ] {
         let node = sources.iter().find(|s| s["name"] == name).unwrap();
         assert_eq!(node["rev"], rev, "{name}");
