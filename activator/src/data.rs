@@ -273,7 +273,10 @@ pub fn database(host: &Host, id: &str, from: Option<&str>) -> Result<PathBuf> {
     if dir.exists() {
         return Ok(db);
     }
-    make_dir(&dir, &host.cfg.access.group)?;
+    fs_err::create_dir_all(&dir)?;
+    // The service's own: ComfyUI creates the database with the unit's UMask (0002), so the
+    // folder is what keeps other users out.
+    give_to_service(host, &dir, 0o770)?;
     if let Some(prev) = from {
         let pdir = host.layout.data().join("db").join(prev);
         for f in ["comfyui.db", "comfyui.db-wal", "comfyui.db-shm"] {

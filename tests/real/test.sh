@@ -107,6 +107,14 @@ host test -f "$st" || fail "Custom-Scripts' pysssss.json is not in data/node-sta
 [ "$(host readlink -f /opt/comfyui/current/ComfyUI/custom_nodes/ComfyUI-Custom-Scripts/pysssss.json)" = "$st" ] \
   || fail "the release's pysssss.json does not lead to data/node-state"
 host su -s /bin/sh nobody -c "cat /opt/comfyui/data/extra_model_paths.yaml" 2>/dev/null && fail "another user can read the model-paths file"
+# The database ComfyUI migrated at start, and the node-state folders: the service user's, nobody else's.
+db=$(host find /opt/comfyui/data/db -name comfyui.db)
+[ -n "$db" ] || fail "no database under data/db"
+[ "$(host stat -c %U "$db")" = comfyui ] || fail "$db is not the service user's"
+for f in "$(dirname "$db")" /opt/comfyui/data/node-state /opt/comfyui/data/node-state/ComfyUI-Custom-Scripts; do
+  m=$(host stat -c '%U %A' "$f")
+  case "$m" in "comfyui drwxrwx---" | "comfyui drwxrws---") ;; *) fail "$f is $m, expected the service user's, 0770" ;; esac
+done
 host journalctl -u comfyui --no-pager | grep -q "IMPORT FAILED" && fail "a node failed to import on the host"
 
 say "ComfyUI-Manager serves, and refuses to change the release"
