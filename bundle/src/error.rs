@@ -4,10 +4,14 @@
 /// Why a bundle was refused or could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("bad signature: {0}")]
-    BadSignature(#[source] keys::Error),
-    #[error("{0}")]
-    UntrustedKey(#[source] keys::Error),
+    // Transparent: the key error says what happened, once (with `{0}` and a source as well, an
+    // error chain printed it twice).
+    #[error(transparent)]
+    BadSignature(keys::Error),
+    #[error(transparent)]
+    UntrustedKey(keys::Error),
+    #[error("the bundle was opened without checking its signature; open it with the trusted keys")]
+    Unverified,
     #[error(
         "digest mismatch for {path}: the bundle's bytes differ from what its signed manifest lists"
     )]
@@ -36,8 +40,8 @@ pub enum Error {
     CorruptFrame { frame: usize, detail: String },
     #[error("cannot pack {path}: {reason}")]
     Unpackable { path: String, reason: String },
-    #[error("{0}")]
-    Key(#[source] keys::Error),
+    #[error(transparent)]
+    Key(keys::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -64,3 +68,41 @@ impl Error {
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `{:#}` of an error chain prints (anyhow's format): each cause once.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cur = c.source();
+        }
+        out
+    }
+
+    #[test]
+    fn key_errors_are_printed_once() {
+        let cases = [
+            Error::from_keys(keys::Error::UntrustedKey {
+                key_id: "ABCD".into(),
+            }),
+            Error::from_keys(keys::Error::RevokedKey {
+                key_id: "ABCD".into(),
+            }),
+            Error::from_keys(keys::Error::BadSignature("forged")),
+        ];
+        for e in &cases {
+            let text = chain(e);
+            let first = e.to_string();
+            assert_eq!(text.matches(first.as_str()).count(), 1, "{text}");
+            assert!(!text.contains("bad signature: bad signature"), "{text}");
+        }
+        assert!(matches!(cases[0], Error::UntrustedKey(_)));
+        assert!(matches!(cases[2], Error::BadSignature(_)));
+    }
+}

@@ -253,9 +253,7 @@ impl Bundle {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Extracted> {
         if self.signer.is_none() {
-            return Err(Error::BadSignature(keys::Error::BadSignature(
-                "bundle was opened without checking its signature",
-            )));
+            return Err(Error::Unverified);
         }
         if store.is_some() && !opts.read_only {
             return Err(Error::Io(std::io::Error::other(

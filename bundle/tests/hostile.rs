@@ -96,6 +96,22 @@ fn control_case_is_accepted() {
 }
 
 #[test]
+fn a_bundle_opened_without_its_signature_is_never_extracted() {
+    let c = Case::new();
+    let (d, f) = (dir("d"), file("d/f", b"data"));
+    let mut payload = canonical(&[(&d, b""), (&f, b"data")]);
+    end_blocks(&mut payload);
+    let p = c.write(&with_files(vec![d, f]), &[payload]);
+    let b = Bundle::open_unverified(&p).unwrap();
+    let out = c.tmp.path().join("unverified");
+    let err = b
+        .extract(&out, &ExtractOptions::default(), &|_| {})
+        .unwrap_err();
+    assert!(matches!(err, Error::Unverified), "{err:?}");
+    assert!(!out.exists(), "nothing is written");
+}
+
+#[test]
 fn dotdot_and_absolute_paths_in_the_manifest() {
     let c = Case::new();
     for bad in ["../outside/x", "/tmp/x", "a/../../x"] {
