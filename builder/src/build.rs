@@ -253,7 +253,8 @@ pub struct Built {
     pub seconds: f64,
 }
 
-fn env_digest(plan: &Plan, interp: &Interpreter, lock: &Lock, uv: &str) -> String {
+/// The env stage's digest, for the build and its dry run alike.
+fn env_digest(plan: &Plan, interp: &Interpreter, requirements: &str, uv: &str) -> String {
     let r = &plan.recipe;
     digest(&[
         "env-v2",
@@ -261,7 +262,7 @@ fn env_digest(plan: &Plan, interp: &Interpreter, lock: &Lock, uv: &str) -> Strin
         &interp.prefix.to_string_lossy(),
         &interp.version,
         &r.python.path,
-        &lock.requirements,
+        requirements,
         &env::index_args(r).join(" "),
         uv,
     ])
@@ -337,7 +338,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
 
     let interp = env::find_interpreter(r)?;
     let uv = uv_version()?;
-    let env_d = env_digest(plan, &interp, &lock, &uv);
+    let env_d = env_digest(plan, &interp, &lock.requirements, &uv);
     let env_dir = cache.join("env").join(&env_d);
     if env_dir.exists() {
         step("env", format!("{} cached", &env_d[..12]));
@@ -683,18 +684,15 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<serde_json::Value> {
         })
         .collect();
     let reqs = lock.as_ref().map_or("", |l| l.requirements.as_str());
-    let env_d = digest(&[
-        "env-v2",
-        &format!("{:?}", r.python.mode),
-        &r.python.path,
-        &r.python.version,
-        reqs,
-        &env::index_args(r).join(" "),
-    ]);
+    // The same digest the build computes; it needs this host's interpreter and uv (both local).
+    let env_d = match (env::find_interpreter(r), uv_version()) {
+        (Ok(interp), Ok(uv)) => Some(env_digest(plan, &interp, reqs, &uv)),
+        _ => None,
+    };
     let mut stages = vec![serde_json::json!({
         "stage": "env",
         "digest": env_d,
-        "cached": opts.cache.join("env").join(&env_d).exists(),
+        "cached": lock.is_some() && env_d.as_ref().is_some_and(|d| opts.cache.join("env").join(d).exists()),
         "commands": [
             match r.python.mode {
                 crate::recipe::PythonMode::Embedded => format!("cp -a $(prefix of {}) python/ ; patchelf --set-rpath '$ORIGIN/../lib' python/bin/python{}", r.python.path, r.python.version),
@@ -709,12 +707,12 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<serde_json::Value> {
             .as_ref()
             .and_then(|l| l.commit(Role::Extension, &e.name))
             .unwrap_or("");
-        let d = ext_digest(e, commit, &env_d);
+        let d = env_d.as_deref().map(|env_d| ext_digest(e, commit, env_d));
         let envs: Vec<String> = e.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         stages.push(serde_json::json!({
             "stage": format!("extension {}", e.name),
             "digest": d,
-            "cached": opts.cache.join("wheels").join(&d).exists(),
+            "cached": d.as_ref().is_some_and(|d| opts.cache.join("wheels").join(d).is_dir()),
             "required": e.required,
             "commands": [format!("{} uv build --wheel --no-build-isolation {}", envs.join(" "), e.git.as_deref().or(e.pypi.as_deref()).unwrap_or(""))],
         }));

@@ -150,6 +150,15 @@ fn demo_builds_runs_elsewhere_and_is_reproducible() {
         id1,
         "warm cache, other output dir: same bundle id"
     );
+    // The dry run computes the build's own digests: after a build, it shows env and extension cached.
+    let plan = d.build(&recipe, "out-dry", "cache", &["--dry-run"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let stages = v["stages"].as_array().unwrap();
+    for name in ["env", "extension fastmath"] {
+        let st = stages.iter().find(|s| s["stage"] == name).unwrap();
+        assert_eq!(st["cached"], true, "{name}: {st}");
+    }
     let fresh = d.build(&recipe, "out3", "cache-fresh", &["--locked"]);
     assert_eq!(id(&fresh), id1, "fresh cache: same bundle id");
 
