@@ -283,6 +283,7 @@ fn ext_digest(e: &crate::recipe::ExtensionSection, commit: &str, env_digest: &st
 /// `comfy-build build`.
 pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<Built> {
     let t0 = Instant::now();
+    env::check_platform(&plan.recipe.target.platform)?;
     let cache = &opts.cache;
     fs_err::create_dir_all(cache)?;
     let cache = fs_err::canonicalize(cache)?;
@@ -685,7 +686,7 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<serde_json::Value> {
         .collect();
     let reqs = lock.as_ref().map_or("", |l| l.requirements.as_str());
     // The same digest the build computes; it needs this host's interpreter and uv (both local).
-    let env_d = match (env::find_interpreter(r), uv_version()) {
+    let env_d = match (env::installed_interpreter(r), uv_version()) {
         (Ok(interp), Ok(uv)) => Some(env_digest(plan, &interp, reqs, &uv)),
         _ => None,
     };
@@ -695,7 +696,7 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<serde_json::Value> {
         "cached": lock.is_some() && env_d.as_ref().is_some_and(|d| opts.cache.join("env").join(d).exists()),
         "commands": [
             match r.python.mode {
-                crate::recipe::PythonMode::Embedded => format!("cp -a $(prefix of {}) python/ ; patchelf --set-rpath '$ORIGIN/../lib' python/bin/python{}", r.python.path, r.python.version),
+                crate::recipe::PythonMode::Embedded => format!("cp -a $(prefix of {}) python/ ; patchelf --set-rpath '$ORIGIN/../lib' python/bin/python{}", if r.python.path.is_empty() { format!("$(uv python find --managed-python {})", r.python.version) } else { r.python.path.clone() }, r.python.version),
                 crate::recipe::PythonMode::System => format!("link venv/bin/python to {}", r.python.path),
             },
             "uv venv --relocatable venv ; drop `home` ; bin/python -> ../../python/bin/python".to_owned(),

@@ -93,21 +93,49 @@ pub fn doctor(recipe: Option<(&Recipe, &Path)>, cache: &Path) -> Report {
         return r;
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    match crate::env::find_interpreter(recipe) {
+    match crate::env::check_platform(&recipe.target.platform) {
+        Ok(host) => r.ok(
+            "platform",
+            format!("{host} builds {}", recipe.target.platform),
+        ),
+        Err(e) => r.fail(
+            "platform",
+            format!("{e:#}"),
+            format!(
+                "run the build on a {} host with glibc 2.28 or newer",
+                recipe.target.platform
+            ),
+        ),
+    }
+    let managed = recipe.python.path.is_empty();
+    // The doctor installs nothing: a managed CPython not there yet is the build's to install.
+    match crate::env::installed_interpreter(recipe) {
         Ok(i) => r.ok(
             "python",
             format!(
                 "{} is Python {} ({})",
-                recipe.python.path,
+                if managed {
+                    "uv's managed CPython"
+                } else {
+                    recipe.python.path.as_str()
+                },
                 i.version,
                 i.prefix.display()
+            ),
+        ),
+        Err(e) if managed => r.warn(
+            "python",
+            format!("{e:#}"),
+            format!(
+                "the build runs `uv python install {}` (GitHub or UV_PYTHON_INSTALL_MIRROR)",
+                recipe.python.version
             ),
         ),
         Err(e) => r.fail(
             "python",
             format!("{e:#}"),
             format!(
-                "install Python {} and set python.path",
+                "a self-contained Python {} as python.path (or none: uv's managed CPython)",
                 recipe.python.version
             ),
         ),

@@ -15,28 +15,158 @@ pub struct Interpreter {
     pub version: String,
 }
 
+/// uv's managed CPython `version` (a self-contained python-build-standalone prefix): the one uv
+/// already has, else installed by `uv python install` (GitHub, or UV_PYTHON_INSTALL_MIRROR).
+pub fn managed_python(version: &str, install: bool) -> Result<PathBuf> {
+    let find = || {
+        process::stdout(Command::new("uv").args(["python", "find", "--managed-python", version]))
+            .map(|p| PathBuf::from(p.trim()))
+    };
+    if let Ok(p) = find() {
+        return Ok(p);
+    }
+    if !install {
+        bail!("uv's managed CPython {version} is not installed (`uv python install {version}`)");
+    }
+    process::run(Command::new("uv").args(["python", "install", version])).with_context(|| {
+        format!(
+            "installing uv's managed CPython {version} (python.path is empty); where GitHub is \
+             not reachable set UV_PYTHON_INSTALL_MIRROR, or set python.path to a self-contained \
+             Python {version} prefix's interpreter"
+        )
+    })?;
+    find().with_context(|| format!("uv installed CPython {version} but cannot find it"))
+}
+
+/// The recipe's interpreter, installing uv's managed CPython when the recipe names none.
 pub fn find_interpreter(r: &Recipe) -> Result<Interpreter> {
-    let out = process::stdout(Command::new(&r.python.path).args([
+    interpreter(r, true)
+}
+
+/// Like [`find_interpreter`], but installs nothing (dry runs and the doctor).
+pub fn installed_interpreter(r: &Recipe) -> Result<Interpreter> {
+    interpreter(r, false)
+}
+
+fn interpreter(r: &Recipe, install: bool) -> Result<Interpreter> {
+    let exe = if r.python.path.is_empty() {
+        managed_python(&r.python.version, install)?
+    } else {
+        PathBuf::from(&r.python.path)
+    };
+    let out = process::stdout(Command::new(&exe).args([
         "-c",
         "import sys; print(sys.base_prefix); print('%d.%d' % sys.version_info[:2])",
     ]))
-    .with_context(|| {
-        format!(
-            "running the recipe's interpreter {:?} (python.path)",
-            r.python.path
-        )
-    })?;
+    .with_context(|| format!("running the recipe's interpreter {exe:?} (python.path)"))?;
     let mut lines = out.lines();
     let prefix = PathBuf::from(lines.next().unwrap_or_default());
     let version = lines.next().unwrap_or_default().to_owned();
     if version != r.python.version {
         bail!(
             "{} is Python {version}, the recipe asks for {}",
-            r.python.path,
+            exe.display(),
             r.python.version
         );
     }
+    if r.python.mode == crate::recipe::PythonMode::Embedded {
+        check_embedded_prefix(&prefix, &version)?;
+    }
     Ok(Interpreter { prefix, version })
+}
+
+/// This host's platform in a recipe's spelling (`linux-x86_64`, `linux-aarch64`).
+pub fn host_platform() -> String {
+    format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+/// This host's glibc version (`2.36`), when it has one.
+pub fn host_glibc() -> Option<String> {
+    let out = process::stdout(Command::new("getconf").arg("GNU_LIBC_VERSION")).ok()?;
+    out.split_whitespace().nth(1).map(str::to_owned)
+}
+
+/// Refuses a build host whose machine or libc cannot build `platform`: the venv's native
+/// packages and the compiled extensions are the host's own, so an x86_64 host cannot build the
+/// aarch64 release (said before anything is fetched or compiled, not after an hour of nvcc).
+pub fn check_platform(platform: &str) -> Result<String> {
+    python_platform(platform)?;
+    let host = host_platform();
+    if host != platform {
+        bail!(
+            "this host is {host} and the recipe's target.platform is {platform}: packages and \
+             extensions are built for the host they run on; build on a {platform} host (for \
+             linux-aarch64: an arm64 CI runner or the DGX Spark itself)"
+        );
+    }
+    // The wheels uv picks are manylinux_2_28: glibc 2.28 or newer.
+    let glibc = host_glibc();
+    match glibc.as_deref().map(|v| {
+        let mut p = v.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+        (p.next().unwrap_or(0), p.next().unwrap_or(0))
+    }) {
+        Some(v) if v < (2, 28) => bail!(
+            "this host's glibc is {}; the release's wheels need 2.28 or newer (manylinux_2_28)",
+            glibc.unwrap_or_default()
+        ),
+        Some(_) => Ok(format!("{host}, glibc {}", glibc.unwrap_or_default())),
+        None => bail!(
+            "this host has no glibc (getconf GNU_LIBC_VERSION failed); build on a glibc Linux"
+        ),
+    }
+}
+
+/// An embedded interpreter's prefix is copied whole into the release: it must hold one Python
+/// and nothing else (a distribution's `/usr` holds the whole system, and on a Spark the CUDA
+/// toolkit). Refuses any other prefix with what to use instead.
+pub fn check_embedded_prefix(prefix: &Path, version: &str) -> Result<()> {
+    let shared = ["/", "/usr", "/usr/local", "/opt"];
+    let why = if shared.iter().any(|s| prefix == Path::new(s)) {
+        Some(format!("{} is a system prefix", prefix.display()))
+    } else {
+        let top_ok = ["bin", "include", "lib", "lib64", "share"];
+        let mut odd: Vec<String> = Vec::new();
+        for e in fs_err::read_dir(prefix)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if !top_ok.contains(&name.as_str()) {
+                odd.push(name);
+            }
+        }
+        let lib = prefix.join("lib");
+        if lib.is_dir() {
+            for e in fs_err::read_dir(&lib)? {
+                let name = e?.file_name().to_string_lossy().into_owned();
+                let python_own = name.starts_with("python")
+                    || name.starts_with("libpython")
+                    || name == "pkgconfig"
+                    || ["tcl", "tk", "itcl", "thread", "libtcl", "libtk", "Tix"]
+                        .iter()
+                        .any(|p| name.starts_with(p));
+                if !python_own {
+                    odd.push(format!("lib/{name}"));
+                }
+            }
+        }
+        (!odd.is_empty()).then(|| {
+            odd.sort();
+            let shown: Vec<&str> = odd.iter().take(6).map(String::as_str).collect();
+            format!(
+                "{} holds more than one Python ({}{})",
+                prefix.display(),
+                shown.join(", "),
+                if odd.len() > 6 { ", ..." } else { "" }
+            )
+        })
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => bail!(
+            "python.mode = \"embedded\" copies the interpreter's whole prefix into the release, and \
+             {why}; point python.path at a self-contained Python {version} (uv's managed CPython: \
+             `uv python install {version}`, or leave python.path empty and the builder does it; or a pyenv prefix), or \
+             use python.mode = \"system\" to run on the host's own Python"
+        ),
+    }
 }
 
 /// uv's `--python-platform` for a recipe platform.
@@ -213,4 +343,74 @@ pub fn build_env(
         false,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    fn prefix(top: &[&str], lib: &[&str]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for d in top {
+            fs_err::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for d in lib {
+            fs_err::create_dir_all(t.path().join("lib").join(d)).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn a_prefix_holding_one_python_is_accepted() {
+        // pyenv's and python-build-standalone's shapes.
+        let t = prefix(
+            &["bin", "include", "lib", "share"],
+            &[
+                "python3.12",
+                "libpython3.12.so",
+                "pkgconfig",
+                "tcl8.6",
+                "tk8.6",
+                "itcl4.2.2",
+            ],
+        );
+        check_embedded_prefix(t.path(), "3.12").unwrap();
+    }
+
+    #[test]
+    fn a_prefix_holding_more_is_refused_with_what_to_use() {
+        for p in ["/usr", "/usr/local", "/"] {
+            let e = format!(
+                "{:#}",
+                check_embedded_prefix(Path::new(p), "3.12").unwrap_err()
+            );
+            assert!(
+                e.contains("system prefix") && e.contains("uv python install 3.12"),
+                "{e}"
+            );
+        }
+        let t = prefix(&["bin", "lib", "games", "sbin"], &["python3.12"]);
+        let e = format!("{:#}", check_embedded_prefix(t.path(), "3.12").unwrap_err());
+        assert!(e.contains("games, sbin"), "{e}");
+        let t = prefix(
+            &["bin", "lib"],
+            &["python3.12", "x86_64-linux-gnu", "systemd"],
+        );
+        let e = format!("{:#}", check_embedded_prefix(t.path(), "3.12").unwrap_err());
+        assert!(e.contains("lib/systemd, lib/x86_64-linux-gnu"), "{e}");
+        assert!(e.contains("python.mode = \"system\""), "{e}");
+    }
+
+    #[test]
+    fn the_other_machine_is_refused_before_anything_is_built() {
+        let other = if std::env::consts::ARCH == "aarch64" {
+            "linux-x86_64"
+        } else {
+            "linux-aarch64"
+        };
+        let e = format!("{:#}", check_platform(other).unwrap_err());
+        assert!(e.contains(&format!("build on a {other} host")), "{e}");
+        assert!(check_platform(&host_platform()).unwrap().contains("glibc"));
+        assert!(check_platform("windows-x86_64").is_err());
+    }
 }

@@ -58,7 +58,9 @@ pub enum PythonMode {
 pub struct PythonSection {
     pub version: String,
     pub mode: PythonMode,
-    /// Interpreter: an absolute path or a name looked up on PATH.
+    /// Interpreter: an absolute path or a name looked up on PATH. Empty (embedded mode): uv's
+    /// managed CPython of `version` (python-build-standalone), found or installed through uv.
+    #[serde(default)]
     pub path: String,
 }
 

@@ -191,6 +191,41 @@ fn build_doctor_reports_missing_nvcc_and_a_bad_arch_spelling() {
     // Everything else is reported as it really is: this machine has git and a compiler.
     assert_eq!(check(&v, "git")["status"], "ok");
     assert_eq!(check(&v, "gcc")["status"], "ok");
+    assert_eq!(
+        check(&v, "platform")["status"],
+        "ok",
+        "this host builds its own platform"
+    );
+    // A recipe for the other machine: said first, with the fix.
+    let other = if std::env::consts::ARCH == "aarch64" {
+        "linux-x86_64"
+    } else {
+        "linux-aarch64"
+    };
+    let (code, v) = doctor(&demo.replace(
+        "platform = \"linux-x86_64\"",
+        &format!("platform = \"{other}\""),
+    ));
+    assert_eq!(code, 1);
+    let p = check(&v, "platform");
+    assert_eq!(p["status"], "fail", "{p}");
+    assert!(p["fix"].as_str().unwrap().contains(other), "{p}");
+    // A distribution's Python: its prefix is /usr, which embedded mode would copy whole.
+    let distro = demo
+        .replace("version = \"3.12\"", "version = \"3.11\"")
+        .replace("path = \"python3.12\"", "path = \"/usr/bin/python3\"");
+    assert!(distro.contains("/usr/bin/python3"));
+    let (code, v) = doctor(&distro);
+    assert_eq!(code, 1);
+    let py = check(&v, "python");
+    assert_eq!(py["status"], "fail", "{py}");
+    assert!(
+        py["saw"]
+            .as_str()
+            .unwrap()
+            .contains("/usr is a system prefix"),
+        "{py}"
+    );
     let (_, v) = doctor(&demo.replace("arch_list = \"\"", "arch_list = \"121\""));
     let arch = check(&v, "arch list");
     assert_eq!(arch["status"], "fail");
