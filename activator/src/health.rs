@@ -145,12 +145,12 @@ fn missing_by_node(
             String::new()
         };
         let what = if gone.len() == classes.len() {
-            " (it did not import: see the unit's journal)"
+            ": it did not import (see the unit's journal)"
         } else {
             ""
         };
         parts.push(format!(
-            "custom node {dir}: {} of {} classes missing{what} ({shown}{more})",
+            "custom node {dir}: {} of {} classes missing ({shown}{more}){what}",
             gone.len(),
             classes.len()
         ));
@@ -181,7 +181,7 @@ mod tests {
         assert_eq!(
             missing_by_node(&expected, &missing),
             "custom node KJNodes: 7 of 8 classes missing (K0, K1, K2, K3, K4, and 2 more); \
-             custom node hello: 1 of 1 classes missing (it did not import: see the unit's journal) (Hello)"
+             custom node hello: 1 of 1 classes missing (Hello): it did not import (see the unit's journal)"
         );
     }
 }

@@ -61,7 +61,8 @@ fn health_checks_device_and_expected_nodes() {
     let out = h.ctl(&["health", "--port", &missing.to_string()]);
     assert_eq!(out.code, 1);
     assert!(
-        out.stdout.contains("node classes missing: node_a:NodeA"),
+        out.stdout
+            .contains("custom node node_a: 1 of 1 classes missing (NodeA): it did not import"),
         "{}",
         out.stdout
     );
