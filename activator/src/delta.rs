@@ -9,12 +9,21 @@ use anyhow::{bail, Context as _, Result};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
 
+/// The most a bundle's frame index may take (a 9 GB release's is a few hundred KB).
+const MAX_INDEX: u64 = 64 << 20;
+
+/// GETs `url` with `Range: bytes={spec}` and streams exactly `want` bytes of the 206 body into
+/// `out`. A body of any other length is refused after reading at most `want + 1` bytes: a bad
+/// mirror or an interceptor cannot make a range request cost more than what was asked for.
+/// Returns the bundle's total length from `Content-Range`.
 fn range(
     client: &reqwest::blocking::Client,
     url: &str,
     spec: &str,
-) -> Result<(Vec<u8>, Option<u64>)> {
-    let mut resp = client
+    want: u64,
+    out: &mut dyn std::io::Write,
+) -> Result<Option<u64>> {
+    let resp = client
         .get(url)
         .header(reqwest::header::RANGE, format!("bytes={spec}"))
         .send()
@@ -31,9 +40,19 @@ fn range(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit('/').next())
         .and_then(|t| t.parse().ok());
-    let mut body = Vec::new();
-    resp.read_to_end(&mut body)?;
-    Ok((body, total))
+    let n = std::io::copy(&mut resp.take(want + 1), out)
+        .with_context(|| format!("fetching bytes {spec} of {url}"))?;
+    if n != want {
+        bail!(
+            "{url}: asked for {want} bytes (range {spec}), the server sent {}",
+            if n > want {
+                "more".to_owned()
+            } else {
+                n.to_string()
+            }
+        );
+    }
+    Ok(total)
 }
 
 /// Tries a delta download of `url` into `dest`; an error means "fall back to a full download".
@@ -47,7 +66,8 @@ pub fn fetch(
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(15))
         .build()?;
-    let (footer, total) = range(&client, url, "-16")?;
+    let mut footer = Vec::with_capacity(16);
+    let total = range(&client, url, "-16", 16, &mut footer)?;
     let total = total.context("the server did not say how long the bundle is")?;
     if total > max_bytes {
         return crate::host::refuse(format!(
@@ -62,19 +82,36 @@ pub fn fetch(
     let idx_at = total
         .checked_sub(idx_len)
         .context("index longer than the bundle")?;
-    let (idx, _) = range(&client, url, &format!("{idx_at}-{}", total - 1))?;
+    if idx_len > MAX_INDEX {
+        bail!(
+            "{url}: its frame index claims {idx_len} bytes, more than any bundle's ({MAX_INDEX})"
+        );
+    }
+    let mut idx = Vec::with_capacity(idx_len as usize);
+    range(
+        &client,
+        url,
+        &format!("{idx_at}-{}", total - 1),
+        idx_len,
+        &mut idx,
+    )?;
     fetched += idx.len() as u64;
     file.seek(SeekFrom::Start(idx_at))?;
     file.write_all(&idx)?;
     let frames = bundle::index::decode(&idx, idx_at)?;
+    // Streamed into the sparse file at their offset: a run of frames is never held in memory.
     let get = |file: &mut fs_err::File, from: u64, to: u64| -> Result<u64> {
-        let (bytes, _) = range(&client, url, &format!("{from}-{}", to - 1))?;
-        if bytes.len() as u64 != to - from {
-            bail!("{url}: asked for {} bytes, got {}", to - from, bytes.len());
-        }
         file.seek(SeekFrom::Start(from))?;
-        file.write_all(&bytes)?;
-        Ok(bytes.len() as u64)
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut *file);
+        range(
+            &client,
+            url,
+            &format!("{from}-{}", to - 1),
+            to - from,
+            &mut w,
+        )?;
+        w.flush()?;
+        Ok(to - from)
     };
     fetched += get(
         &mut file,

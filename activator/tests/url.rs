@@ -20,6 +20,9 @@ enum Mode {
     HugeLength,
     /// Ignores Range headers.
     NoRanges,
+    /// Answers every Range request with a 206 whose body has no length and does not end (it
+    /// stops at 512 MiB so the server thread ends); whole-file requests are honest.
+    EndlessRanges,
 }
 
 /// Serves `body` until the test ends; returns the URL and the Range headers it saw.
@@ -73,6 +76,19 @@ fn serve(body: Vec<u8>, mode: Mode) -> (String, Arc<Mutex<Vec<Option<String>>>>)
             } else {
                 String::new()
             };
+            if matches!(mode, Mode::EndlessRanges) && range.is_some() {
+                let head = format!(
+                    "HTTP/1.1 206 Partial Content\r\n{content_range}Connection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let junk = vec![0x5au8; 1 << 16];
+                for _ in 0..(512 << 20) / junk.len() {
+                    if stream.write_all(&junk).is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
             let head = format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\n{content_range}Connection: close\r\n\r\n");
             let _ = stream.write_all(head.as_bytes());
             let _ = stream.write_all(send);
@@ -178,4 +194,46 @@ fn delta_fetch_reads_only_the_frames_the_host_lacks() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.json()["fetch"]["delta"], serde_json::Value::Null);
     assert_eq!(h.current(), Some(h.id_of(&c)));
+}
+
+#[test]
+fn an_endless_range_answer_costs_only_what_was_asked_for() {
+    let h = TestHost::new();
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    assert_eq!(
+        h.ctl(&["activate", a.to_str().unwrap(), "--no-service"])
+            .code,
+        0
+    );
+    // With a release installed, a URL is tried as a delta: every Range answer is endless.
+    let b = h.bundle("1.1", 2, &Tree::demo("b"));
+    let (url, seen) = serve(fs_err::read(&b).unwrap(), Mode::EndlessRanges);
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kb=%M"])
+        .arg(env!("CARGO_BIN_EXE_comfyctl"))
+        .arg("--root")
+        .arg(&h.root)
+        .args(["activate", &url, "--no-service", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The delta was given up after 17 bytes of the footer's answer, and the whole bundle fetched.
+    assert!(stderr.contains("asked for 16 bytes"), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["fetch"]["delta"], serde_json::Value::Null);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "one range request, one full download"
+    );
+    let rss: u64 = stderr
+        .rsplit("maxrss_kb=")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rss < 200 << 10, "peak RSS {rss} KiB");
+    assert_eq!(h.current(), Some(h.id_of(&b)));
 }
