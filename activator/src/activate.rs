@@ -49,6 +49,7 @@ pub struct ActivateReport {
 
 /// A URL on a host that already has releases: first try fetching only the frames it lacks.
 fn fetch(host: &Host, src: &str, trusted: &keys::TrustedKeys) -> Result<Fetched> {
+    let stall = std::time::Duration::from_secs(host.cfg.stall_secs.max(1));
     if source::is_url(src) && host.current().is_some() {
         fs_err::create_dir_all(host.layout.downloads())?;
         let dest = host
@@ -56,7 +57,14 @@ fn fetch(host: &Host, src: &str, trusted: &keys::TrustedKeys) -> Result<Fetched>
             .downloads()
             .join(format!("delta-{}.bundle", std::process::id()));
         let store = Store::new(host.layout.store());
-        match crate::delta::fetch(src, &dest, &store, trusted, host.cfg.max_download_bytes) {
+        match crate::delta::fetch(
+            src,
+            &dest,
+            &store,
+            trusted,
+            host.cfg.max_download_bytes,
+            stall,
+        ) {
             Ok(f) => return Ok(f),
             Err(e) if crate::exit_code(&e) == 2 => {
                 let _ = fs_err::remove_file(&dest);
@@ -68,7 +76,12 @@ fn fetch(host: &Host, src: &str, trusted: &keys::TrustedKeys) -> Result<Fetched>
             }
         }
     }
-    source::fetch(src, &host.layout.downloads(), host.cfg.max_download_bytes)
+    source::fetch(
+        src,
+        &host.layout.downloads(),
+        host.cfg.max_download_bytes,
+        stall,
+    )
 }
 
 /// Makes sure the journal matches the real `current` after a kill.

@@ -29,6 +29,9 @@ pub struct HostConfig {
     /// Largest bundle download accepted.
     #[serde(default = "default_max_download")]
     pub max_download_bytes: u64,
+    /// A download that receives nothing for this long is stopped (the same command resumes it).
+    #[serde(default = "default_stall")]
+    pub stall_secs: u64,
     #[serde(default)]
     pub service: ServiceConfig,
     #[serde(default)]
@@ -148,6 +151,9 @@ fn default_keys_dir() -> PathBuf {
 }
 fn default_keep() -> usize {
     3
+}
+fn default_stall() -> u64 {
+    60
 }
 fn default_lock_wait() -> u64 {
     10

@@ -62,9 +62,11 @@ pub fn fetch(
     store: &Store,
     trusted: &keys::TrustedKeys,
     max_bytes: u64,
+    stall: std::time::Duration,
 ) -> Result<Fetched> {
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(15))
+        .timeout(stall)
         .build()?;
     let mut footer = Vec::with_capacity(16);
     let total = range(&client, url, "-16", 16, &mut footer)?;

@@ -7,6 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
@@ -24,7 +25,8 @@ pub struct Fetched {
 }
 
 /// Resolves a source to a local file.
-pub fn fetch(source: &str, downloads: &Path, max_bytes: u64) -> Result<Fetched> {
+/// `stall`: the longest wait for the response or for any part of its body.
+pub fn fetch(source: &str, downloads: &Path, max_bytes: u64, stall: Duration) -> Result<Fetched> {
     if !is_url(source) {
         let p = PathBuf::from(source);
         if !p.is_file() {
@@ -42,7 +44,9 @@ pub fn fetch(source: &str, downloads: &Path, max_bytes: u64) -> Result<Fetched> 
     let have = fs_err::metadata(&part).map(|m| m.len()).unwrap_or(0);
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(15))
-        .timeout(None)
+        // reqwest's blocking timeout bounds the wait for the headers and for each read of the
+        // body: a stall detector, not a limit on the whole download.
+        .timeout(stall)
         .build()?;
     let mut req = client.get(source);
     if have > 0 {
@@ -83,6 +87,17 @@ pub fn fetch(source: &str, downloads: &Path, max_bytes: u64) -> Result<Fetched> 
             Ok(n) => n,
             Err(e) => {
                 file.sync_all()?;
+                let timed_out = e.kind() == std::io::ErrorKind::TimedOut
+                    || e.get_ref()
+                        .and_then(|i| i.downcast_ref::<reqwest::Error>())
+                        .is_some_and(reqwest::Error::is_timeout);
+                if timed_out {
+                    bail!(
+                        "download of {source} stalled: nothing received for {}s after {} bytes; run the same command again to resume",
+                        stall.as_secs(),
+                        start + got
+                    );
+                }
                 bail!("download of {source} cut after {} bytes ({e}); run the same command again to resume", start + got);
             }
         };

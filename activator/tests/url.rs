@@ -23,6 +23,8 @@ enum Mode {
     /// Answers every Range request with a 206 whose body has no length and does not end (it
     /// stops at 512 MiB so the server thread ends); whole-file requests are honest.
     EndlessRanges,
+    /// Sends the headers and the first 1000 bytes, then nothing for a minute.
+    Stall,
 }
 
 /// Serves `body` until the test ends; returns the URL and the Range headers it saw.
@@ -76,6 +78,17 @@ fn serve(body: Vec<u8>, mode: Mode) -> (String, Arc<Mutex<Vec<Option<String>>>>)
             } else {
                 String::new()
             };
+            if matches!(mode, Mode::Stall) {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body[..1000]);
+                let _ = stream.flush();
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                continue;
+            }
             if matches!(mode, Mode::EndlessRanges) && range.is_some() {
                 let head = format!(
                     "HTTP/1.1 206 Partial Content\r\n{content_range}Connection: close\r\n\r\n"
@@ -236,4 +249,31 @@ fn an_endless_range_answer_costs_only_what_was_asked_for() {
         .unwrap();
     assert!(rss < 200 << 10, "peak RSS {rss} KiB");
     assert_eq!(h.current(), Some(h.id_of(&b)));
+}
+
+#[test]
+fn a_stalled_download_stops_and_frees_the_lock() {
+    let h = TestHost::new();
+    let cfg = h.root.join("etc/comfyui/comfyctl.toml");
+    let text = fs_err::read_to_string(&cfg).unwrap();
+    fs_err::write(&cfg, format!("stall_secs = 2\n{text}")).unwrap();
+    let b = h.bundle("1.0", 1, &Tree::demo("a"));
+    let (url, _) = serve(fs_err::read(&b).unwrap(), Mode::Stall);
+    let t0 = std::time::Instant::now();
+    let out = h.ctl(&["activate", &url, "--no-service"]);
+    let took = t0.elapsed();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("stalled: nothing received for 2s after 1000 bytes"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "the stalled download held on for {took:?}"
+    );
+    // The lock is free again: another command runs at once.
+    assert_eq!(h.ctl(&["status"]).code, 0);
+    assert!(h.current().is_none());
 }
