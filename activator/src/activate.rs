@@ -109,6 +109,22 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
         }
     };
     let fetched = fetch(host, src, &trusted)?;
+    // A downloaded bundle is done with once this activation ends, whatever the outcome: its
+    // files are in the store, or it was refused. (A cut download stays as `.part` to resume.)
+    struct Downloaded(Option<std::path::PathBuf>);
+    impl Drop for Downloaded {
+        fn drop(&mut self) {
+            if let Some(p) = &self.0 {
+                let _ = fs_err::remove_file(p);
+            }
+        }
+    }
+    let _downloaded = Downloaded(
+        fetched
+            .path
+            .starts_with(host.layout.downloads())
+            .then(|| fetched.path.clone()),
+    );
     let b =
         bundle::Bundle::open(&fetched.path, &trusted).with_context(|| format!("refusing {src}"))?;
     let m = &b.manifest;

@@ -13,6 +13,42 @@ pub struct GcReport {
     pub removed_releases: Vec<String>,
     pub removed_objects: u64,
     pub freed_bytes: u64,
+    /// Files removed from `state/downloads` (left by killed activations, or stale partials).
+    pub removed_downloads: u64,
+    pub download_bytes: u64,
+}
+
+/// A partial download older than this is not worth resuming.
+const STALE_PART: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Empties `state/downloads` but for recent partial downloads (kept so the same command resumes).
+/// Runs under the activation lock, so no activation is using any of it.
+fn sweep_downloads(dir: &std::path::Path, report: &mut GcReport) -> Result<()> {
+    let Ok(entries) = fs_err::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries {
+        let e = e?;
+        let meta = e.metadata()?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let fresh_part = name.ends_with(".part")
+            && meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age < STALE_PART);
+        if fresh_part {
+            continue;
+        }
+        if meta.is_dir() {
+            fs_err::remove_dir_all(e.path())?;
+        } else {
+            fs_err::remove_file(e.path())?;
+        }
+        report.removed_downloads += 1;
+        report.download_bytes += meta.len();
+    }
+    Ok(())
 }
 
 /// With `sweep_always` false the store is swept only when a release was removed (nothing else can
@@ -47,6 +83,9 @@ pub fn gc(host: &Host, state: &mut State, sweep_always: bool) -> Result<GcReport
         report.removed_releases.push(id.clone());
     }
     state.save(&host.layout.state())?;
+    if sweep_always {
+        sweep_downloads(&host.layout.downloads(), &mut report)?;
+    }
     if !sweep_always && report.removed_releases.is_empty() {
         return Ok(report);
     }

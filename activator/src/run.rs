@@ -233,10 +233,12 @@ pub fn run(cli: Cli) -> Result<u8> {
                 print_json(&r)?;
             } else {
                 println!(
-                    "removed {} releases, {} store objects ({} bytes)",
+                    "removed {} releases, {} store objects ({} bytes), {} downloads ({} bytes)",
                     r.removed_releases.len(),
                     r.removed_objects,
-                    r.freed_bytes
+                    r.freed_bytes,
+                    r.removed_downloads,
+                    r.download_bytes
                 );
             }
         }

@@ -125,6 +125,59 @@ fn plain_download_activates() {
         fs_err::metadata(&b).unwrap().len()
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(
+        downloads(&h),
+        Vec::<String>::new(),
+        "the download is gone once installed"
+    );
+}
+
+fn downloads(h: &TestHost) -> Vec<String> {
+    let dir = h.install().join("state/downloads");
+    let mut v: Vec<String> = fs_err::read_dir(&dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn refused_and_leftover_downloads_do_not_pile_up() {
+    let h = TestHost::new();
+    // Signed by a key this host does not trust: refused, and its download removed.
+    let other = keys::generate();
+    let b = h.bundle_with_key("1.0", 1, &Tree::demo("a"), &other, TARGET);
+    let (url, _) = serve(fs_err::read(&b).unwrap(), Mode::Honest);
+    let out = h.ctl(&["activate", &url, "--no-service"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(downloads(&h), Vec::<String>::new());
+    // What a killed activation leaves (a whole bundle, a delta copy) and an old partial go with
+    // gc; a recent partial stays, so the same command still resumes it.
+    let dir = h.install().join("state/downloads");
+    for f in [
+        "0123.bundle",
+        "delta-99.bundle",
+        "old.bundle.part",
+        "new.bundle.part",
+    ] {
+        fs_err::write(dir.join(f), vec![0u8; 1000]).unwrap();
+    }
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 24 * 3600);
+    fs_err::File::options()
+        .write(true)
+        .open(dir.join("old.bundle.part"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let out = h.ctl(&["gc", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["removed_downloads"], 3, "{r}");
+    assert_eq!(r["download_bytes"], 3000, "{r}");
+    assert_eq!(downloads(&h), ["new.bundle.part"]);
 }
 
 #[test]
