@@ -11,6 +11,7 @@ use crate::state::{now, ReleaseRecord, State, Status};
 use crate::store::Store;
 use crate::{atomic, preflight, switch};
 use anyhow::{Context as _, Result};
+use bundle::ObjectSource as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Instant;
 
@@ -244,6 +245,46 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     Ok(report)
 }
 
+/// Refuses, before anything is written, a release whose new bytes (files the store lacks) do
+/// not fit in the free space of the install directory's filesystem with a margin: a bundle that
+/// declares more than the disk holds stops here, not half-way with a full disk.
+fn check_space(host: &Host, b: &bundle::Bundle, store: &Store) -> Result<()> {
+    let mut need = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    for e in &b.manifest.files {
+        if let bundle::Kind::File {
+            executable,
+            size,
+            sha256,
+        } = &e.kind
+        {
+            if seen.insert((*sha256, *executable)) && !store.contains(sha256, *executable) {
+                need = need.saturating_add(*size);
+            }
+        }
+    }
+    let dir = host.layout.releases();
+    fs_err::create_dir_all(&dir)?;
+    let st = rustix::fs::statvfs(&dir).with_context(|| format!("statvfs {}", dir.display()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    // Directories, metadata and the filesystem's own rounding: 2 % on top, plus 64 MiB (or a
+    // twentieth of a smaller filesystem).
+    let size = st.f_blocks.saturating_mul(st.f_frsize);
+    let margin = (64u64 << 20).min(size / 20).saturating_add(need / 50);
+    if need.saturating_add(margin) > free {
+        return refuse(format!(
+            "{} needs {} bytes of new files (and a {} byte margin) but {} has {} bytes free; \
+             free space there (`comfyctl gc` removes old releases) and run the same command again",
+            &b.id[..12],
+            need,
+            margin,
+            dir.display(),
+            free
+        ));
+    }
+    Ok(())
+}
+
 fn unpack(
     host: &Host,
     b: &bundle::Bundle,
@@ -255,6 +296,7 @@ fn unpack(
         host.layout
             .releases()
             .join(format!(".staging-{}-{}", &b.id[..12], std::process::id()));
+    check_space(host, b, &store)?;
     let pb = support::bytes_bar(b.payload_bytes(), "unpacking");
     let xopts = bundle::ExtractOptions {
         jobs: opts.jobs.max(1),

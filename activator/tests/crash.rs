@@ -162,30 +162,76 @@ fn sigkill_at_random_moments() {
     );
 }
 
-#[test]
-fn full_disk_fails_cleanly() {
-    let h = TestHost::new();
-    fs_err::create_dir_all(h.install()).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
-        .arg(h.install())
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "mounting a tmpfs needs root (the test suite runs as root)"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
+/// A small tmpfs at the install root (tests run as root), unmounted when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(h: &TestHost, opts: &str) -> Self {
+        fs_err::create_dir_all(h.install()).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(h.install())
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root (the test suite runs as root)"
+        );
+        SmallFs(h.install())
     }
-    let _guard = Unmount(h.install());
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_release_larger_than_the_free_space_is_refused_before_unpacking() {
+    let h = TestHost::new();
+    let _fs = SmallFs::mount(&h, "size=6m");
     let a = h.bundle("1.0", 1, &Tree::demo("a"));
     h.activate_ok(&a);
     let before = h.snapshot();
     let b = h.bundle("1.1", 2, &big_tree("b"));
+    let out = h.ctl(&["activate", b.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("bytes of new files") && out.stderr.contains("bytes free"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !fs_err::read_dir(h.install().join("releases"))
+            .unwrap()
+            .any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".staging")),
+        "nothing was unpacked"
+    );
+    assert_eq!(h.snapshot(), before);
+    check_invariants(&h, &[&h.id_of(&a)]);
+}
+
+#[test]
+fn full_disk_fails_cleanly() {
+    let h = TestHost::new();
+    // Bytes fit, inodes do not: the disk fills half-way through the unpack.
+    let _fs = SmallFs::mount(&h, "size=64m,nr_inodes=600");
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    h.activate_ok(&a);
+    let before = h.snapshot();
+    let mut t = Tree::demo("b");
+    for i in 0..1500 {
+        t.files.push((
+            format!("venv/lib/b/m{i:04}.py"),
+            format!("# {i}\n").into_bytes(),
+        ));
+    }
+    let b = h.bundle("1.1", 2, &t);
     let out = h.ctl(&["activate", b.to_str().unwrap(), "--no-service"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
