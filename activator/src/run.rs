@@ -118,8 +118,8 @@ pub fn run(cli: Cli) -> Result<u8> {
                         "{} {} {:<24} {:<12} seq {:<5} {}",
                         if r.current { "*" } else { " " },
                         short(&r.id),
-                        r.name,
-                        r.version,
+                        support::term_safe(&r.name),
+                        support::term_safe(&r.version),
                         r.sequence,
                         status
                     );
@@ -134,8 +134,8 @@ pub fn run(cli: Cli) -> Result<u8> {
                 match &s.current {
                     Some(c) => println!(
                         "current:   {} {} ({}), sequence {}",
-                        c.name,
-                        c.version,
+                        support::term_safe(&c.name),
+                        support::term_safe(&c.version),
                         short(&c.id),
                         c.sequence
                     ),
@@ -164,7 +164,11 @@ pub fn run(cli: Cli) -> Result<u8> {
                 println!("ok: {} matches its signed manifest", short(&r.id));
             } else {
                 for p in &r.problems {
-                    println!("{}: {}", p.path, p.problem);
+                    println!(
+                        "{}: {}",
+                        support::term_safe(&p.path),
+                        support::term_safe(&p.problem)
+                    );
                 }
                 println!("{} problem(s) in {}", r.problems.len(), short(&r.id));
             }

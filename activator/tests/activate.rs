@@ -255,6 +255,27 @@ fn verify_finds_tampering() {
 }
 
 #[test]
+fn names_with_control_characters_are_printed_escaped() {
+    let h = TestHost::new();
+    let mut t = Tree::demo("a");
+    let evil = "ComfyUI/\u{1b}]0;pwned\u{7}.py";
+    t.files.push((evil.to_owned(), b"x = 1\n".to_vec()));
+    let a = h.bundle("1.0", 1, &t);
+    h.activate_ok(&a);
+    let f = h.install().join("current").join(evil);
+    fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    fs_err::write(&f, "x = 2\n").unwrap();
+    let out = h.ctl(&["verify"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(!out.stdout.contains('\u{1b}'), "{:?}", out.stdout);
+    assert!(
+        out.stdout.contains("ComfyUI/\\u{1b}]0;pwned\\u{7}.py"),
+        "{:?}",
+        out.stdout
+    );
+}
+
+#[test]
 fn gc_keeps_current_previous_and_good_ones_and_sweeps_the_store() {
     let h = TestHost::new();
     let mut ids = Vec::new();

@@ -7,6 +7,25 @@ pub mod doctor;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal as _;
 
+/// `s` made safe to print on a terminal: control characters (an escape sequence in a file name
+/// from a bundle could set the terminal's title or hide text) are shown escaped, `\u{1b}`.
+pub fn term_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// A byte-count bar on stderr, hidden when stderr is not a terminal (scripts and CI logs stay clean).
 pub fn bytes_bar(total: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -50,4 +69,16 @@ pub fn object_info(
         .error_for_status()?
         .bytes()?;
     serde_json::from_slice(&body).context("/object_info is not JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(super::term_safe("venv/lib/ok.py"), "venv/lib/ok.py");
+        assert_eq!(
+            super::term_safe("a\u{1b}]0;pwned\u{7}b\nc"),
+            "a\\u{1b}]0;pwned\\u{7}b\\u{a}c"
+        );
+    }
 }

@@ -78,16 +78,21 @@ pub(crate) fn summary(b: &bundle::Bundle) -> serde_json::Value {
     })
 }
 
+/// Prints what a bundle holds; every string from it is escaped for the terminal (`inspect`
+/// reads bundles whose signature it has not checked).
 pub(crate) fn print_summary(b: &bundle::Bundle) {
+    use support::term_safe as t;
     let m = &b.manifest;
     let (files, dirs, symlinks) = bundle::count(&m.files);
     println!("id:        {}", b.id);
     println!(
         "name:      {} {} (sequence {})",
-        m.name, m.version, m.sequence
+        t(&m.name),
+        t(&m.version),
+        m.sequence
     );
-    println!("target:    {}", m.target);
-    println!("created:   {}", m.created);
+    println!("target:    {}", t(&m.target));
+    println!("created:   {}", t(&m.created));
     println!(
         "contents:  {files} files, {dirs} dirs, {symlinks} symlinks, {} bytes",
         m.total_bytes()
@@ -100,35 +105,38 @@ pub(crate) fn print_summary(b: &bundle::Bundle) {
     println!("key:       {}", b.signature.key_id);
     let p = &m.provenance;
     if let Some(c) = &p.comfyui {
-        println!("comfyui:   {} @ {}", c.url, c.commit);
+        println!("comfyui:   {} @ {}", t(&c.url), t(&c.commit));
     }
     for n in &p.custom_nodes {
         println!(
             "node:      {} {} @ {}{}",
-            n.name,
-            n.url,
-            n.commit,
+            t(&n.name),
+            t(&n.url),
+            t(&n.commit),
             if n.disabled { " (disabled)" } else { "" }
         );
     }
     for x in &p.extensions {
         println!(
             "extension: {} {} @ {} wheel {}",
-            x.name, x.source, x.rev, x.wheel_sha256
+            t(&x.name),
+            t(&x.source),
+            t(&x.rev),
+            t(&x.wheel_sha256)
         );
     }
     if !p.packages.is_empty() {
         println!("packages:  {}", p.packages.len());
     }
     for (dir, classes) in &m.expected_nodes {
-        println!("classes:   {dir}: {}", classes.len());
+        println!("classes:   {}: {}", t(dir), classes.len());
     }
     for s in &m.state {
         println!(
             "state:     {}{} -> data/node-state/{}",
-            s.path,
+            t(&s.path),
             if s.dir { "/" } else { "" },
-            s.target
+            t(&s.target)
         );
     }
 }
