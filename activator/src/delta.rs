@@ -64,10 +64,7 @@ pub fn fetch(
     max_bytes: u64,
     stall: std::time::Duration,
 ) -> Result<Fetched> {
-    let client = reqwest::blocking::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(15))
-        .timeout(stall)
-        .build()?;
+    let client = crate::source::http_client(stall)?;
     let mut footer = Vec::with_capacity(16);
     let total = range(&client, url, "-16", 16, &mut footer)?;
     let total = total.context("the server did not say how long the bundle is")?;

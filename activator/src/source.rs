@@ -24,6 +24,31 @@ pub struct Fetched {
     pub delta: Option<u64>,
 }
 
+/// The HTTP client of every download. reqwest's blocking timeout bounds the wait for the headers
+/// and for each read of the body: a stall detector, not a limit on the whole download. Redirects
+/// from https to plain http are refused (they would hand the download to anyone on the path).
+pub fn http_client(stall: Duration) -> Result<reqwest::blocking::Client> {
+    Ok(reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(stall)
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() >= 10 {
+                attempt.error("more than 10 redirects")
+            } else if downgrades(attempt.previous(), attempt.url()) {
+                let to = attempt.url().to_string();
+                attempt.error(format!("refusing a redirect from https to {to}"))
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()?)
+}
+
+/// True when a redirect to `next` leaves https after any of `previous` used it.
+fn downgrades(previous: &[reqwest::Url], next: &reqwest::Url) -> bool {
+    previous.iter().any(|u| u.scheme() == "https") && next.scheme() != "https"
+}
+
 /// Resolves a source to a local file.
 /// `stall`: the longest wait for the response or for any part of its body.
 pub fn fetch(source: &str, downloads: &Path, max_bytes: u64, stall: Duration) -> Result<Fetched> {
@@ -42,12 +67,7 @@ pub fn fetch(source: &str, downloads: &Path, max_bytes: u64, stall: Duration) ->
     let done = downloads.join(format!("{key}.bundle"));
     let part = downloads.join(format!("{key}.bundle.part"));
     let have = fs_err::metadata(&part).map(|m| m.len()).unwrap_or(0);
-    let client = reqwest::blocking::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(15))
-        // reqwest's blocking timeout bounds the wait for the headers and for each read of the
-        // body: a stall detector, not a limit on the whole download.
-        .timeout(stall)
-        .build()?;
+    let client = http_client(stall)?;
     let mut req = client.get(source);
     if have > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
@@ -126,4 +146,26 @@ pub fn fetch(source: &str, downloads: &Path, max_bytes: u64, stall: Duration) ->
         resumed_from: start,
         delta: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::downgrades;
+    use reqwest::Url;
+
+    #[test]
+    fn redirects_never_leave_https() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(downgrades(
+            &[u("https://mirror/a.bundle")],
+            &u("http://evil/a.bundle")
+        ));
+        assert!(downgrades(
+            &[u("https://a/x"), u("https://b/x")],
+            &u("http://c/x")
+        ));
+        assert!(!downgrades(&[u("https://a/x")], &u("https://b/x")));
+        assert!(!downgrades(&[u("http://a/x")], &u("http://b/x")));
+        assert!(!downgrades(&[u("http://a/x")], &u("https://b/x")));
+    }
 }
