@@ -46,6 +46,10 @@ pub struct ActivateReport {
     pub seconds: f64,
     pub gc: Option<GcReport>,
     pub health: Option<crate::health::Health>,
+    /// Store objects found written since they were stored: moved to `store/.quarantine/`, their
+    /// files written from this bundle instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined_objects: Vec<String>,
 }
 
 /// A URL on a host that already has releases: first try fetching only the frames it lacks.
@@ -147,7 +151,10 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     };
     let dir = host.layout.release(&b.id);
     let is_current = host.current().as_deref() == Some(b.id.as_str());
-    let intact = release::is_intact(&dir);
+    // Installed, and no file written since: reused as it is. A release with changed files is
+    // unpacked again (its changed objects were quarantined, so the bundle's bytes are written).
+    let intact =
+        release::is_intact(&dir) && release::changed_files(&dir).is_ok_and(|c| c.is_empty());
     if is_current && intact {
         switch::ensure_seed_links(host)?;
         report.seconds = t0.elapsed().as_secs_f64();
@@ -258,7 +265,7 @@ fn check_space(host: &Host, b: &bundle::Bundle, store: &Store) -> Result<()> {
             sha256,
         } = &e.kind
         {
-            if seen.insert((*sha256, *executable)) && !store.contains(sha256, *executable) {
+            if seen.insert((*sha256, *executable)) && !store.contains(sha256, *executable, *size) {
                 need = need.saturating_add(*size);
             }
         }
@@ -315,6 +322,7 @@ fn unpack(
     report.bytes_written = x.bytes;
     report.bytes_reused = x.reused_bytes;
     report.frames_read = x.frames_read;
+    report.quarantined_objects = store.quarantined();
     failpoint::hit("activate::unpacked")?;
     let t = Instant::now();
     let finish = || -> Result<()> {

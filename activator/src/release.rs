@@ -30,6 +30,46 @@ pub fn manifest(dir: &Path) -> Result<Manifest> {
     Ok(Manifest::parse(&bytes)?)
 }
 
+/// Files of the release at `dir` whose metadata says they were written since they were unpacked
+/// (length, or the content-derived modification time): one `stat` per file, no reading. A root's
+/// in-place edit of one file of a release shows here, for every release sharing that file.
+pub fn changed_files(dir: &Path) -> Result<Vec<String>> {
+    let m = manifest(dir)?;
+    let mut out = Vec::new();
+    for e in &m.files {
+        if let bundle::Kind::File { size, sha256, .. } = &e.kind {
+            let ok = fs_err::symlink_metadata(dir.join(&e.path))
+                .is_ok_and(|meta| bundle::unchanged(&meta, *size, sha256));
+            if !ok {
+                out.push(e.path.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `changed_files` as a refusal naming the first few, or Ok when there are none.
+pub fn refuse_changed(dir: &Path, id: &str, what: &str) -> Result<()> {
+    let changed = changed_files(dir)?;
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = changed
+        .iter()
+        .take(3)
+        .map(|p| support::term_safe(p).into_owned())
+        .collect();
+    crate::host::refuse(format!(
+        "{what}: {} file(s) of release {} changed since it was installed ({}{}); activate its \
+         bundle again to restore it (`comfyctl verify {}` lists them)",
+        changed.len(),
+        &id[..12.min(id.len())],
+        shown.join(", "),
+        if changed.len() > 3 { ", ..." } else { "" },
+        &id[..12.min(id.len())]
+    ))
+}
+
 /// Cheap check used to skip re-unpacking and before switching: the signed manifest is in place and
 /// hashes to the release id (no parse; `verify` re-hashes the contents).
 pub fn is_intact(dir: &Path) -> bool {

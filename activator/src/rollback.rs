@@ -36,6 +36,7 @@ pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<Rollback
             "release {target} is damaged; run `comfyctl verify {target}`"
         ));
     }
+    release::refuse_changed(&host.layout.release(&target), &target, "not rolling back")?;
     let from = host.current();
     if from.as_deref() == Some(target.as_str()) {
         return Ok(RollbackReport {

@@ -43,8 +43,8 @@ pub fn run(cli: Cli) -> Result<u8> {
             } else if !r.changed {
                 println!(
                     "{} {} ({}) is already current; nothing to do",
-                    r.name,
-                    r.version,
+                    support::term_safe(&r.name),
+                    support::term_safe(&r.version),
                     short(&r.id)
                 );
             } else {
@@ -55,6 +55,12 @@ pub fn run(cli: Cli) -> Result<u8> {
                     );
                 } else {
                     println!("release already installed and intact; not unpacked again");
+                }
+                if !r.quarantined_objects.is_empty() {
+                    println!(
+                        "{} store object(s) had been written since they were stored: moved to store/.quarantine, their files written from this bundle",
+                        r.quarantined_objects.len()
+                    );
                 }
                 if let Some(h) = &r.health {
                     println!(

@@ -13,6 +13,8 @@ pub struct Store {
     dir: PathBuf,
     /// Object names, listed once with `getdents` (far cheaper than a stat per file of a release).
     index: std::sync::OnceLock<std::collections::HashSet<String>>,
+    /// Objects found changed since they were stored, moved to `store/.quarantine/`.
+    quarantined: std::sync::Mutex<Vec<String>>,
 }
 
 /// What gc removed from the store.
@@ -27,6 +29,7 @@ impl Store {
         Self {
             dir,
             index: std::sync::OnceLock::new(),
+            quarantined: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -125,11 +128,53 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Objects moved aside because their bytes changed since they were stored (this session).
+    pub fn quarantined(&self) -> Vec<String> {
+        self.quarantined
+            .lock()
+            .map(|q| q.clone())
+            .unwrap_or_default()
+    }
+
+    /// Moves a changed object out of the way: releases that link it keep their (changed) inode,
+    /// `verify` reports them, and the next release that needs these bytes writes them afresh.
+    fn quarantine(&self, rel: &str) {
+        let q = self.dir.join(".quarantine");
+        let to = q.join(format!("{}-{}", rel.replace('/', "-"), crate::state::now()));
+        let moved =
+            fs_err::create_dir_all(&q).and_then(|()| fs_err::rename(self.dir.join(rel), &to));
+        tracing::warn!(
+            "store object {rel} changed since it was stored (someone wrote into a release file); {}",
+            match moved {
+                Ok(()) => format!("moved to {}, its bytes come from the bundle", to.display()),
+                Err(e) => format!("could not move it aside ({e}); not reusing it"),
+            }
+        );
+        if let Ok(mut v) = self.quarantined.lock() {
+            v.push(rel.to_owned());
+        }
+    }
+}
+
 impl bundle::ObjectSource for Store {
-    fn contains(&self, sha: &[u8; 32], executable: bool) -> bool {
-        self.index
-            .get_or_init(|| self.list())
-            .contains(&Self::rel(sha, executable))
+    fn contains(&self, sha: &[u8; 32], executable: bool, size: u64) -> bool {
+        let rel = Self::rel(sha, executable);
+        if !self.index.get_or_init(|| self.list()).contains(&rel) {
+            return false;
+        }
+        if self.quarantined.lock().is_ok_and(|q| q.contains(&rel)) {
+            return false;
+        }
+        // One stat: an object written in place since it was stored is never reused.
+        match fs_err::symlink_metadata(self.dir.join(&rel)) {
+            Ok(m) if bundle::unchanged(&m, size, sha) => true,
+            Ok(_) => {
+                self.quarantine(&rel);
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     fn link_into(

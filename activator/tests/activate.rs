@@ -255,6 +255,66 @@ fn verify_finds_tampering() {
 }
 
 #[test]
+fn a_root_edit_of_a_shared_file_is_never_reused_or_rolled_back_to() {
+    let h = TestHost::new();
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    let b = h.bundle("1.1", 2, &Tree::demo("b"));
+    h.activate_ok(&a);
+    h.activate_ok(&b);
+    // A root hot-fix in place: one file of the current release, shared by every release (and by
+    // the rollback target) through the store.
+    let f = h.install().join("current/venv/lib/site.py");
+    let original = fs_err::read(&f).unwrap();
+    fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut w = fs_err::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut w, b"import os; os.system('planted')\n").unwrap();
+    drop(w);
+    fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o444)).unwrap();
+    // The rollback target shares the changed file: refused, by name, with the way out.
+    let out = h.ctl(&["rollback", "--no-service"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("venv/lib/site.py")
+            && out.stderr.contains("changed since it was installed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(h.current(), Some(h.id_of(&b)));
+    // The next release that needs those bytes gets them from its bundle, not from the store.
+    let c = h.bundle("1.2", 3, &Tree::demo("c"));
+    let out = h.ctl(&["activate", c.to_str().unwrap(), "--no-service", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["quarantined_objects"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(
+        fs_err::read(h.install().join("current/venv/lib/site.py")).unwrap(),
+        original
+    );
+    assert_eq!(h.ctl(&["verify"]).code, 0);
+    assert!(
+        h.install()
+            .join("store/.quarantine")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1
+    );
+    // Release a, once rolled back to, would have run the planted line: activating its bundle
+    // again restores it (its changed file is unpacked afresh), and then it can be returned to.
+    assert_eq!(
+        h.ctl(&[
+            "activate",
+            a.to_str().unwrap(),
+            "--no-service",
+            "--allow-downgrade"
+        ])
+        .code,
+        0
+    );
+    assert_eq!(h.ctl(&["verify", &h.id_of(&a)]).code, 0);
+}
+
+#[test]
 fn names_with_control_characters_are_printed_escaped() {
     let h = TestHost::new();
     let mut t = Tree::demo("a");

@@ -241,7 +241,12 @@ fn activation_health_rollback_and_restarts_under_systemd() {
     let lacking = sb.bundle("lacking", 3, 1, &["NodeA"], &["NodeA", "NodeB"], false);
     let out = sb.ctl(&format!("activate {}", lacking.display()));
     assert_eq!(out.code, 1, "{}", out.text);
-    assert!(out.text.contains("node_a:NodeB"), "{}", out.text);
+    assert!(
+        out.text
+            .contains("custom node node_a: 1 of 2 classes missing (NodeB)"),
+        "{}",
+        out.text
+    );
     assert_eq!(sb.current(), id(&a));
     assert!(sb.healthy());
 

@@ -16,7 +16,10 @@ pub mod testing;
 mod writer;
 
 pub use error::{Error, Result};
-pub use extract::{count, make_writable_and_remove, ExtractOptions, Extracted, ObjectSource};
+pub use extract::{
+    content_mtime, count, make_writable_and_remove, unchanged, ExtractOptions, Extracted,
+    ObjectSource,
+};
 pub use manifest::{
     bundle_id, has_manager, model_paths_yaml, rfc3339, Check, Entry, Extension, GitSource, Kind,
     Launch, Limits, Manifest, Provenance, StatePath, FORMAT_VERSION, MANAGER_CONFIG,

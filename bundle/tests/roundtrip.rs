@@ -197,7 +197,7 @@ impl DirStore {
 }
 
 impl bundle::ObjectSource for DirStore {
-    fn contains(&self, sha: &[u8; 32], x: bool) -> bool {
+    fn contains(&self, sha: &[u8; 32], x: bool, _size: u64) -> bool {
         self.0.join(Self::name(sha, x)).exists()
     }
     fn link_into(
