@@ -87,11 +87,19 @@ impl Host {
                 stale.push(p);
             }
         }
-        for p in &stale {
-            bundle::make_writable_and_remove(p)
-                .with_context(|| format!("removing stale {}", p.display()))?;
+        // Each activation stages under a name of its own, so a leftover that cannot be removed
+        // (a path too deep for the tools, a busy mount) never blocks the next one: it is named.
+        let mut removed = Vec::new();
+        for p in stale {
+            match bundle::make_writable_and_remove(&p) {
+                Ok(()) => removed.push(p),
+                Err(e) => tracing::warn!(
+                    "cannot remove stale {} ({e:#}); remove it by hand, it blocks nothing",
+                    p.display()
+                ),
+            }
         }
-        Ok(stale)
+        Ok(removed)
     }
 
     /// Resolves a full id or a unique prefix of one (at least 6 characters).

@@ -217,6 +217,28 @@ fn a_release_larger_than_the_free_space_is_refused_before_unpacking() {
 }
 
 #[test]
+fn a_stale_staging_directory_that_cannot_be_removed_blocks_nothing() {
+    let h = TestHost::new();
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    h.activate_ok(&a);
+    // A leftover of a killed activation that rm cannot remove (here: something mounted on it).
+    let stale = h.install().join("releases/.staging-0123456789ab-1");
+    fs_err::create_dir_all(&stale).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&stale)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs needs root");
+    let _fs = SmallFs(stale.clone());
+    let b = h.bundle("1.1", 2, &Tree::demo("b"));
+    let out = h.ctl(&["activate", b.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("cannot remove stale"), "{}", out.stderr);
+    assert_eq!(h.current(), Some(h.id_of(&b)));
+}
+
+#[test]
 fn full_disk_fails_cleanly() {
     let h = TestHost::new();
     // Bytes fit, inodes do not: the disk fills half-way through the unpack.

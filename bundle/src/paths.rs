@@ -4,6 +4,11 @@
 use crate::{Error, Result};
 
 /// A payload path: relative, `/`-separated, no empty, `.` or `..` component, no NUL, no trailing slash.
+/// The longest path a bundle may hold, and a symlink target. Well below PATH_MAX (4096): a host
+/// addresses a file as `<install>/releases/.staging-<id>-<pid>/<path>` or through the store, and
+/// every one of those must stay valid. The same rule holds at pack and at activation.
+pub const MAX_PATH: usize = 1024;
+
 pub fn check_path(path: &str) -> Result<()> {
     let bad = |reason| {
         Err(Error::UnsafePath {
@@ -20,8 +25,8 @@ pub fn check_path(path: &str) -> Result<()> {
     if path.starts_with('/') {
         return bad("absolute path");
     }
-    if path.len() > 4096 {
-        return bad("longer than 4096 bytes");
+    if path.len() > MAX_PATH {
+        return bad("longer than 1024 bytes (MAX_PATH)");
     }
     for c in path.split('/') {
         match c {
@@ -62,8 +67,8 @@ pub fn check_symlink_target(path: &str, target: &str) -> Result<()> {
     if target.starts_with('/') {
         return bad("symlink target is absolute");
     }
-    if target.len() > 4096 {
-        return bad("symlink target longer than 4096 bytes");
+    if target.len() > MAX_PATH {
+        return bad("symlink target longer than 1024 bytes (MAX_PATH)");
     }
     let depth = parent(path).split('/').filter(|c| !c.is_empty()).count();
     let mut ups = 0;
@@ -125,5 +130,26 @@ mod tests {
         ] {
             assert!(check_symlink_target(p, t).is_err(), "{p} -> {t}");
         }
+    }
+}
+
+#[cfg(test)]
+mod max_path_tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_well_below_path_max() {
+        let deep = |len: usize| {
+            let mut p = String::new();
+            while p.len() < len {
+                p.push_str("abcdefghi/");
+            }
+            p.truncate(len);
+            p.trim_end_matches('/').to_owned() + "x"
+        };
+        check_path(&deep(1000)).unwrap();
+        let e = check_path(&deep(1100)).unwrap_err();
+        assert!(e.to_string().contains("longer than 1024 bytes"), "{e}");
+        assert!(check_path(&deep(4095)).is_err());
     }
 }
