@@ -185,12 +185,50 @@ impl bundle::ObjectSource for Store {
         name: &str,
     ) -> bundle::Result<()> {
         let obj = self.path(sha, executable);
-        rfs::linkat(rfs::CWD, &obj, dir, name, AtFlags::empty()).map_err(|e| {
-            let e = std::io::Error::from(e);
+        let io = |what: &str, e: std::io::Error| {
             bundle::Error::Io(std::io::Error::new(
                 e.kind(),
-                format!("linking {} from the store: {e}", obj.display()),
+                format!("{what} {} from the store: {e}", obj.display()),
             ))
-        })
+        };
+        match rfs::linkat(rfs::CWD, &obj, dir, name, AtFlags::empty()) {
+            Ok(()) => Ok(()),
+            // The filesystem's limit of links to one inode (about 65,000 on ext4: a release of
+            // many identical files reaches it): this file gets a copy of its own.
+            Err(rustix::io::Errno::MLINK) => {
+                copy_object(&obj, dir, name).map_err(|e| io("copying", e))
+            }
+            Err(e) => Err(io("linking", e.into())),
+        }
     }
+}
+
+/// A copy of store object `obj` as `name` in `dir`, with the object's mode and times (so it
+/// passes the same one-stat check as a link would).
+fn copy_object(obj: &Path, dir: BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let mut src = fs_err::File::open(obj)?;
+    let meta = src.metadata()?;
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut dst = std::fs::File::from(fd);
+    std::io::copy(&mut src, &mut dst)?;
+    dst.sync_all()?;
+    rfs::fchmod(&dst, Mode::from_raw_mode(meta.mode() & 0o7777))?;
+    let t = |s: i64, ns: i64| rfs::Timespec {
+        tv_sec: s,
+        tv_nsec: ns as _,
+    };
+    rfs::futimens(
+        &dst,
+        &rfs::Timestamps {
+            last_access: t(meta.atime(), meta.atime_nsec()),
+            last_modification: t(meta.mtime(), meta.mtime_nsec()),
+        },
+    )?;
+    Ok(())
 }

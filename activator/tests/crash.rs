@@ -239,6 +239,29 @@ fn a_stale_staging_directory_that_cannot_be_removed_blocks_nothing() {
 }
 
 #[test]
+fn more_identical_files_than_an_inode_takes_links_still_activate() {
+    let h = TestHost::new();
+    // ext4 allows 65,000 links to one inode; the second release links every one of these files
+    // to the same store object.
+    let tree = |tag: &str| {
+        let mut t = Tree::demo(tag);
+        for i in 0..66_000 {
+            t.files.push((
+                format!("venv/lib/same/{:02}/f{i:05}.py", i % 100),
+                Vec::new(),
+            ));
+        }
+        t
+    };
+    let a = h.bundle("1.0", 1, &tree("a"));
+    h.activate_ok(&a);
+    let b = h.bundle("1.1", 2, &tree("b"));
+    let out = h.ctl(&["activate", b.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(h.ctl(&["verify"]).code, 0);
+}
+
+#[test]
 fn full_disk_fails_cleanly() {
     let h = TestHost::new();
     // Bytes fit, inodes do not: the disk fills half-way through the unpack.
