@@ -262,6 +262,32 @@ fn more_identical_files_than_an_inode_takes_links_still_activate() {
 }
 
 #[test]
+fn running_out_of_file_descriptors_is_called_that() {
+    let h = TestHost::new();
+    let mut t = Tree::demo("a");
+    t.files.push((
+        "venv/lib/a/b/c/d/e/f/g/h/i/j/k/deep.py".to_owned(),
+        b"x\n".to_vec(),
+    ));
+    let a = h.bundle("1.0", 1, &t);
+    let mut cmd = h.command(&["activate", a.to_str().unwrap(), "--no-service"]);
+    let prog = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 12; exec \"$0\" \"$@\"")
+        .arg(prog)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("unsafe path"), "{err}");
+    assert!(err.contains("Too many open files"), "{err}");
+    assert!(h.current().is_none());
+}
+
+#[test]
 fn full_disk_fails_cleanly() {
     let h = TestHost::new();
     // Bytes fit, inodes do not: the disk fills half-way through the unpack.

@@ -131,11 +131,20 @@ impl DirSink<'_> {
                 .dirs
                 .last()
                 .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
-            let fd =
-                rfs::openat(parent, *c, flags, Mode::empty()).map_err(|_| Error::UnsafePath {
-                    path: dir.to_owned(),
-                    reason: "a parent is not a directory created by this bundle",
-                })?;
+            let fd = rfs::openat(parent, *c, flags, Mode::empty()).map_err(|e| match e {
+                // Not a directory (a symlink, a file): the bundle tried to write through it.
+                rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::NOENT => {
+                    Error::UnsafePath {
+                        path: dir.to_owned(),
+                        reason: "a parent is not a directory created by this bundle",
+                    }
+                }
+                // Anything else is this host's trouble (out of file descriptors, I/O), said so.
+                other => Error::Io(std::io::Error::new(
+                    std::io::Error::from(other).kind(),
+                    format!("opening directory {dir:?} of the release: {other}"),
+                )),
+            })?;
             self.dirs.push(((*c).to_owned(), fd));
         }
         Ok(self
