@@ -270,7 +270,7 @@ fn running_out_of_file_descriptors_is_called_that() {
         b"x\n".to_vec(),
     ));
     let a = h.bundle("1.0", 1, &t);
-    let mut cmd = h.command(&["activate", a.to_str().unwrap(), "--no-service"]);
+    let cmd = h.command(&["activate", a.to_str().unwrap(), "--no-service"]);
     let prog = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
     let out = Command::new("sh")
