@@ -198,7 +198,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     state.save(&host.layout.state())?;
 
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "release in place");
-    match preflight::run(&dir, m) {
+    match preflight::run(&dir, m, preflight::identity(host)) {
         Ok(n) => report.preflight_checks = n,
         Err(e) => {
             state.set_status(&b.id, Status::Failed, Some(format!("{e:#}")));

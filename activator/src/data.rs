@@ -62,7 +62,7 @@ pub fn group_exists(group: &str) -> bool {
 }
 
 /// The uid of `user` from /etc/passwd.
-fn user_uid(user: &str) -> Option<u32> {
+pub(crate) fn user_uid(user: &str) -> Option<u32> {
     let text = fs_err::read_to_string("/etc/passwd").ok()?;
     text.lines().find_map(|l| {
         let mut f = l.split(':');
@@ -189,7 +189,7 @@ pub fn manager_config(host: &Host, m: &bundle::Manifest) -> Result<Option<String
     Ok(Some(format!("wrote {}", file.display())))
 }
 
-fn group_gid(group: &str) -> Option<u32> {
+pub(crate) fn group_gid(group: &str) -> Option<u32> {
     let text = fs_err::read_to_string("/etc/group").ok()?;
     text.lines().find_map(|l| {
         let mut f = l.split(':');

@@ -187,7 +187,11 @@ pub fn doctor(host: &Host) -> Report {
                 ),
             }
         }
-        match crate::preflight::run(&host.layout.release(id), m) {
+        match crate::preflight::run(
+            &host.layout.release(id),
+            m,
+            crate::preflight::identity(host),
+        ) {
             Ok(n) => r.ok(
                 "pre-flight",
                 format!("{n} check(s) pass (extensions import)"),

@@ -414,3 +414,32 @@ fn missing_config_says_what_to_write() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("target = "), "{}", out.stderr);
 }
+
+#[test]
+fn preflight_runs_confined_as_the_service_would() {
+    let h = TestHost::new();
+    // Not root, no new privileges, a /var/tmp of its own.
+    let mark = format!("/var/tmp/comfyctl-preflight-{}", std::process::id());
+    let code = format!(
+        "sh:[ \"$(id -u)\" -ne 0 ] && grep -q '^NoNewPrivs:.*1' /proc/self/status && touch {mark} && [ -f {mark} ]"
+    );
+    let mut t = Tree::demo("a");
+    t.preflight = vec![("confined", Box::leak(code.into_boxed_str()))];
+    let a = h.bundle("1.0", 1, &t);
+    h.activate_ok(&a);
+    assert!(
+        !std::path::Path::new(&mark).exists(),
+        "the check's /var/tmp was the host's"
+    );
+    // A check that writes outside the release (here: into the host's tree) cannot.
+    let planted = h.root.join("planted");
+    let code = format!("sh:touch {}", planted.display());
+    let mut t = Tree::demo("b");
+    t.preflight = vec![("plant", Box::leak(code.into_boxed_str()))];
+    let b = h.bundle("1.1", 2, &t);
+    let out = h.ctl(&["activate", b.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("Permission denied"), "{}", out.stderr);
+    assert!(!planted.exists());
+    assert_eq!(h.current(), Some(h.id_of(&a)));
+}

@@ -8,8 +8,9 @@ use std::process::{Command, Output};
 
 pub const TARGET: &str = "linux-x86_64-cpu";
 
-/// A release's `venv/bin/python`: `-c ok` passes, anything else fails (pre-flight without Python).
-const FAKE_PYTHON: &str = "#!/bin/sh\n[ \"$1\" = -c ] && [ \"$2\" = ok ] && exit 0\necho \"check failed: $2\" >&2\nexit 1\n";
+/// A release's `venv/bin/python`: `-c ok` passes, `-c 'sh:CODE'` runs CODE with sh, anything
+/// else fails (pre-flight without Python).
+const FAKE_PYTHON: &str = "#!/bin/sh\n[ \"$1\" = -c ] && [ \"$2\" = ok ] && exit 0\ncase \"$2\" in sh:*) exec sh -c \"${2#sh:}\" ;; esac\necho \"check failed: $2\" >&2\nexit 1\n";
 
 pub struct TestHost {
     pub tmp: tempfile::TempDir,
