@@ -323,8 +323,11 @@ pub fn build_env(
         "--quiet",
         "--require-hashes",
         "--no-deps",
+        // Files are hardlinks of uv's cache (same filesystem: one `--cache`), so the env costs
+        // next to nothing beyond the cache. Nothing after this writes into an existing file in
+        // place: bytecode and launch files are new files, stages are `cp -al` farms.
         "--link-mode",
-        "copy",
+        "hardlink",
         "--python",
     ])
     .arg(venv.join("bin/python"))
