@@ -82,7 +82,10 @@ pub fn doctor(host: &Host) -> Report {
     driver_checks(&mut r, manifest.as_ref().map(|m| m.target.as_str()));
 
     let unit = service::unit_name(host);
-    let active = match run(Command::new("systemctl").args(["is-active", &unit])) {
+    let active = match (host.is_real_root())
+        .then(|| run(Command::new("systemctl").args(["is-active", &unit])))
+        .flatten()
+    {
         None => {
             r.warn(
                 "service",

@@ -21,6 +21,11 @@ pub fn refuse<T>(msg: impl Into<String>) -> Result<T> {
 }
 
 impl Host {
+    /// True when the host tree is this machine's own `/` (no `--root`).
+    pub fn is_real_root(&self) -> bool {
+        self.layout.root == std::path::Path::new("/")
+    }
+
     pub fn open(root: &Path, config: Option<&Path>) -> Result<Self> {
         let path = config.map_or_else(|| root.join(CONFIG_PATH), Path::to_owned);
         let cfg = HostConfig::load(&path)?;

@@ -139,7 +139,7 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
             }
             let db = data::database(host, &id, None)?;
             service::write_env(host, &m, &id, &db)?;
-            service::systemctl(&["enable", "--now", &unit])?;
+            service::systemctl(host, &["enable", "--now", &unit])?;
             done.did(format!("enabled and started {unit}"));
         }
         Action::Restart => {
@@ -161,20 +161,20 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
             ));
         }
         Action::Pause => {
-            service::systemctl(&["disable", "--now", &unit])?;
+            service::systemctl(host, &["disable", "--now", &unit])?;
             done.did(format!("stopped and disabled {unit}"));
         }
         Action::Start => {
-            let _ = service::systemctl(&["reset-failed", &unit]);
-            service::systemctl(&["enable", "--now", &unit])?;
+            let _ = service::systemctl(host, &["reset-failed", &unit]);
+            service::systemctl(host, &["enable", "--now", &unit])?;
             done.did(format!("enabled and started {unit}"));
         }
         Action::Remove => {
             let path = host.layout.unit(&host.cfg.service.name);
             if path.exists() {
-                let _ = service::systemctl(&["disable", "--now", &unit]);
+                let _ = service::systemctl(host, &["disable", "--now", &unit]);
                 fs_err::remove_file(&path)?;
-                service::systemctl(&["daemon-reload"])?;
+                service::systemctl(host, &["daemon-reload"])?;
                 done.did(format!("stopped, disabled and removed {unit}"));
             }
         }

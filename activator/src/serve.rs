@@ -24,18 +24,18 @@ fn try_start(host: &Host, id: &str, from: Option<&str>) -> Result<Health> {
     data::manager_config(host, &m)?;
     service::install_unit(host)?;
     let unit = service::unit_name(host);
-    let _ = service::systemctl(&["stop", &unit]);
+    let _ = service::systemctl(host, &["stop", &unit]);
     // A release that crash-looped until systemd's start limit leaves the unit refusing to start:
     // clear that, or the rollback that follows could not start the previous release.
-    let _ = service::systemctl(&["reset-failed", &unit]);
+    let _ = service::systemctl(host, &["reset-failed", &unit]);
     let db = data::database(host, id, from)?;
     service::write_env(host, &m, id, &db)?;
-    service::systemctl(&["start", &unit])?;
+    service::systemctl(host, &["start", &unit])?;
     let device =
         (!host.cfg.health.device_type.is_empty()).then_some(host.cfg.health.device_type.as_str());
     // ComfyUI never exits by itself: a unit waiting to restart (or failed) has already lost.
     let gone = || {
-        let o = service::systemctl(&["show", "-p", "ActiveState,SubState", &unit]).ok()?;
+        let o = service::systemctl(host, &["show", "-p", "ActiveState,SubState", &unit]).ok()?;
         let dead =
             o.stdout.contains("SubState=auto-restart") || o.stdout.contains("ActiveState=failed");
         dead.then(|| {

@@ -96,7 +96,18 @@ pub fn write_env(host: &Host, m: &Manifest, id: &str, db: &Path) -> Result<()> {
     crate::data::share_with_service(host, &env_path(host), 0o640)
 }
 
-pub fn systemctl(args: &[&str]) -> Result<cmd::Output> {
+/// The one way comfyctl drives systemd. A host tree given with `--root` is not this machine's:
+/// its units are never started, stopped or reloaded through this machine's systemd (a test or a
+/// chroot preparation can never touch the real `comfyui.service`).
+pub fn systemctl(host: &Host, args: &[&str]) -> Result<cmd::Output> {
+    if !host.is_real_root() {
+        bail!(
+            "not running `systemctl {}`: the host tree is {} (--root), not this machine; use \
+             --no-service there",
+            args.join(" "),
+            host.layout.root.display()
+        );
+    }
     let o = cmd::output(
         Command::new("systemctl").args(args),
         Duration::from_secs(120),
@@ -123,7 +134,7 @@ pub fn install_unit(host: &Host) -> Result<bool> {
         fs_err::create_dir_all(p)?;
     }
     crate::atomic::write(&path, text.as_bytes())?;
-    systemctl(&["daemon-reload"])?;
+    systemctl(host, &["daemon-reload"])?;
     Ok(true)
 }
 
@@ -138,6 +149,9 @@ pub fn journal_note(host: &Host) -> String {
 }
 
 pub fn journal_tail(host: &Host, lines: usize) -> String {
+    if !host.is_real_root() {
+        return "(no journal: the host tree is given with --root)\n".into();
+    }
     let unit = format!("{}.service", host.cfg.service.name);
     let n = lines.to_string();
     let run = |c: &mut Command| match cmd::output(c, Duration::from_secs(30)) {

@@ -443,3 +443,49 @@ fn preflight_runs_confined_as_the_service_would() {
     assert!(!planted.exists());
     assert_eq!(h.current(), Some(h.id_of(&a)));
 }
+
+#[test]
+fn a_host_tree_given_with_root_never_drives_this_machines_systemd() {
+    let h = TestHost::new();
+    // A systemctl first on PATH that records any call.
+    let bin = h.tmp.path().join("bin");
+    fs_err::create_dir_all(&bin).unwrap();
+    let marker = h.tmp.path().join("systemctl-was-called");
+    fs_err::write(
+        bin.join("systemctl"),
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", marker.display()),
+    )
+    .unwrap();
+    fs_err::set_permissions(
+        bin.join("systemctl"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    // With the service: the release is switched to, and the unit is never touched.
+    let out: Out = h
+        .command(&["activate", a.to_str().unwrap()])
+        .env("PATH", &path)
+        .output()
+        .unwrap()
+        .into();
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not running `systemctl"),
+        "{}",
+        out.stderr
+    );
+    for args in [
+        &["service", "restart"][..],
+        &["service", "remove"],
+        &["doctor"],
+    ] {
+        let _ = h.command(args).env("PATH", &path).output().unwrap();
+    }
+    assert!(
+        !marker.exists(),
+        "systemctl was called: {:?}",
+        fs_err::read_to_string(&marker)
+    );
+}
