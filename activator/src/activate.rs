@@ -100,11 +100,6 @@ pub(crate) fn load_state(host: &Host) -> Result<State> {
 
 pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<ActivateReport> {
     let t0 = Instant::now();
-    let _lock = host.lock()?;
-    failpoint::hit("activate::locked")?;
-    let mut state = load_state(host)?;
-    host.clean_staging()?;
-
     let trusted = match keys::TrustedKeys::load_dir(&host.layout.keys) {
         Ok(t) => t,
         Err(e) => {
@@ -113,14 +108,26 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
             ))
         }
     };
+    // The download happens before the activation lock: a slow or stalled mirror never keeps an
+    // operator's `rollback` (or anything else that takes the lock) waiting.
+    host.layout.ensure()?;
     let fetched = fetch(host, src, &trusted)?;
+    let _lock = host.lock()?;
+    failpoint::hit("activate::locked")?;
+    let mut state = load_state(host)?;
+    host.clean_staging()?;
     // A downloaded bundle is done with once this activation ends, whatever the outcome: its
     // files are in the store, or it was refused. (A cut download stays as `.part` to resume.)
-    struct Downloaded(Option<std::path::PathBuf>);
+    // Only this download's file (same inode): another activation of the same URL may have
+    // replaced it meanwhile.
+    struct Downloaded(Option<(std::path::PathBuf, u64)>);
     impl Drop for Downloaded {
         fn drop(&mut self) {
-            if let Some(p) = &self.0 {
-                let _ = fs_err::remove_file(p);
+            use std::os::unix::fs::MetadataExt as _;
+            if let Some((p, ino)) = &self.0 {
+                if fs_err::metadata(p).is_ok_and(|m| m.ino() == *ino) {
+                    let _ = fs_err::remove_file(p);
+                }
             }
         }
     }
@@ -128,7 +135,13 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
         fetched
             .path
             .starts_with(host.layout.downloads())
-            .then(|| fetched.path.clone()),
+            .then(|| {
+                use std::os::unix::fs::MetadataExt as _;
+                fs_err::metadata(&fetched.path)
+                    .ok()
+                    .map(|m| (fetched.path.clone(), m.ino()))
+            })
+            .flatten(),
     );
     let b =
         bundle::Bundle::open(&fetched.path, &trusted).with_context(|| format!("refusing {src}"))?;

@@ -20,9 +20,12 @@ pub struct GcReport {
 
 /// A partial download older than this is not worth resuming.
 const STALE_PART: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Downloads happen outside the activation lock: a file written in the last hour may belong to
+/// an activation still downloading or waiting for the lock.
+const IN_USE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Empties `state/downloads` but for recent partial downloads (kept so the same command resumes).
-/// Runs under the activation lock, so no activation is using any of it.
+/// Empties `state/downloads`: what killed activations left (whole bundles, delta copies, locks)
+/// once an hour old, partial downloads once a week old (until then the same command resumes them).
 fn sweep_downloads(dir: &std::path::Path, report: &mut GcReport) -> Result<()> {
     let Ok(entries) = fs_err::read_dir(dir) else {
         return Ok(());
@@ -31,13 +34,17 @@ fn sweep_downloads(dir: &std::path::Path, report: &mut GcReport) -> Result<()> {
         let e = e?;
         let meta = e.metadata()?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let fresh_part = name.ends_with(".part")
-            && meta
-                .modified()
-                .ok()
-                .and_then(|m| m.elapsed().ok())
-                .is_some_and(|age| age < STALE_PART);
-        if fresh_part {
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or_default();
+        let keep_for = if name.ends_with(".part") {
+            STALE_PART
+        } else {
+            IN_USE
+        };
+        if age < keep_for {
             continue;
         }
         if meta.is_dir() {

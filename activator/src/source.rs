@@ -66,6 +66,12 @@ pub fn fetch(source: &str, downloads: &Path, max_bytes: u64, stall: Duration) ->
     let key = hex::encode(&Sha256::digest(source.as_bytes())[..8]);
     let done = downloads.join(format!("{key}.bundle"));
     let part = downloads.join(format!("{key}.bundle.part"));
+    // Two activations of the same URL share one download, one after the other.
+    let guard = fs_err::File::create(downloads.join(format!("{key}.lock")))?;
+    guard
+        .file()
+        .lock()
+        .with_context(|| format!("waiting for another download of {source}"))?;
     let have = fs_err::metadata(&part).map(|m| m.len()).unwrap_or(0);
     let client = http_client(stall)?;
     let mut req = client.get(source);

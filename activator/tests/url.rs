@@ -132,11 +132,13 @@ fn plain_download_activates() {
     );
 }
 
+/// What `state/downloads` holds, but for the empty per-URL lock files (gc removes them after an hour).
 fn downloads(h: &TestHost) -> Vec<String> {
     let dir = h.install().join("state/downloads");
     let mut v: Vec<String> = fs_err::read_dir(&dir)
         .map(|r| {
             r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".lock"))
                 .collect()
         })
         .unwrap_or_default();
@@ -165,19 +167,27 @@ fn refused_and_leftover_downloads_do_not_pile_up() {
     ] {
         fs_err::write(dir.join(f), vec![0u8; 1000]).unwrap();
     }
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 24 * 3600);
-    fs_err::File::options()
-        .write(true)
-        .open(dir.join("old.bundle.part"))
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    let ago = |secs: u64| std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+    for (f, age) in [
+        ("old.bundle.part", 8 * 24 * 3600),
+        ("0123.bundle", 2 * 3600),
+        ("delta-99.bundle", 2 * 3600),
+    ] {
+        fs_err::File::options()
+            .write(true)
+            .open(dir.join(f))
+            .unwrap()
+            .set_modified(ago(age))
+            .unwrap();
+    }
+    // Written a minute ago: an activation may still be using it (downloads run outside the lock).
+    fs_err::write(dir.join("busy.bundle"), vec![0u8; 10]).unwrap();
     let out = h.ctl(&["gc", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let r = out.json();
     assert_eq!(r["removed_downloads"], 3, "{r}");
     assert_eq!(r["download_bytes"], 3000, "{r}");
-    assert_eq!(downloads(&h), ["new.bundle.part"]);
+    assert_eq!(downloads(&h), ["busy.bundle", "new.bundle.part"]);
 }
 
 #[test]
@@ -329,4 +339,42 @@ fn a_stalled_download_stops_and_frees_the_lock() {
     // The lock is free again: another command runs at once.
     assert_eq!(h.ctl(&["status"]).code, 0);
     assert!(h.current().is_none());
+}
+
+#[test]
+fn a_stalled_download_never_holds_the_activation_lock() {
+    let h = TestHost::new();
+    let cfg = h.root.join("etc/comfyui/comfyctl.toml");
+    let text = fs_err::read_to_string(&cfg).unwrap();
+    fs_err::write(&cfg, format!("stall_secs = 30\n{text}")).unwrap();
+    let a = h.bundle("1.0", 1, &Tree::demo("a"));
+    let b = h.bundle("1.1", 2, &Tree::demo("b"));
+    h.activate_ok(&a);
+    h.activate_ok(&b);
+    let c = h.bundle("1.2", 3, &Tree::demo("c"));
+    let (url, _) = serve(fs_err::read(&c).unwrap(), Mode::Stall);
+    // The server stalls the full download of c (a delta is tried first, then the whole file).
+    let mut slow = h
+        .command(&["activate", &url, "--no-service"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        slow.try_wait().unwrap().is_none(),
+        "the download should still be stalled"
+    );
+    // Meanwhile the operator rolls back: at once, not after the stall (lock_wait_secs = 2).
+    let t0 = std::time::Instant::now();
+    let out = h.ctl(&["rollback", "--no-service"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(h.current(), Some(h.id_of(&a)));
+    let _ = slow.kill();
+    let _ = slow.wait();
 }
