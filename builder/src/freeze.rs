@@ -50,8 +50,12 @@ fn compile_dirs(root: &Path, dirs: &[std::path::PathBuf]) {
             "-m",
             "compileall",
             "-q",
+            // One process, files in compileall's sorted order: marshal's output depends on the
+            // interpreter's state (reference flags), so parallel workers, which take files in
+            // varying order, made a few .pyc differ from build to build (seen with the real
+            // release: pycparser's c_parser, transformers' automatic_speech_recognition).
             "-j",
-            "0",
+            "1",
             "--invalidation-mode",
             "unchecked-hash",
             "-s",
