@@ -61,15 +61,20 @@ pub fn group_exists(group: &str) -> bool {
     group_gid(group).is_some()
 }
 
-/// The uid of `user` from /etc/passwd.
-pub(crate) fn user_uid(user: &str) -> Option<u32> {
-    let text = fs_err::read_to_string("/etc/passwd").ok()?;
+/// The third field (uid, gid) of `name`'s line in a `name:x:id:...` database (/etc/passwd, /etc/group).
+fn id_in(db: &str, name: &str) -> Option<u32> {
+    let text = fs_err::read_to_string(db).ok()?;
     text.lines().find_map(|l| {
         let mut f = l.split(':');
-        (f.next()? == user)
+        (f.next()? == name)
             .then(|| f.nth(1)?.parse().ok())
             .flatten()
     })
+}
+
+/// The uid of `user` from /etc/passwd.
+pub(crate) fn user_uid(user: &str) -> Option<u32> {
+    id_in("/etc/passwd", user)
 }
 
 /// Makes a file comfyctl writes for the service (environment, model paths) owned by root and the
@@ -190,13 +195,7 @@ pub fn manager_config(host: &Host, m: &bundle::Manifest) -> Result<Option<String
 }
 
 pub(crate) fn group_gid(group: &str) -> Option<u32> {
-    let text = fs_err::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == group)
-            .then(|| f.nth(1)?.parse().ok())
-            .flatten()
-    })
+    id_in("/etc/group", group)
 }
 
 /// Creates `p` (group-writable, setgid, owned by `group`); true when it did not exist.

@@ -15,6 +15,9 @@ pub struct Store {
     index: std::sync::OnceLock<std::collections::HashSet<String>>,
     /// Objects found changed since they were stored, moved to `store/.quarantine/`.
     quarantined: std::sync::Mutex<Vec<String>>,
+    /// Objects already found unchanged: an activation asks about each one more than once (the
+    /// free-space check, then the extraction's plan), one `stat` is enough.
+    checked: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// What gc removed from the store.
@@ -30,6 +33,7 @@ impl Store {
             dir,
             index: std::sync::OnceLock::new(),
             quarantined: std::sync::Mutex::new(Vec::new()),
+            checked: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -166,9 +170,17 @@ impl bundle::ObjectSource for Store {
         if self.quarantined.lock().is_ok_and(|q| q.contains(&rel)) {
             return false;
         }
+        if self.checked.lock().is_ok_and(|c| c.contains(&rel)) {
+            return true;
+        }
         // One stat: an object written in place since it was stored is never reused.
         match fs_err::symlink_metadata(self.dir.join(&rel)) {
-            Ok(m) if bundle::unchanged(&m, size, sha) => true,
+            Ok(m) if bundle::unchanged(&m, size, sha) => {
+                if let Ok(mut c) = self.checked.lock() {
+                    c.insert(rel);
+                }
+                true
+            }
             Ok(_) => {
                 self.quarantine(&rel);
                 false

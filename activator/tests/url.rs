@@ -317,9 +317,7 @@ fn an_endless_range_answer_costs_only_what_was_asked_for() {
 #[test]
 fn a_stalled_download_stops_and_frees_the_lock() {
     let h = TestHost::new();
-    let cfg = h.root.join("etc/comfyui/comfyctl.toml");
-    let text = fs_err::read_to_string(&cfg).unwrap();
-    fs_err::write(&cfg, format!("stall_secs = 2\n{text}")).unwrap();
+    h.config_line("stall_secs = 2");
     let b = h.bundle("1.0", 1, &Tree::demo("a"));
     let (url, _) = serve(fs_err::read(&b).unwrap(), Mode::Stall);
     let t0 = std::time::Instant::now();
@@ -344,9 +342,7 @@ fn a_stalled_download_stops_and_frees_the_lock() {
 #[test]
 fn a_stalled_download_never_holds_the_activation_lock() {
     let h = TestHost::new();
-    let cfg = h.root.join("etc/comfyui/comfyctl.toml");
-    let text = fs_err::read_to_string(&cfg).unwrap();
-    fs_err::write(&cfg, format!("stall_secs = 30\n{text}")).unwrap();
+    h.config_line("stall_secs = 30");
     let a = h.bundle("1.0", 1, &Tree::demo("a"));
     let b = h.bundle("1.1", 2, &Tree::demo("b"));
     h.activate_ok(&a);

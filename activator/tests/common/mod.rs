@@ -101,6 +101,13 @@ impl TestHost {
         TestHost { tmp, root, key }
     }
 
+    /// Puts a top-level `key = value` line at the head of this host's comfyctl.toml.
+    pub fn config_line(&self, line: &str) {
+        let cfg = self.root.join("etc/comfyui/comfyctl.toml");
+        let text = fs_err::read_to_string(&cfg).unwrap();
+        fs_err::write(&cfg, format!("{line}\n{text}")).unwrap();
+    }
+
     pub fn install(&self) -> PathBuf {
         self.root.join("opt/comfyui")
     }
