@@ -6,14 +6,28 @@ use crate::paths::{check_path, check_symlink_target, parent};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The only format version this crate reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Hard ceilings a reader applies whatever a manifest says.
-pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+/// Hard ceilings a reader applies whatever a manifest says. The real ComfyUI release (torch and
+/// five custom nodes) lists about 60,000 entries in about 13 MB: both ceilings leave several times
+/// that, and bound what parsing can allocate (the parsed form takes about as much as the text).
+pub const MAX_MANIFEST_BYTES: u64 = 96 << 20;
+/// The most file-list entries a manifest may have.
+pub const MAX_ENTRIES: usize = 400_000;
+/// The most bytes of everything before the file list (names, provenance, checks, node classes).
+pub const MAX_HEAD_BYTES: usize = 2 << 20;
+/// The most bytes one file-list entry may take in the text (a path and a link target at
+/// [`crate::paths::MAX_PATH`], each escaped).
+const MAX_ENTRY_BYTES: usize = 16 << 10;
+/// What separates the header and each file-list entry in canonical form. The writer refuses a
+/// manifest whose values would contain it, so the reader can cut the text here and parse the
+/// header and each entry on its own: a TOML parse of the whole file list would hold a parse tree
+/// about forty times the text's size.
+const FILES_SEP: &str = "\n[[files]]\n";
 
 /// What a release is and everything needed to run and check it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +64,73 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub state: Vec<StatePath>,
     pub files: Vec<Entry>,
+}
+
+/// Everything in [`Manifest`] but its file list, parsed and written on its own (see [`FILES_SEP`]).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Head {
+    format: u32,
+    name: String,
+    version: String,
+    sequence: u64,
+    target: String,
+    created: String,
+    source_date_epoch: u64,
+    #[serde(default)]
+    mutable_dirs: Vec<String>,
+    #[serde(default)]
+    provenance: Provenance,
+    #[serde(default)]
+    launch: Launch,
+    limits: Limits,
+    #[serde(default)]
+    expected_nodes: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    preflight: Vec<Check>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    state: Vec<StatePath>,
+}
+
+impl Manifest {
+    fn head(&self) -> Head {
+        Head {
+            format: self.format,
+            name: self.name.clone(),
+            version: self.version.clone(),
+            sequence: self.sequence,
+            target: self.target.clone(),
+            created: self.created.clone(),
+            source_date_epoch: self.source_date_epoch,
+            mutable_dirs: self.mutable_dirs.clone(),
+            provenance: self.provenance.clone(),
+            launch: self.launch.clone(),
+            limits: self.limits.clone(),
+            expected_nodes: self.expected_nodes.clone(),
+            preflight: self.preflight.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    fn from_head(h: Head, files: Vec<Entry>) -> Self {
+        Manifest {
+            format: h.format,
+            name: h.name,
+            version: h.version,
+            sequence: h.sequence,
+            target: h.target,
+            created: h.created,
+            source_date_epoch: h.source_date_epoch,
+            mutable_dirs: h.mutable_dirs,
+            provenance: h.provenance,
+            launch: h.launch,
+            limits: h.limits,
+            expected_nodes: h.expected_nodes,
+            preflight: h.preflight,
+            state: h.state,
+            files,
+        }
+    }
 }
 
 /// The directory at the release root that the host turns into a link to its node state
@@ -289,10 +370,16 @@ struct RawEntry {
 
 impl From<Entry> for RawEntry {
     fn from(e: Entry) -> Self {
+        RawEntry::from(&e)
+    }
+}
+
+impl From<&Entry> for RawEntry {
+    fn from(e: &Entry) -> Self {
         let mode = Some(format!("{:04o}", e.mode()));
-        match e.kind {
+        match &e.kind {
             Kind::Dir => RawEntry {
-                path: e.path,
+                path: e.path.clone(),
                 kind: "dir".into(),
                 mode,
                 size: None,
@@ -300,20 +387,20 @@ impl From<Entry> for RawEntry {
                 target: None,
             },
             Kind::File { size, sha256, .. } => RawEntry {
-                path: e.path,
+                path: e.path.clone(),
                 kind: "file".into(),
                 mode,
-                size: Some(size),
+                size: Some(*size),
                 sha256: Some(hex::encode(sha256)),
                 target: None,
             },
             Kind::Symlink { target } => RawEntry {
-                path: e.path,
+                path: e.path.clone(),
                 kind: "symlink".into(),
                 mode: None,
                 size: None,
                 sha256: None,
-                target: Some(target),
+                target: Some(target.clone()),
             },
         }
     }
@@ -358,18 +445,75 @@ impl TryFrom<RawEntry> for Entry {
 }
 
 impl Manifest {
-    /// The canonical bytes: what is signed and hashed.
+    /// The canonical bytes: what is signed and hashed. The header, then each entry as a
+    /// `[[files]]` table, each written by `toml` on its own (the same bytes as writing the whole).
     pub fn to_canonical_bytes(&self) -> Result<Vec<u8>> {
-        toml::to_string(self)
-            .map(String::into_bytes)
-            .map_err(|e| Error::BadManifest(e.to_string()))
+        let ser = |r: std::result::Result<String, toml::ser::Error>| {
+            r.map_err(|e| Error::BadManifest(e.to_string()))
+        };
+        if self.files.is_empty() {
+            return ser(toml::to_string(self)).map(String::into_bytes);
+        }
+        let mut out = ser(toml::to_string(&self.head()))?;
+        if out.contains(FILES_SEP) {
+            return Err(Error::BadManifest(
+                "a value before the file list holds a line `[[files]]`".into(),
+            ));
+        }
+        for e in &self.files {
+            let entry = ser(toml::to_string(&RawEntry::from(e)))?;
+            if entry.contains(FILES_SEP) {
+                return Err(Error::BadManifest(format!(
+                    "{:?}: the entry's text holds a line `[[files]]`",
+                    e.path
+                )));
+            }
+            out.push_str(FILES_SEP);
+            out.push_str(&entry);
+        }
+        Ok(out.into_bytes())
     }
 
     /// Parses and validates manifest bytes; refuses anything our writer would not have produced.
+    /// The header and each file-list entry are parsed and compared with their canonical text one
+    /// at a time, so memory stays near the text's own size whatever the file list holds.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::LimitExceeded(format!(
+                "manifest is {} bytes, limit {MAX_MANIFEST_BYTES}",
+                bytes.len()
+            )));
+        }
         let text =
             std::str::from_utf8(bytes).map_err(|_| Error::BadManifest("not UTF-8".into()))?;
-        let m: Manifest = toml::from_str(text).map_err(|e| Error::BadManifest(e.to_string()))?;
+        let bad = |e: toml::de::Error| Error::BadManifest(e.to_string());
+        let (head_text, list) = match text.find(FILES_SEP) {
+            Some(i) => (&text[..i], Some(&text[i + FILES_SEP.len()..])),
+            None => (text, None),
+        };
+        if head_text.len() > MAX_HEAD_BYTES {
+            return Err(Error::LimitExceeded(format!(
+                "the manifest's header (everything before the file list) is {} bytes, limit {MAX_HEAD_BYTES}",
+                head_text.len()
+            )));
+        }
+        let m = match list {
+            None => toml::from_str::<Manifest>(text).map_err(bad)?,
+            Some(list) => {
+                let head: Head = toml::from_str(head_text).map_err(bad)?;
+                let count = list.matches(FILES_SEP).count() + 1;
+                if count > MAX_ENTRIES {
+                    return Err(Error::LimitExceeded(format!(
+                        "{count} entries, limit {MAX_ENTRIES}"
+                    )));
+                }
+                let mut files = Vec::with_capacity(count);
+                for (i, chunk) in list.split(FILES_SEP).enumerate() {
+                    files.push(parse_entry(i, chunk)?);
+                }
+                Manifest::from_head(head, files)
+            }
+        };
         if m.format != FORMAT_VERSION {
             return Err(Error::BadManifest(format!(
                 "format version {} is not supported (this build reads version {FORMAT_VERSION}); upgrade comfyctl",
@@ -377,7 +521,13 @@ impl Manifest {
             )));
         }
         m.validate()?;
-        if m.to_canonical_bytes()? != bytes {
+        let canonical = match list {
+            None => m.to_canonical_bytes()?,
+            Some(_) => toml::to_string(&m.head())
+                .map_err(|e| Error::BadManifest(e.to_string()))?
+                .into_bytes(),
+        };
+        if canonical != head_text.as_bytes() {
             return Err(Error::BadManifest("not in canonical form".into()));
         }
         Ok(m)
@@ -401,10 +551,15 @@ impl Manifest {
                 )));
             }
         }
-        let mut kinds: HashMap<&str, &Kind> = HashMap::with_capacity(self.files.len());
+        if self.files.len() > MAX_ENTRIES {
+            return Err(Error::LimitExceeded(format!(
+                "{} entries, limit {MAX_ENTRIES}",
+                self.files.len()
+            )));
+        }
         let mut prev: Option<&str> = None;
         let mut bytes: u64 = 0;
-        for e in &self.files {
+        for (i, e) in self.files.iter().enumerate() {
             check_path(&e.path)?;
             if let Some(p) = prev {
                 if p.as_bytes() >= e.path.as_bytes() {
@@ -419,7 +574,7 @@ impl Manifest {
             }
             prev = Some(&e.path);
             let par = parent(&e.path);
-            if !par.is_empty() && !matches!(kinds.get(par), Some(Kind::Dir)) {
+            if !par.is_empty() && !matches!(kind_in(&self.files[..i], par), Some(Kind::Dir)) {
                 return Err(Error::UnsafePath {
                     path: e.path.clone(),
                     reason: "parent is not a directory listed earlier in the manifest",
@@ -431,7 +586,6 @@ impl Manifest {
             bytes = bytes
                 .checked_add(e.size())
                 .ok_or_else(|| Error::LimitExceeded("total size overflows".into()))?;
-            kinds.insert(&e.path, &e.kind);
         }
         for st in &self.state {
             check_path(&st.target)?;
@@ -443,7 +597,7 @@ impl Manifest {
                 )));
             }
             let want = StatePath::link_target(&st.path, &st.target);
-            match kinds.get(st.path.as_str()) {
+            match kind_in(&self.files, &st.path) {
                 Some(Kind::Symlink { target }) if *target == want => {}
                 _ => {
                     return Err(Error::BadManifest(format!(
@@ -453,7 +607,7 @@ impl Manifest {
                 }
             }
             if let Some(seed) = &st.seed {
-                let ok = match kinds.get(seed.as_str()) {
+                let ok = match kind_in(&self.files, seed) {
                     Some(Kind::Dir) => st.dir,
                     Some(Kind::File { .. }) => !st.dir,
                     _ => false,
@@ -497,6 +651,32 @@ impl Manifest {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(Entry::size).sum()
     }
+}
+
+/// The kind of `path` in a file list sorted by path bytes.
+fn kind_in<'a>(files: &'a [Entry], path: &str) -> Option<&'a Kind> {
+    files
+        .binary_search_by(|e| e.path.as_bytes().cmp(path.as_bytes()))
+        .ok()
+        .map(|i| &files[i].kind)
+}
+
+/// One file-list entry's text (the lines after its `[[files]]`), which must be exactly what the
+/// writer makes of the entry it parses to.
+fn parse_entry(i: usize, chunk: &str) -> Result<Entry> {
+    let at = |msg: String| Error::BadManifest(format!("file list entry {}: {msg}", i + 1));
+    if chunk.len() > MAX_ENTRY_BYTES {
+        return Err(at(format!(
+            "{} bytes, limit {MAX_ENTRY_BYTES}",
+            chunk.len()
+        )));
+    }
+    let raw: RawEntry = toml::from_str(chunk).map_err(|e| at(e.to_string()))?;
+    let again = toml::to_string(&raw).map_err(|e| at(e.to_string()))?;
+    if again != chunk {
+        return Err(Error::BadManifest("not in canonical form".into()));
+    }
+    Entry::try_from(raw).map_err(at)
 }
 
 /// `SOURCE_DATE_EPOCH`-style seconds as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
@@ -630,6 +810,115 @@ mod tests {
         let mut m = sample();
         m.limits.bytes = 4;
         assert!(matches!(m.validate(), Err(Error::LimitExceeded(_))));
+    }
+
+    /// The header and entries written one at a time are the bytes `toml` writes for the whole.
+    #[test]
+    fn piecewise_writing_matches_the_whole() {
+        let mut m = sample();
+        m.limits.files = 10;
+        m.preflight[0].python = "import os\nprint('[[files]]')\n".into();
+        m.expected_nodes
+            .insert("n".into(), vec!["A \"q\"".into(), "B\tC".into()]);
+        m.launch.env.insert("K".into(), "v\nw".into());
+        for (i, p) in ["a/\"q\"", "a/l\u{e9}\n[[files]]x", "a/t\\"]
+            .iter()
+            .enumerate()
+        {
+            m.files.push(Entry {
+                path: (*p).into(),
+                kind: if i == 1 {
+                    Kind::Symlink {
+                        target: "f\n[[files]] ".into(),
+                    }
+                } else {
+                    Kind::Dir
+                },
+            });
+        }
+        m.files.sort_by(|a, b| a.path.cmp(&b.path));
+        m.files.push(Entry {
+            path: "a/s".into(),
+            kind: Kind::Symlink {
+                target: "../node-state/n/s".into(),
+            },
+        });
+        m.files.sort_by(|a, b| a.path.cmp(&b.path));
+        m.state.push(StatePath {
+            path: "a/s".into(),
+            target: "n/s".into(),
+            dir: false,
+            seed: None,
+        });
+        m.validate().unwrap();
+        let bytes = m.to_canonical_bytes().unwrap();
+        assert_eq!(bytes, toml::to_string(&m).unwrap().into_bytes());
+        assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+        // A value that `toml` would write with a line `[[files]]` in it is refused when writing,
+        // so the reader's cut is always where the writer put it.
+        let mut odd = m.clone();
+        odd.files[2].path = "a/l\n[[files]]\nx".into();
+        odd.files.sort_by(|a, b| a.path.cmp(&b.path));
+        odd.validate().unwrap();
+        let err = odd.to_canonical_bytes().unwrap_err();
+        assert!(
+            err.to_string().contains("holds a line `[[files]]`"),
+            "{err}"
+        );
+        // With no file list at all, too.
+        let mut empty = sample();
+        empty.files.clear();
+        let bytes = empty.to_canonical_bytes().unwrap();
+        assert_eq!(bytes, toml::to_string(&empty).unwrap().into_bytes());
+        assert_eq!(Manifest::parse(&bytes).unwrap(), empty);
+    }
+
+    #[test]
+    fn entry_count_and_sizes_are_capped_before_parsing() {
+        let m = sample();
+        let text = String::from_utf8(m.to_canonical_bytes().unwrap()).unwrap();
+        let entry = text.split(FILES_SEP).last().unwrap();
+        // One entry too many: refused by counting, not by parsing 400,001 tables.
+        let many = format!(
+            "{text}{}",
+            format!("{FILES_SEP}{entry}").repeat(MAX_ENTRIES - m.files.len() + 1)
+        );
+        let err = Manifest::parse(many.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&err, Error::LimitExceeded(s) if s == "400001 entries, limit 400000"),
+            "{err}"
+        );
+        // One oversized entry.
+        let long = text.replacen(
+            "path = \"a/f\"",
+            &format!("path = \"a/f{}\"", "x".repeat(20_000)),
+            1,
+        );
+        let err = Manifest::parse(long.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("file list entry 2: 20"), "{err}");
+        // A header past its ceiling.
+        let big = text.replacen(
+            "name = \"demo\"",
+            &format!(
+                "name = \"demo\"\n{}",
+                "# padding\n".repeat(MAX_HEAD_BYTES / 10 + 1)
+            ),
+            1,
+        );
+        assert!(matches!(
+            Manifest::parse(big.as_bytes()),
+            Err(Error::LimitExceeded(_))
+        ));
+        // A non-canonical entry (a padded value) is refused like a non-canonical header.
+        let padded = text.replacen("kind = \"file\"", "kind =  \"file\"", 1);
+        let err = Manifest::parse(padded.as_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            Error::BadManifest("not in canonical form".into()).to_string()
+        );
+        // An inline file list is not canonical either.
+        let inline = format!("files = []\n{}", text.split(FILES_SEP).next().unwrap());
+        assert!(Manifest::parse(inline.as_bytes()).is_err());
     }
 
     #[test]

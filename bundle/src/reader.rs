@@ -5,9 +5,10 @@
 use crate::index::{self, Frame};
 use crate::manifest::{bundle_id, Manifest, MAX_MANIFEST_BYTES};
 use crate::tarfmt::{checksum_ok, padding, BLOCK};
-use crate::writer::{first_frame, trusted_comment, MANIFEST_PATH, SIGNATURE_PATH};
+use crate::writer::{is_first_frame, trusted_comment, MANIFEST_PATH, SIGNATURE_PATH};
 use crate::{Error, Result};
 use keys::{KeyId, Signature, TrustedKeys};
+use std::ops::Range;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -64,7 +65,7 @@ pub(crate) fn read_frame(
 }
 
 /// Reads one `.bundle/` file entry from the first frame.
-fn bundle_entry<'a>(raw: &'a [u8], pos: &mut usize, want: &str, max: u64) -> Result<&'a [u8]> {
+fn bundle_entry(raw: &[u8], pos: &mut usize, want: &str, max: u64) -> Result<Range<usize>> {
     let bad = |d: &str| Error::NotABundle(format!("{want}: {d}"));
     let block: &[u8; BLOCK] = raw
         .get(*pos..*pos + BLOCK)
@@ -85,9 +86,11 @@ fn bundle_entry<'a>(raw: &'a [u8], pos: &mut usize, want: &str, max: u64) -> Res
     }
     let start = *pos + BLOCK;
     let end = start + size as usize;
-    let data = raw.get(start..end).ok_or_else(|| bad("cut short"))?;
+    if raw.len() < end {
+        return Err(bad("cut short"));
+    }
     *pos = end + padding(size);
-    Ok(data)
+    Ok(start..end)
 }
 
 impl Bundle {
@@ -128,46 +131,55 @@ impl Bundle {
                 "the first frame must hold exactly the manifest and signature".into(),
             ));
         }
-        let raw0 = read_frame(
+        let mut raw0 = read_frame(
             &file,
             0,
             &f0,
             MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES + 4 * BLOCK as u64,
         )?;
         let mut pos = 0;
-        let manifest_bytes =
-            bundle_entry(&raw0, &mut pos, MANIFEST_PATH, MAX_MANIFEST_BYTES)?.to_vec();
-        let sig_bytes = bundle_entry(&raw0, &mut pos, SIGNATURE_PATH, MAX_SIGNATURE_BYTES)?;
+        let m_range = bundle_entry(&raw0, &mut pos, MANIFEST_PATH, MAX_MANIFEST_BYTES)?;
+        let s_range = bundle_entry(&raw0, &mut pos, SIGNATURE_PATH, MAX_SIGNATURE_BYTES)?;
+        let sig_bytes = raw0[s_range.clone()].to_vec();
+        let manifest_bytes = &raw0[m_range.clone()];
         if pos != raw0.len() {
             return Err(Error::NotABundle(
                 "unexpected bytes after the signature in the first frame".into(),
             ));
         }
-        let sig_text = std::str::from_utf8(sig_bytes)
+        let sig_text = std::str::from_utf8(&sig_bytes)
             .map_err(|_| Error::NotABundle("signature is not UTF-8".into()))?;
         let signature = Signature::parse(sig_text).map_err(Error::from_keys)?;
         let signer = match trusted {
             Some(t) => Some(
-                t.verify(&manifest_bytes, &signature)
+                t.verify(manifest_bytes, &signature)
                     .map_err(Error::from_keys)?
                     .id,
             ),
             None => None,
         };
-        let manifest = Manifest::parse(&manifest_bytes)?;
-        let id = bundle_id(&manifest_bytes);
+        let manifest = Manifest::parse(manifest_bytes)?;
+        let id = bundle_id(manifest_bytes);
         if signature.trusted_comment != trusted_comment(&manifest, &id) {
             return Err(Error::BadManifest(
                 "the signature's trusted comment names a different bundle".into(),
             ));
         }
         // The manifest fixes the header mtime: now the first frame must be exactly what our writer makes.
-        let expect = first_frame(&manifest_bytes, sig_bytes, manifest.source_date_epoch);
-        if expect != raw0 {
+        if !is_first_frame(
+            &raw0,
+            m_range.len(),
+            s_range.len(),
+            manifest.source_date_epoch,
+        ) {
             return Err(Error::NotABundle(
                 "manifest or signature tar headers are not canonical".into(),
             ));
         }
+        // The frame's buffer becomes the manifest's, without a second copy of it.
+        raw0.truncate(m_range.end);
+        raw0.drain(..m_range.start);
+        let manifest_bytes = raw0;
         let path = path.to_owned();
         Ok(Self {
             file,
