@@ -32,17 +32,15 @@ pub fn wheel(
         .arg(venv_python)
         .arg("--out-dir")
         .arg(&tmp);
+    // A private copy of the source: the build writes build/ and *.egg-info into its tree, and
+    // one known path lets the compiler map it away.
+    let copy = tmp.join("src");
     match (src, &ext.pypi) {
         (Some(s), _) => {
-            // A private copy: the build writes build/ and *.egg-info into its source tree.
-            let copy = tmp.join("src");
             process::run(std::process::Command::new("cp").arg("-a").arg(s).arg(&copy))?;
-            // Paths must not leak into objects: the same inputs give the same wheel contents.
-            let map = format!("-g0 -ffile-prefix-map={}=/src", copy.display());
-            c.arg(&copy).env("CFLAGS", &map).env("CXXFLAGS", &map);
         }
         (None, Some(spec)) => {
-            // uv builds wheels from an sdist file; pip fetches it (sources only, no dependencies).
+            // pip fetches the sdist (sources only, no dependencies); tar unpacks it here.
             let sdist = tmp.join("sdist");
             process::run(
                 std::process::Command::new("python3")
@@ -64,10 +62,28 @@ pub fn wheel(
                 .next()
                 .context("pip downloaded nothing")??
                 .path();
-            c.arg(file);
+            if !file.to_string_lossy().ends_with(".tar.gz") {
+                bail!(
+                    "{spec}: PyPI's source distribution is {}, not a .tar.gz sdist; pin a version that has one",
+                    file.display()
+                );
+            }
+            fs_err::create_dir_all(&copy)?;
+            process::run(
+                std::process::Command::new("tar")
+                    .args(["-xzf"])
+                    .arg(&file)
+                    .args(["--strip-components=1", "--no-same-owner", "-C"])
+                    .arg(&copy),
+            )
+            .with_context(|| format!("unpacking {}", file.display()))?;
         }
         (None, None) => bail!("extension {} has no source", ext.name),
     }
+    // Paths must not leak into objects: the same inputs give the same wheel contents, and the
+    // release's relocation lint finds no build path.
+    let map = format!("-g0 -ffile-prefix-map={}=/src", copy.display());
+    c.arg(&copy).env("CFLAGS", &map).env("CXXFLAGS", &map);
     c.env("SOURCE_DATE_EPOCH", epoch.to_string());
     for (k, v) in &ext.env {
         c.env(k, v);

@@ -365,3 +365,109 @@ fn an_unreachable_source_is_named_and_a_stale_lock_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("is stale"), "{}", stderr(&out));
 }
+
+/// The PyPI-sdist route (torchao's in the Spark recipe): a real sdist with a C extension
+/// (bitarray) fetched from PyPI, compiled with `--no-build-isolation` against the frozen env, run
+/// from the release, and cached by its input digest like the git route.
+#[test]
+fn a_pypi_sdist_extension_compiles_against_the_frozen_env_and_is_cached() {
+    let d = Demo::new();
+    let sdist = |spec: &'static str| {
+        move |t: String| {
+            format!(
+                "{t}\n[[extensions]]\nname = \"bitarray\"\npypi = \"{spec}\"\nimport = \"bitarray\"\nrequired = true\n"
+            )
+        }
+    };
+    let recipe = d.recipe("sdist", sdist("bitarray==3.8.0"));
+    let first = d.build(&recipe, "out1", "cache", &[]);
+    let id1 = id(&first);
+    assert!(
+        stderr(&first).contains("extension bitarray") && stderr(&first).contains("compiling"),
+        "{}",
+        stderr(&first)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let bundle = PathBuf::from(v["path"].as_str().unwrap());
+    let x = d.tmp.path().join("x");
+    fs_err::create_dir_all(&x).unwrap();
+    assert!(Command::new("tar")
+        .arg("--zstd")
+        .arg("-xf")
+        .arg(&bundle)
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap()
+        .success());
+    // The compiled module is the release's own, loaded by the release's interpreter.
+    let out = Command::new(x.join("venv/bin/python"))
+        .args([
+            "-c",
+            "import bitarray, bitarray._bitarray as m; print(bitarray.bitarray('1011').count()); print(m.__file__)",
+        ])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("3"), "{text}");
+    let so = lines.next().unwrap();
+    assert!(
+        so.starts_with(
+            &x.join("venv/lib/python3.12/site-packages/bitarray/_bitarray.cpython-312")
+                .to_string_lossy()
+                .into_owned()
+        ) && so.ends_with(".so"),
+        "{so}"
+    );
+    let info = Command::new(env!("CARGO_BIN_EXE_comfy-build"))
+        .arg("inspect")
+        .arg(&bundle)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let ext = m["provenance"]["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "bitarray")
+        .unwrap()
+        .clone();
+    assert_eq!(ext["source"], "bitarray==3.8.0");
+    assert_eq!(ext["wheel_sha256"].as_str().unwrap().len(), 64);
+    // Pre-flight imports it on the host before the release can become current.
+    let manifest = fs_err::read_to_string(x.join(".bundle/manifest.toml")).unwrap();
+    assert!(
+        manifest.contains("name = \"import bitarray\"\npython = \"import bitarray\""),
+        "{manifest}"
+    );
+
+    // Rebuilt from the cache: not compiled again, same bundle.
+    let again = d.build(&recipe, "out2", "cache", &["--locked"]);
+    assert_eq!(id(&again), id1);
+    assert!(
+        stderr(&again).contains("extension bitarray") && !stderr(&again).contains("compiling"),
+        "{}",
+        stderr(&again)
+    );
+    // Another version is another input: the dry run says it would compile.
+    let other = d.recipe("sdist2", sdist("bitarray==3.7.2"));
+    let plan = d.build(&other, "out-dry", "cache", &["--dry-run"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let st = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "extension bitarray")
+        .unwrap()
+        .clone();
+    assert_eq!(st["cached"], false, "{st}");
+}
