@@ -73,6 +73,53 @@ fn port_check(r: &mut Report, host: &Host, unit_active: bool) {
     }
 }
 
+/// The shared libraries the current release needs from this host.
+fn host_libs_check(r: &mut Report, m: &bundle::Manifest) {
+    let name = "host libraries";
+    let n = m.host_libs.len();
+    if n == 0 {
+        r.ok(name, "the release lists none");
+        return;
+    }
+    let f = crate::hostlibs::check(m);
+    let gpu = m.launch.device_type == "cuda";
+    if !f.missing.is_empty() {
+        r.fail(
+            name,
+            format!(
+                "{} of {n} missing: {}",
+                f.missing.len(),
+                f.missing.join(", ")
+            ),
+            format!(
+                "install the packages that provide them (Debian/Ubuntu: `apt-file search {}`)",
+                f.missing[0]
+            ),
+        );
+    } else if gpu && !f.driver_missing.is_empty() {
+        r.fail(
+            name,
+            format!(
+                "the NVIDIA driver's {} missing",
+                f.driver_missing.join(", ")
+            ),
+            "install the NVIDIA driver (CUDA 13.0 needs 580 or newer)",
+        );
+    } else if !f.driver_missing.is_empty() {
+        r.ok(
+            name,
+            format!(
+                "{} of {n} found by the dynamic loader; not here: {} (the NVIDIA driver's, unused by this {} release)",
+                f.present,
+                f.driver_missing.join(", "),
+                m.launch.device_type
+            ),
+        );
+    } else {
+        r.ok(name, format!("all {n} found by the dynamic loader"));
+    }
+}
+
 pub fn doctor(host: &Host) -> Report {
     let mut r = Report::default();
     let current = host.current();
@@ -190,6 +237,7 @@ pub fn doctor(host: &Host) -> Report {
                 ),
             }
         }
+        host_libs_check(&mut r, m);
         match crate::preflight::run(
             &host.layout.release(id),
             m,

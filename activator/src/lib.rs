@@ -12,6 +12,7 @@ mod failpoint;
 mod gc;
 mod health;
 mod host;
+mod hostlibs;
 mod inventory;
 mod lifecycle;
 mod lock;

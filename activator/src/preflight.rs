@@ -66,6 +66,7 @@ fn confined(
 
 /// Runs every check; the first failure is an error naming it and carrying its output.
 pub fn run(release: &Path, m: &Manifest, who: Option<(u32, u32)>) -> Result<usize> {
+    crate::hostlibs::require(m).map_err(|e| anyhow::anyhow!("pre-flight: {e:#}"))?;
     if m.preflight.is_empty() {
         return Ok(0);
     }

@@ -236,6 +236,58 @@ fn failed_preflight_never_becomes_current() {
 }
 
 #[test]
+fn a_release_needing_a_library_the_host_lacks_never_becomes_current() {
+    let h = TestHost::new();
+    let mut tree = Tree::demo("a");
+    // libc is on every host; the driver's library only counts for a GPU release.
+    tree.host_libs = vec!["libc.so.6", "libnvidia-comfyctl-test.so.1"];
+    let good = h.bundle("1.0", 1, &tree);
+    h.activate_ok(&good);
+    let doc = h.ctl(&["doctor", "--json"]).json();
+    let line = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "host libraries")
+        .unwrap()
+        .clone();
+    assert_eq!(line["status"], "ok", "{line}");
+    assert!(
+        line["saw"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 2 found by the dynamic loader; not here: libnvidia-comfyctl-test.so.1"),
+        "{line}"
+    );
+    let mut tree = Tree::demo("b");
+    tree.host_libs = vec!["libc.so.6", "libcomfyctl-test-absent.so.3"];
+    let bad = h.bundle("1.1", 2, &tree);
+    let out = h.ctl(&["activate", bad.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "pre-flight: the host lacks 1 shared library the release needs: libcomfyctl-test-absent.so.3"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(h.current(), Some(h.id_of(&good)));
+    let mut tree = Tree::demo("c");
+    tree.device_type = "cuda";
+    tree.host_libs = vec!["libnvidia-comfyctl-test.so.1"];
+    let gpu = h.bundle("1.2", 3, &tree);
+    let out = h.ctl(&["activate", gpu.to_str().unwrap(), "--no-service"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("needs the NVIDIA driver's libnvidia-comfyctl-test.so.1"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(h.current(), Some(h.id_of(&good)));
+}
+
+#[test]
 fn verify_finds_tampering() {
     let h = TestHost::new();
     let a = h.bundle("1.0", 1, &Tree::demo("a"));

@@ -6,7 +6,7 @@
 use crate::env::{self, Interpreter};
 use crate::lock::{Lock, LockedGit};
 use crate::plan::{Plan, Role, Source};
-use crate::{ext, freeze, git, launch, process, reqs, smoke, state};
+use crate::{ext, freeze, git, hostlibs, launch, process, reqs, smoke, state};
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -208,6 +208,8 @@ pub fn lock(plan: &Plan, cache: &Path, previous: Option<&Lock>) -> Result<Lock> 
 struct StageRecord {
     smoke: Option<smoke::SmokeReport>,
     state: Vec<bundle::StatePath>,
+    /// Shared libraries the stage's ELF files need from the host.
+    host_libs: Vec<String>,
 }
 
 /// Fails the build on what the smoke start saw that would break on the host: classes a node
@@ -413,7 +415,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         .map(|(_, _, w)| w.to_string_lossy().into_owned())
         .collect();
     let stage_d = digest(&[
-        "stage-v4",
+        "stage-v5",
         &env_d,
         &lock_sha,
         &plan.recipe_sha256,
@@ -528,10 +530,23 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 ),
             );
         }
+        let host_libs = hostlibs::host_libs(&tmp)?;
+        step(
+            "host libs",
+            format!(
+                "{} shared libraries come from the host: {}",
+                host_libs.len(),
+                host_libs.join(" ")
+            ),
+        );
         fs_err::create_dir_all(cache.join("stage"))?;
         fs_err::write(
             &smoke_file,
-            serde_json::to_vec(&StageRecord { smoke, state })?,
+            serde_json::to_vec(&StageRecord {
+                smoke,
+                state,
+                host_libs,
+            })?,
         )?;
         fs_err::rename(&tmp, &stage)?;
         drop(scratch);
@@ -651,6 +666,7 @@ fn manifest(
             .filter(|(_, v)| !v.is_empty())
             .collect(),
         preflight,
+        host_libs: record.host_libs,
         state: record.state,
         files: Vec::new(),
     })

@@ -8,6 +8,7 @@ mod env;
 mod ext;
 mod freeze;
 mod git;
+mod hostlibs;
 mod launch;
 pub mod lock;
 pub mod plan;

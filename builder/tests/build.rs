@@ -221,6 +221,19 @@ fn demo_builds_runs_elsewhere_and_is_reproducible() {
         .iter()
         .any(|p| p == "fastmath==1.0.0"));
     assert_eq!(m["launch"]["entry"], "launch.sh");
+    // What the release needs from the host: libc, never the interpreter's own libpython.
+    let libs: Vec<&str> = m["host_libs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(libs.contains(&"libc.so.6"), "{libs:?}");
+    assert!(!libs.iter().any(|l| l.starts_with("libpython")), "{libs:?}");
+    assert!(
+        x.join("python/lib/libpython3.12.so.1.0").exists(),
+        "the embedded interpreter ships its libpython"
+    );
 }
 
 #[test]

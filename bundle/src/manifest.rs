@@ -58,6 +58,10 @@ pub struct Manifest {
     /// Checks run with the release's own interpreter before it may become current.
     #[serde(default)]
     pub preflight: Vec<Check>,
+    /// Shared libraries the release's ELF files need (by `DT_NEEDED` name) and do not ship: the
+    /// host's dynamic loader must find them. Sorted; checked by pre-flight and `comfyctl doctor`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_libs: Vec<String>,
     /// Paths inside the release that the app writes (found by the build's smoke start or declared
     /// by the recipe): each is a symlink into [`STATE_DIR`], which the host links to per-node state
     /// under its data directory, so the release itself stays read-only.
@@ -89,6 +93,8 @@ struct Head {
     #[serde(default)]
     preflight: Vec<Check>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    host_libs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     state: Vec<StatePath>,
 }
 
@@ -108,6 +114,7 @@ impl Manifest {
             limits: self.limits.clone(),
             expected_nodes: self.expected_nodes.clone(),
             preflight: self.preflight.clone(),
+            host_libs: self.host_libs.clone(),
             state: self.state.clone(),
         }
     }
@@ -127,6 +134,7 @@ impl Manifest {
             limits: h.limits,
             expected_nodes: h.expected_nodes,
             preflight: h.preflight,
+            host_libs: h.host_libs,
             state: h.state,
             files,
         }
@@ -551,6 +559,24 @@ impl Manifest {
                 )));
             }
         }
+        if self.host_libs.len() > MAX_HOST_LIBS {
+            return Err(Error::LimitExceeded(format!(
+                "{} host libraries, limit {MAX_HOST_LIBS}",
+                self.host_libs.len()
+            )));
+        }
+        for (i, lib) in self.host_libs.iter().enumerate() {
+            if !is_library_name(lib) {
+                return Err(Error::BadManifest(format!(
+                    "host library {lib:?} must be a file name of [A-Za-z0-9._+-], at most 255 bytes"
+                )));
+            }
+            if i > 0 && self.host_libs[i - 1] >= *lib {
+                return Err(Error::BadManifest(
+                    "host libraries must be sorted and unique".into(),
+                ));
+            }
+        }
         if self.files.len() > MAX_ENTRIES {
             return Err(Error::LimitExceeded(format!(
                 "{} entries, limit {MAX_ENTRIES}",
@@ -653,6 +679,18 @@ impl Manifest {
     }
 }
 
+/// The most host libraries a manifest may name.
+pub const MAX_HOST_LIBS: usize = 4096;
+
+/// A shared library's file name as `DT_NEEDED` gives it (`libc.so.6`): no path, nothing to escape.
+pub fn is_library_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+}
+
 /// The kind of `path` in a file list sorted by path bytes.
 fn kind_in<'a>(files: &'a [Entry], path: &str) -> Option<&'a Kind> {
     files
@@ -728,6 +766,7 @@ mod tests {
                 name: "import".into(),
                 python: "import os".into(),
             }],
+            host_libs: Vec::new(),
             state: Vec::new(),
             files: vec![
                 Entry {
@@ -919,6 +958,31 @@ mod tests {
         // An inline file list is not canonical either.
         let inline = format!("files = []\n{}", text.split(FILES_SEP).next().unwrap());
         assert!(Manifest::parse(inline.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn host_libraries_are_sorted_plain_names() {
+        let mut m = sample();
+        m.host_libs = vec!["libc.so.6".into(), "libcuda.so.1".into()];
+        m.validate().unwrap();
+        let bytes = m.to_canonical_bytes().unwrap();
+        assert!(String::from_utf8_lossy(&bytes)
+            .contains("host_libs = [\"libc.so.6\", \"libcuda.so.1\"]"));
+        assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+        for bad in [
+            vec!["libcuda.so.1", "libc.so.6"],
+            vec!["libc.so.6", "libc.so.6"],
+            vec!["../lib/libc.so.6"],
+            vec!["libc.so.6\u{1b}]0;x"],
+            vec![""],
+        ] {
+            let mut m = sample();
+            m.host_libs = bad.iter().map(|s| (*s).to_owned()).collect();
+            assert!(
+                matches!(m.validate(), Err(Error::BadManifest(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub fn template() -> Manifest {
         limits: Default::default(),
         expected_nodes: Default::default(),
         preflight: Vec::new(),
+        host_libs: Vec::new(),
         state: Vec::new(),
         files: Vec::new(),
     }

@@ -46,6 +46,8 @@ pub struct Tree {
     pub preflight: Vec<(&'static str, &'static str)>,
     pub expected_nodes: Vec<(&'static str, Vec<&'static str>)>,
     pub device_type: &'static str,
+    /// The manifest's `host_libs`.
+    pub host_libs: Vec<&'static str>,
 }
 
 impl Tree {
@@ -78,6 +80,7 @@ impl Tree {
             preflight: vec![("imports", "ok")],
             expected_nodes: vec![("node_a", vec!["NodeA"])],
             device_type: "cpu",
+            host_libs: Vec::new(),
         }
     }
 }
@@ -168,6 +171,7 @@ impl TestHost {
             .map(|(d, c)| ((*d).to_owned(), c.iter().map(|x| (*x).to_owned()).collect()))
             .collect();
         m.launch.device_type = tree.device_type.into();
+        m.host_libs = tree.host_libs.iter().map(|l| (*l).to_owned()).collect();
         let out = self.tmp.path().join(format!("{name}.bundle"));
         let opts = bundle::PackOptions {
             frame_size: 64 << 10,

@@ -75,6 +75,7 @@ pub(crate) fn summary(b: &bundle::Bundle) -> serde_json::Value {
         "expected_nodes": m.expected_nodes,
         "state": m.state,
         "preflight": m.preflight.iter().map(|c| &c.name).collect::<Vec<_>>(),
+        "host_libs": m.host_libs,
     })
 }
 
@@ -127,6 +128,9 @@ pub(crate) fn print_summary(b: &bundle::Bundle) {
     }
     if !p.packages.is_empty() {
         println!("packages:  {}", p.packages.len());
+    }
+    if !m.host_libs.is_empty() {
+        println!("host libs: {}", t(&m.host_libs.join(" ")));
     }
     for (dir, classes) in &m.expected_nodes {
         println!("classes:   {}: {}", t(dir), classes.len());

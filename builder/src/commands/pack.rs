@@ -31,6 +31,7 @@ pub fn run(a: PackArgs) -> Result<()> {
         limits: bundle::Limits::default(),
         expected_nodes: Default::default(),
         preflight: Vec::new(),
+        host_libs: Vec::new(),
         state: Vec::new(),
         files: Vec::new(),
     };

@@ -23,6 +23,7 @@ pub fn template() -> Manifest {
         limits: Limits::default(),
         expected_nodes: Default::default(),
         preflight: vec![],
+        host_libs: Vec::new(),
         state: Vec::new(),
         files: vec![],
     }
