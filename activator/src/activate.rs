@@ -98,6 +98,13 @@ pub(crate) fn load_state(host: &Host) -> Result<State> {
     Ok(state)
 }
 
+/// The journal as [`load_state`] makes it, without writing it back (dry runs and diffs).
+pub(crate) fn load_state_read_only(host: &Host) -> Result<State> {
+    let mut state = State::load(&host.layout.state())?;
+    state.reconcile(host.current().as_deref());
+    Ok(state)
+}
+
 pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<ActivateReport> {
     let t0 = Instant::now();
     let trusted = match keys::TrustedKeys::load_dir(&host.layout.keys) {
@@ -268,7 +275,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
 /// Refuses, before anything is written, a release whose new bytes (files the store lacks) do
 /// not fit in the free space of the install directory's filesystem with a margin: a bundle that
 /// declares more than the disk holds stops here, not half-way with a full disk.
-fn check_space(host: &Host, b: &bundle::Bundle, store: &Store) -> Result<()> {
+pub(crate) fn check_space(host: &Host, b: &bundle::Bundle, store: &Store) -> Result<()> {
     let mut need = 0u64;
     let mut seen = std::collections::HashSet::new();
     for e in &b.manifest.files {

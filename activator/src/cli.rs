@@ -31,6 +31,9 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// List installed releases.
     Releases,
+    /// What a release changes against `current`: ComfyUI, custom nodes, node classes, packages,
+    /// launch flags, files and bytes (and for a URL, what a delta fetch would download).
+    Diff(DiffArgs),
     /// Show the current release, the rollback target and store usage.
     Status,
     /// Re-hash an installed release (default: current) against its signed manifest.
@@ -105,6 +108,20 @@ pub struct ActivateArgs {
     /// Do not restart or health-check the service.
     #[arg(long)]
     pub no_service: bool,
+    /// Check everything that needs no change (signature, target, sequence, host libraries, data
+    /// targets, free space, the store's share) and print the plan and the diff; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// An installed release id (or prefix), a .bundle file or an http(s) URL. Default: `current`
+    /// against the release a rollback would return to.
+    pub source: Option<String>,
+    /// Compare against this installed release instead of `current`.
+    #[arg(long)]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Args)]

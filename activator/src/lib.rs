@@ -7,6 +7,7 @@ mod cmd;
 pub mod config;
 mod data;
 mod delta;
+mod diff;
 mod doctor;
 mod failpoint;
 mod gc;

@@ -14,6 +14,47 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+fn print_plan(p: &crate::diff::Plan) {
+    use support::diff::human_bytes;
+    use support::term_safe as t;
+    println!(
+        "dry run: {} {} (sequence {}, {}): signature, target, sequence, host libraries{}, data targets and free space pass",
+        t(&p.name),
+        t(&p.version),
+        p.sequence,
+        short(&p.id),
+        if p.host_libraries > 0 {
+            format!(" ({} found)", p.host_libraries)
+        } else {
+            String::new()
+        }
+    );
+    match p.action {
+        "none" => println!("it is already current: an activation would change nothing"),
+        "switch" => {
+            println!("it is installed and intact: an activation would switch to it and restart")
+        }
+        _ => println!(
+            "an activation would write {} files ({}) and reuse {} files ({}) from the store",
+            p.files_to_write,
+            human_bytes(p.bytes_to_write),
+            p.files_reused,
+            human_bytes(p.bytes_reused)
+        ),
+    }
+    if !p.changed_objects.is_empty() {
+        println!(
+            "{} store object(s) changed since they were stored; the activation writes them afresh",
+            p.changed_objects.len()
+        );
+    }
+    match &p.diff {
+        Some(d) => print!("\n{}", d.render()),
+        None => println!("no current release: nothing to compare with"),
+    }
+    println!("nothing was changed");
+}
+
 /// Runs one parsed command line; returns the exit code for outcomes that are not errors.
 pub fn run(cli: Cli) -> Result<u8> {
     if let Command::Setup(a) = &cli.command {
@@ -31,6 +72,22 @@ pub fn run(cli: Cli) -> Result<u8> {
     let host = Host::open(&cli.root, cli.config.as_deref())?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     match cli.command {
+        Command::Activate(a) if a.dry_run => {
+            let p = crate::diff::dry_run(&host, &a.source, a.allow_downgrade, !a.no_service)?;
+            if cli.json {
+                print_json(&p)?;
+            } else {
+                print_plan(&p);
+            }
+        }
+        Command::Diff(a) => {
+            let d = crate::diff::diff(&host, a.source.as_deref(), a.from.as_deref())?;
+            if cli.json {
+                print_json(&d)?;
+            } else {
+                print!("{}", d.render());
+            }
+        }
         Command::Activate(a) => {
             let opts = activate::ActivateOptions {
                 allow_downgrade: a.allow_downgrade,

@@ -18,6 +18,8 @@ pub struct Store {
     /// Objects already found unchanged: an activation asks about each one more than once (the
     /// free-space check, then the extraction's plan), one `stat` is enough.
     checked: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// A dry run's view: changed objects count as missing but stay where they are.
+    read_only: bool,
 }
 
 /// What gc removed from the store.
@@ -34,6 +36,15 @@ impl Store {
             index: std::sync::OnceLock::new(),
             quarantined: std::sync::Mutex::new(Vec::new()),
             checked: std::sync::Mutex::new(std::collections::HashSet::new()),
+            read_only: false,
+        }
+    }
+
+    /// A store that is only looked at (dry runs): nothing is moved, a changed object is missing.
+    pub fn read_only(dir: PathBuf) -> Self {
+        Self {
+            read_only: true,
+            ..Self::new(dir)
         }
     }
 
@@ -144,6 +155,12 @@ impl Store {
     /// Moves a changed object out of the way: releases that link it keep their (changed) inode,
     /// `verify` reports them, and the next release that needs these bytes writes them afresh.
     fn quarantine(&self, rel: &str) {
+        if self.read_only {
+            if let Ok(mut v) = self.quarantined.lock() {
+                v.push(rel.to_owned());
+            }
+            return;
+        }
         let q = self.dir.join(".quarantine");
         let to = q.join(format!("{}-{}", rel.replace('/', "-"), crate::state::now()));
         let moved =

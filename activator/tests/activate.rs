@@ -288,6 +288,140 @@ fn a_release_needing_a_library_the_host_lacks_never_becomes_current() {
 }
 
 #[test]
+fn a_dry_run_and_a_diff_say_what_changes_and_change_nothing() {
+    let h = TestHost::new();
+    let one = h.bundle("1.0", 1, &Tree::demo("a"));
+    h.activate_ok(&one);
+    let mut tree = Tree::demo("b");
+    tree.expected_nodes = vec![("node_a", vec!["NodeA", "NodeB"])];
+    tree.files
+        .push(("ComfyUI/new.py".into(), b"new = 1\n".to_vec()));
+    let two = h.bundle("1.1", 2, &tree);
+    let before = h.snapshot();
+    let plan = h.ctl(&[
+        "activate",
+        two.to_str().unwrap(),
+        "--dry-run",
+        "--no-service",
+        "--json",
+    ]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let p = plan.json();
+    assert_eq!(p["action"], "activate");
+    // main.py changed, new.py added; the rest comes from the store.
+    assert_eq!(p["files_to_write"], 2, "{p}");
+    assert_eq!(
+        p["bytes_to_write"],
+        "print('b')\n".len() + "new = 1\n".len()
+    );
+    assert_eq!(p["diff"]["files"]["changed"], 1);
+    assert_eq!(p["diff"]["files"]["added"], 1);
+    assert_eq!(
+        p["diff"]["classes"]["node_a"]["added"],
+        serde_json::json!(["NodeB"])
+    );
+    let text = h.ctl(&[
+        "activate",
+        two.to_str().unwrap(),
+        "--dry-run",
+        "--no-service",
+    ]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    for want in [
+        "an activation would write 2 files (19 B) and reuse 43 files (2.6 MB) from the store",
+        "node classes:\n  node_a: 1 added, 0 removed\n    + NodeB\n",
+        "files: 1 changed, 1 added, 0 removed",
+        "nothing was changed",
+    ] {
+        assert!(
+            text.stdout.contains(want),
+            "{want:?} not in:\n{}",
+            text.stdout
+        );
+    }
+    assert_eq!(h.snapshot(), before, "a dry run changes nothing");
+    // What an activation refuses, the dry run refuses the same way, still changing nothing.
+    let mut bad = Tree::demo("c");
+    bad.host_libs = vec!["libcomfyctl-test-absent.so.3"];
+    let lacking = h.bundle("1.2", 3, &bad);
+    let out = h.ctl(&[
+        "activate",
+        lacking.to_str().unwrap(),
+        "--dry-run",
+        "--no-service",
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("pre-flight would fail: the host lacks 1 shared library"),
+        "{}",
+        out.stderr
+    );
+    let other = keys::generate();
+    let foreign = h.bundle_with_key("1.3", 4, &Tree::demo("d"), &other, common::TARGET);
+    let out = h.ctl(&["activate", foreign.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(h.snapshot(), before);
+
+    h.activate_ok(&two);
+    let old = h.bundle("0.9", 0, &Tree::demo("z"));
+    let out = h.ctl(&[
+        "activate",
+        old.to_str().unwrap(),
+        "--dry-run",
+        "--no-service",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("below the highest this host has seen"),
+        "{}",
+        out.stderr
+    );
+    // Re-planning the current release: nothing to do.
+    let p = h
+        .ctl(&[
+            "activate",
+            two.to_str().unwrap(),
+            "--dry-run",
+            "--no-service",
+            "--json",
+        ])
+        .json();
+    assert_eq!(p["action"], "none");
+    // `diff` alone: what the last activation changed (from the rollback target to current);
+    // `--from` and an installed id work the same way.
+    let d = h.ctl(&["diff", "--json"]);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    let d = d.json();
+    assert_eq!(d["old"]["id"], h.id_of(&one).as_str());
+    assert_eq!(d["new"]["id"], h.id_of(&two).as_str());
+    assert_eq!(
+        d["classes"]["node_a"]["added"],
+        serde_json::json!(["NodeB"])
+    );
+    let back = h.ctl(&["diff", &h.id_of(&one)[..12], "--json"]).json();
+    assert_eq!(
+        back["classes"]["node_a"]["removed"],
+        serde_json::json!(["NodeB"])
+    );
+    assert_eq!(back["files"]["removed"], 1);
+    let same = h.ctl(&["diff", two.to_str().unwrap()]);
+    assert!(
+        same.stdout.contains("the same bundle: nothing differs"),
+        "{}",
+        same.stdout
+    );
+    let out = h.ctl(&["diff", "nonexistent"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("neither a bundle file, a URL nor an installed release"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn verify_finds_tampering() {
     let h = TestHost::new();
     let a = h.bundle("1.0", 1, &Tree::demo("a"));

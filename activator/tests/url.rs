@@ -249,11 +249,24 @@ fn delta_fetch_reads_only_the_frames_the_host_lacks() {
     assert_eq!(h.ctl(&["activate", &url_a, "--no-service"]).code, 0);
     let size = fs_err::metadata(&b).unwrap().len();
     let (url_b, seen) = serve(fs_err::read(&b).unwrap(), Mode::Honest);
+    // The diff and the dry run say beforehand what the delta will download, and keep nothing.
+    let d = h.ctl(&["diff", &url_b, "--json"]);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    let predicted = d.json()["download_bytes"].as_u64().unwrap();
+    let plan = h.ctl(&["activate", &url_b, "--dry-run", "--no-service", "--json"]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert_eq!(plan.json()["diff"]["download_bytes"], predicted);
+    assert_eq!(downloads(&h), Vec::<String>::new());
+    assert_eq!(h.current(), Some(h.id_of(&a)));
     let out = h.ctl(&["activate", &url_b, "--no-service", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let r = out.json();
     assert_eq!(r["fetch"]["delta"], size);
     let fetched = r["fetch"]["downloaded"].as_u64().unwrap();
+    assert_eq!(
+        fetched, predicted,
+        "the diff's figure is what the delta fetched"
+    );
     let share = fetched as f64 / size as f64;
     println!(
         "delta fetch: {fetched} of {size} bytes ({:.1}%) in {} requests",

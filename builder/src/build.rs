@@ -415,7 +415,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         .map(|(_, _, w)| w.to_string_lossy().into_owned())
         .collect();
     let stage_d = digest(&[
-        "stage-v5",
+        "stage-v6",
         &env_d,
         &lock_sha,
         &plan.recipe_sha256,
@@ -534,7 +534,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         step(
             "host libs",
             format!(
-                "{} shared libraries come from the host: {}",
+                "{} shared libraries of the interpreter come from the host: {}",
                 host_libs.len(),
                 host_libs.join(" ")
             ),

@@ -24,6 +24,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Show what a bundle holds, without checking its signature.
     Inspect(InspectArgs),
+    /// What changes from one release to another: ComfyUI, custom nodes, node classes, packages,
+    /// launch flags, files and bytes.
+    Diff(DiffArgs),
     /// Resolve a recipe's sources to commits and its packages to hashed pins: writes RECIPE.lock.
     Lock(LockArgs),
     /// Build a recipe into a signed bundle in --out DIR.
@@ -148,6 +151,18 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub trust: TrustArgs,
     /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The older release: a bundle, or a directory holding `.bundle/manifest.toml` (an unpacked
+    /// release).
+    pub old: PathBuf,
+    /// The newer release, the same way.
+    pub new: PathBuf,
+    /// Print the whole diff as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

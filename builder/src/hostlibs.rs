@@ -1,7 +1,11 @@
-//! What a release needs from the host: the shared libraries its ELF files name (`DT_NEEDED`, read
-//! by patchelf) that no file of the release provides. For an embedded interpreter that is libc and
-//! whatever the interpreter was linked against (a distribution's or pyenv's Python: libssl, libffi,
-//! sqlite...; uv's managed CPython: little beyond libc); for torch, the NVIDIA driver's libcuda.
+//! What the embedded interpreter needs from the host: the shared libraries the ELF files of the
+//! release's `python/` prefix name (`DT_NEEDED`, read by patchelf) that no file of the release
+//! provides: libc, and whatever the interpreter was linked against (a distribution's or pyenv's
+//! Python: libssl, libffi, sqlite...; uv's managed CPython: little beyond libc).
+//!
+//! Only the interpreter's prefix: the venv's wheels ship plugins that name libraries no host has
+//! and that load only on demand (the real release's torch and NVIDIA wheels name libmpi, libfabric,
+//! libibverbs, libucp, libtbb...), and the NVIDIA driver is checked by doctor on its own.
 
 use crate::process;
 use anyhow::{Context as _, Result};
@@ -10,12 +14,16 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The sorted `DT_NEEDED` names of every ELF file below `root` that no file or link below `root`
-/// is named after (the loader finds a release's own libraries through their RUNPATHs, which point
-/// inside the release).
+/// The release's interpreter prefix (embedded mode); absent in system mode.
+pub const PREFIX: &str = "python";
+
+/// The sorted `DT_NEEDED` names of every ELF file below `root/python` that no file or link below
+/// `root` is named after (the loader finds a release's own libraries through their RUNPATHs, which
+/// point inside the release).
 pub fn host_libs(root: &Path) -> Result<Vec<String>> {
     let mut names: HashSet<String> = HashSet::new();
     let mut elfs: Vec<PathBuf> = Vec::new();
+    let prefix = root.join(PREFIX);
     let mut stack = vec![root.to_owned()];
     while let Some(d) = stack.pop() {
         for e in fs_err::read_dir(&d)? {
@@ -27,7 +35,7 @@ pub fn host_libs(root: &Path) -> Result<Vec<String>> {
                 continue;
             }
             names.insert(e.file_name().to_string_lossy().into_owned());
-            if ft.is_file() && is_elf(&p)? {
+            if ft.is_file() && p.starts_with(&prefix) && is_elf(&p)? {
                 elfs.push(p);
             }
         }
@@ -90,13 +98,22 @@ mod tests {
     #[test]
     fn names_what_the_tree_does_not_ship() {
         let t = tempfile::tempdir().unwrap();
-        let bin = t.path().join("bin");
+        let bin = t.path().join("python/bin");
         fs_err::create_dir_all(&bin).unwrap();
         // A real dynamically linked program of this machine: it needs libc.so.6.
         fs_err::copy("/bin/ls", bin.join("ls")).unwrap();
         fs_err::write(bin.join("script"), "#!/bin/sh\n").unwrap();
+        // Outside the interpreter's prefix (a wheel's optional plugin): not counted.
+        fs_err::create_dir_all(t.path().join("venv/lib")).unwrap();
+        fs_err::copy("/usr/bin/git", t.path().join("venv/lib/plugin.so")).unwrap();
         let libs = host_libs(t.path()).unwrap();
         assert!(libs.iter().any(|l| l == "libc.so.6"), "{libs:?}");
+        assert!(
+            !libs
+                .iter()
+                .any(|l| l.starts_with("libz") || l.starts_with("libpcre")),
+            "{libs:?}"
+        );
         // Shipping a file of that name satisfies it.
         fs_err::create_dir_all(t.path().join("lib")).unwrap();
         fs_err::write(t.path().join("lib/libc.so.6"), "").unwrap();

@@ -284,3 +284,47 @@ fn keys_directory_with_revocation() {
     assert_eq!(code, 2);
     assert!(err.contains("revoked"), "{err}");
 }
+
+#[test]
+fn diff_of_two_bundles_and_of_an_unpacked_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_tree(&d.join("tree"));
+    comfy_build(&["keygen", "--out", "rel"], d);
+    pack(d, "rel.key", "one.bundle");
+    fs_err::write(d.join("tree/ComfyUI/main.py"), "print('hello')\n").unwrap();
+    fs_err::write(d.join("tree/ComfyUI/extra.py"), "x = 1\n").unwrap();
+    fs_err::remove_file(d.join("tree/venv/bin/alias")).unwrap();
+    pack(d, "rel.key", "two.bundle");
+    let (code, out, err) = comfy_build(&["diff", "one.bundle", "two.bundle", "--json"], d);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = &v["files"];
+    assert_eq!(
+        (&f["changed"], &f["added"], &f["removed"]),
+        (&1.into(), &1.into(), &1.into()),
+        "{f}"
+    );
+    assert_eq!(
+        f["new_content_bytes"],
+        "print('hello')\n".len() + "x = 1\n".len()
+    );
+    // An unpacked release (stock tar) compares the same as its bundle.
+    let x = d.join("x");
+    fs_err::create_dir_all(&x).unwrap();
+    let st = std::process::Command::new("tar")
+        .args(["--zstd", "-xf", "one.bundle", "-C", "x"])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (code, text, err) = comfy_build(&["diff", "x", "two.bundle"], d);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("files: 1 changed, 1 added, 1 removed, 8 unchanged; 21 B of new content"),
+        "{text}"
+    );
+    let (code, _, err) = comfy_build(&["diff", "tree", "two.bundle"], d);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not an unpacked release"), "{err}");
+}

@@ -58,8 +58,9 @@ pub struct Manifest {
     /// Checks run with the release's own interpreter before it may become current.
     #[serde(default)]
     pub preflight: Vec<Check>,
-    /// Shared libraries the release's ELF files need (by `DT_NEEDED` name) and do not ship: the
-    /// host's dynamic loader must find them. Sorted; checked by pre-flight and `comfyctl doctor`.
+    /// Shared libraries the embedded interpreter (`python/`) needs (by `DT_NEEDED` name) and the
+    /// release does not ship: the host's dynamic loader must find them. Sorted; checked by
+    /// pre-flight and `comfyctl doctor`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_libs: Vec<String>,
     /// Paths inside the release that the app writes (found by the build's smoke start or declared

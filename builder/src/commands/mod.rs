@@ -1,6 +1,7 @@
 //! One file per verb; this one dispatches and holds the summary both `inspect` and `verify` print.
 
 mod build;
+mod diff;
 mod inspect;
 mod keygen;
 mod pack;
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Pack(a) => done(pack::run(a)),
         Command::Verify(a) => done(verify::run(a)),
         Command::Inspect(a) => done(inspect::run(a)),
+        Command::Diff(a) => done(diff::run(a)),
         Command::Lock(a) => done(build::lock(a)),
         Command::Build(a) => done(build::build(a)),
         Command::ImportSnapshot(a) => done(build::import_snapshot(a)),
