@@ -14,7 +14,7 @@ shift 2
 upstream=$(cd "$here/../shared/upstream" && pwd)
 out=$dir/comfyui-$n.toml
 python3 - "$here/recipes/comfyui-cpu.toml" "$out" "$n" "${COMFY_SOURCES:-bundles}" "$upstream" "$@" <<'PY'
-import re, sys
+import os, re, sys
 src, out, n, mode, upstream, *extra = sys.argv[1:]
 text = open(src).read()
 # bundle file -> (upstream URL, {bundle commit: upstream commit})
@@ -50,6 +50,8 @@ text, count = re.subn(r'git = "\.\./\.\./shared/upstream/([^"]+)\.git\.bundle"\n
 assert count == 6, f"expected 6 sources in {src}, found {count}"
 if mode not in ("bundles", "github"):
     sys.exit(f"COMFY_SOURCES={mode}: use bundles or github")
+# Workflow files are named relative to the committed recipe.
+text = text.replace('file = "workflows/', f'file = "{os.path.dirname(src)}/workflows/')
 for repo in extra:
     text += f'\n[[custom_nodes]]\ngit = "{repo}"\nrev = "main"\n'
 open(out, "w").write(text)

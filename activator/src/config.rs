@@ -94,6 +94,18 @@ pub struct HealthConfig {
     /// Overrides the device type the manifest expects (`cpu` on a host without a GPU).
     #[serde(default)]
     pub device_type: String,
+    /// A release's workflow naming a model file this host's app does not list: `warn` (reported,
+    /// still healthy) or `fail` (unhealthy: the activation rolls back).
+    #[serde(default)]
+    pub missing_models: MissingModels,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingModels {
+    #[default]
+    Warn,
+    Fail,
 }
 
 impl Default for HealthConfig {
@@ -101,6 +113,7 @@ impl Default for HealthConfig {
         Self {
             timeout_secs: default_health_timeout(),
             device_type: String::new(),
+            missing_models: MissingModels::Warn,
         }
     }
 }

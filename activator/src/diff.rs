@@ -140,6 +140,8 @@ pub struct Plan {
     /// Store objects found changed since they were stored (the activation writes them afresh).
     pub changed_objects: Vec<String>,
     pub host_libraries: usize,
+    /// The NFS/data targets were checked (not with `--no-service`, as for the activation).
+    pub data_checked: bool,
     pub diff: Option<ReleaseDiff>,
 }
 
@@ -188,6 +190,7 @@ pub fn dry_run(host: &Host, src: &str, allow_downgrade: bool, service: bool) -> 
         bytes_reused: 0,
         changed_objects: Vec::new(),
         host_libraries,
+        data_checked: service,
         diff: None,
     };
     if !intact {

@@ -12,6 +12,11 @@ pub struct Health {
     pub device_type: Option<String>,
     pub node_classes: usize,
     pub missing_nodes: Vec<String>,
+    /// The release's workflows checked against the live app, and those run on its device.
+    pub workflows_checked: usize,
+    pub workflows_run: usize,
+    /// Model files the workflows name that the app does not list (`file (node, input)`).
+    pub missing_models: Vec<String>,
     pub reason: Option<String>,
     pub seconds: f64,
 }
@@ -24,13 +29,18 @@ impl Health {
             device_type: None,
             node_classes: 0,
             missing_nodes: vec![],
+            workflows_checked: 0,
+            workflows_run: 0,
+            missing_models: vec![],
             reason: Some(reason),
             seconds: 0.0,
         }
     }
 }
 
-/// Waits up to `timeout` for the app on `port` to answer, then checks it against `m`.
+/// Waits up to `timeout` for the app on `port` to answer, then checks it against `m`: device,
+/// expected node classes, then the release's workflows against the live app (model files
+/// included: `models_fail` makes a missing one unhealthy), running those marked `run`.
 /// `device_override` replaces the manifest's expected device type (host config).
 /// `gone` is asked while waiting; a reason from it (the service died) ends the wait early.
 pub fn check(
@@ -38,6 +48,7 @@ pub fn check(
     m: &Manifest,
     device_override: Option<&str>,
     timeout: Duration,
+    models_fail: bool,
     gone: &dyn Fn() -> Option<String>,
 ) -> Result<Health> {
     let t0 = Instant::now();
@@ -52,6 +63,9 @@ pub fn check(
             device_type: device,
             node_classes: classes,
             missing_nodes: missing,
+            workflows_checked: 0,
+            workflows_run: 0,
+            missing_models: vec![],
             reason: Some(reason),
             seconds: t0.elapsed().as_secs_f64(),
         };
@@ -113,11 +127,70 @@ pub fn check(
             missing,
         ));
     }
+    let mut checked = 0;
+    let mut ran = 0;
+    let mut missing_models = Vec::new();
+    for w in &m.workflows {
+        let fail = |why: String, checked: usize, ran: usize| {
+            let mut h = unhealthy(
+                format!("workflow {}: {why}", w.name),
+                device.clone(),
+                obj.len(),
+                vec![],
+            );
+            h.workflows_checked = checked;
+            h.workflows_run = ran;
+            h
+        };
+        let wf = match support::workflow::parse(&w.prompt) {
+            Ok(wf) => wf,
+            Err(e) => return Ok(fail(format!("{e:#}"), checked, ran)),
+        };
+        let c = support::workflow::check(&wf, &info, true);
+        if !c.problems.is_empty() {
+            return Ok(fail(
+                format!("does not fit the running app: {}", c.problems.join("; ")),
+                checked,
+                ran,
+            ));
+        }
+        checked += 1;
+        if !c.missing_models.is_empty() {
+            missing_models.extend(c.missing_models.iter().map(|x| format!("{}: {x}", w.name)));
+            if models_fail {
+                return Ok(fail(
+                    format!(
+                        "names model files this host lacks: {}",
+                        c.missing_models.join(", ")
+                    ),
+                    checked,
+                    ran,
+                ));
+            }
+            continue;
+        }
+        if w.run {
+            let left = timeout
+                .saturating_sub(t0.elapsed())
+                .max(Duration::from_secs(30));
+            let run_client = reqwest::blocking::Client::builder().timeout(left).build()?;
+            if let Err(e) = support::workflow::run(&run_client, &base, &wf, left) {
+                return Ok(fail(format!("{e:#}"), checked, ran));
+            }
+            ran += 1;
+        }
+    }
+    for x in &missing_models {
+        tracing::warn!("workflow {x}: model file not found on this host");
+    }
     Ok(Health {
         healthy: true,
         device_type: device,
         node_classes: obj.len(),
         missing_nodes: vec![],
+        workflows_checked: checked,
+        workflows_run: ran,
+        missing_models,
         reason: None,
         seconds: t0.elapsed().as_secs_f64(),
     })

@@ -18,7 +18,7 @@ fn print_plan(p: &crate::diff::Plan) {
     use support::diff::human_bytes;
     use support::term_safe as t;
     println!(
-        "dry run: {} {} (sequence {}, {}): signature, target, sequence, host libraries{}, data targets and free space pass",
+        "dry run: {} {} (sequence {}, {}): signature, target, sequence, host libraries{}, {}free space pass",
         t(&p.name),
         t(&p.version),
         p.sequence,
@@ -27,7 +27,8 @@ fn print_plan(p: &crate::diff::Plan) {
             format!(" ({} found)", p.host_libraries)
         } else {
             String::new()
-        }
+        },
+        if p.data_checked { "data targets, " } else { "" }
     );
     match p.action {
         "none" => println!("it is already current: an activation would change nothing"),
@@ -251,6 +252,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                     .or((!host.cfg.health.device_type.is_empty())
                         .then_some(host.cfg.health.device_type.as_str())),
                 std::time::Duration::from_secs(a.timeout),
+                host.cfg.health.missing_models == crate::config::MissingModels::Fail,
                 &|| None,
             )?;
             if cli.json {
@@ -266,6 +268,17 @@ pub fn run(cli: Cli) -> Result<u8> {
                     h.node_classes,
                     m.expected_nodes.values().map(Vec::len).sum::<usize>()
                 );
+                if !m.workflows.is_empty() {
+                    println!(
+                        "workflows: {} of {} fit the running app, {} run on its device",
+                        h.workflows_checked,
+                        m.workflows.len(),
+                        h.workflows_run
+                    );
+                }
+                for x in &h.missing_models {
+                    println!("missing model: {}", support::term_safe(x));
+                }
             } else {
                 println!("unhealthy: {}", h.reason.as_deref().unwrap_or("unknown"));
             }

@@ -50,6 +50,7 @@ fn try_start(host: &Host, id: &str, from: Option<&str>) -> Result<Health> {
         &m,
         device,
         Duration::from_secs(host.cfg.health.timeout_secs),
+        host.cfg.health.missing_models == crate::config::MissingModels::Fail,
         &gone,
     )
 }

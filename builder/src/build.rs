@@ -421,6 +421,8 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         &plan.recipe_sha256,
         &wheel_digests.join("\n"),
         &opts.smoke.to_string(),
+        // The workflows are checked (and run) by the smoke start: another workflow, another check.
+        &serde_json::to_string(&plan.workflows)?,
     ]);
     let stage = cache.join("stage").join(&stage_d);
     let smoke_file = cache.join("stage").join(format!("{stage_d}.nodes.json"));
@@ -505,12 +507,24 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 &copy,
                 &r.launch.args,
                 &enabled,
+                &plan.workflows,
                 &log,
                 Duration::from_secs(300),
             );
             let _ = fs_err::remove_dir_all(&copy);
             let report = res?;
             check_smoke(plan, &report, &log)?;
+            if !plan.workflows.is_empty() {
+                step(
+                    "workflows",
+                    format!(
+                        "{} checked against /object_info, {} run on the CPU ({:.1}s)",
+                        plan.workflows.len(),
+                        plan.workflows.iter().filter(|w| w.run).count(),
+                        report.workflow_seconds
+                    ),
+                );
+            }
             Some(report)
         } else {
             None
@@ -667,6 +681,7 @@ fn manifest(
             .collect(),
         preflight,
         host_libs: record.host_libs,
+        workflows: plan.workflows.clone(),
         state: record.state,
         files: Vec::new(),
     })

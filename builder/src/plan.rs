@@ -2,7 +2,7 @@
 //! directory name, and every rule a build would otherwise trip over late checked up front.
 
 use crate::recipe::{PythonMode, Recipe};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -39,6 +39,8 @@ pub struct Plan {
     pub recipe_path: PathBuf,
     pub recipe_sha256: String,
     pub sources: Vec<Source>,
+    /// The recipe's workflows, read and checked for the API format.
+    pub workflows: Vec<bundle::Workflow>,
 }
 
 fn repo_name(url: &str) -> String {
@@ -187,7 +189,29 @@ impl Plan {
                 ),
             }
         }
+        let mut workflows = Vec::new();
+        for w in &r.workflows {
+            let path = dir.join(&w.file);
+            let text =
+                fs_err::read_to_string(&path).with_context(|| format!("workflow {}", w.file))?;
+            let wf = support::workflow::parse(&text)
+                .with_context(|| format!("workflow {}", path.display()))?;
+            let name = Path::new(&w.file)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            check_name("workflow file name", &name)?;
+            if workflows.iter().any(|x: &bundle::Workflow| x.name == name) {
+                bail!("two workflows are named {name:?}");
+            }
+            workflows.push(bundle::Workflow {
+                name,
+                run: w.run,
+                prompt: serde_json::to_string(&wf)?,
+            });
+        }
         Ok(Self {
+            workflows,
             recipe,
             recipe_path: recipe_path.to_owned(),
             recipe_sha256: hex::encode(Sha256::digest(recipe_bytes)),

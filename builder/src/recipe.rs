@@ -24,6 +24,19 @@ pub struct Recipe {
     pub launch: LaunchSection,
     #[serde(default)]
     pub preflight: Vec<PreflightSection>,
+    /// The operator's workflows, checked against the built app (and on the host).
+    #[serde(default)]
+    pub workflows: Vec<WorkflowSection>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSection {
+    /// A workflow in ComfyUI's API format ("Export (API)"), relative to the recipe.
+    pub file: String,
+    /// Also queue it (build: on the CPU; host: on its device). Only for workflows needing no model.
+    #[serde(default)]
+    pub run: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

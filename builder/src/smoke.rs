@@ -35,6 +35,9 @@ pub struct SmokeReport {
     pub written: Vec<(String, bool)>,
     /// Paths inside the release the app removed.
     pub removed: Vec<String>,
+    /// Time spent checking and running the recipe's workflows.
+    #[serde(default)]
+    pub workflow_seconds: f64,
 }
 
 /// The start's arguments: the release's flags without GPU-only ones, `--cpu`, loopback on `port`,
@@ -192,6 +195,7 @@ pub fn smoke(
     release: &Path,
     launch: &[String],
     nodes: &[String],
+    workflows: &[bundle::Workflow],
     log: &Path,
     timeout: Duration,
 ) -> Result<SmokeReport> {
@@ -271,6 +275,31 @@ pub fn smoke(
         std::thread::sleep(Duration::from_millis(200));
     }
     let info = support::object_info(&client, &base)?;
+    let t_wf = Instant::now();
+    for w in workflows {
+        let wf =
+            support::workflow::parse(&w.prompt).with_context(|| format!("workflow {}", w.name))?;
+        let c = support::workflow::check(&wf, &info, false);
+        if !c.problems.is_empty() {
+            bail!(
+                "workflow {} does not fit this release ({} problem(s)):\n  {}",
+                w.name,
+                c.problems.len(),
+                c.problems.join("\n  ")
+            );
+        }
+        if w.run {
+            support::workflow::run(&client, &base, &wf, timeout).with_context(|| {
+                format!(
+                    "workflow {} failed when run on the CPU; log {}:\n{}",
+                    w.name,
+                    log.display(),
+                    log_tail(log)
+                )
+            })?;
+        }
+    }
+    let workflow_seconds = t_wf.elapsed().as_secs_f64();
     drop(guard);
     let after = snapshot(release)?;
     let text = fs_err::read_to_string(log).unwrap_or_default();
@@ -315,6 +344,7 @@ pub fn smoke(
         broken: broken_classes(&text, nodes),
         written,
         removed,
+        workflow_seconds,
     })
 }
 

@@ -484,3 +484,38 @@ fn a_pypi_sdist_extension_compiles_against_the_frozen_env_and_is_cached() {
         .clone();
     assert_eq!(st["cached"], false, "{st}");
 }
+
+/// A workflow of the operator's naming a class the release does not have stops the build, naming
+/// the workflow, the node and the class; one in the UI format is refused with what to do.
+#[test]
+fn a_workflow_using_a_class_the_release_lacks_stops_the_build() {
+    let d = Demo::new();
+    let wf = d.tmp.path().join("uses-newer.json");
+    fs_err::write(
+        &wf,
+        r#"{"1": {"class_type": "HelloNumber", "inputs": {}}, "2": {"class_type": "NewerSwitch", "inputs": {"x": ["1", 0]}}}"#,
+    )
+    .unwrap();
+    let ui = d.tmp.path().join("ui.json");
+    fs_err::write(&ui, r#"{"nodes": [], "links": [], "version": 0.4}"#).unwrap();
+    let with = |file: &Path| {
+        let file = file.to_string_lossy().into_owned();
+        move |t: String| format!("{t}\n[[workflows]]\nfile = \"{file}\"\n")
+    };
+    let recipe = d.recipe("wf", with(&wf));
+    let out = d.build(&recipe, "out", "cache", &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("workflow uses-newer does not fit this release (1 problem(s)):\n  node 2 (NewerSwitch): this release has no node class \"NewerSwitch\""),
+        "{err}"
+    );
+    let recipe = d.recipe("ui", with(&ui));
+    let out = d.build(&recipe, "out", "cache", &["--dry-run"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("save the workflow with \"Export (API)\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -63,6 +63,10 @@ pub struct Manifest {
     /// pre-flight and `comfyctl doctor`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_libs: Vec<String>,
+    /// The operator's workflows (ComfyUI's API format), checked against the app at build and on
+    /// the host; those marked `run` are executed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflows: Vec<Workflow>,
     /// Paths inside the release that the app writes (found by the build's smoke start or declared
     /// by the recipe): each is a symlink into [`STATE_DIR`], which the host links to per-node state
     /// under its data directory, so the release itself stays read-only.
@@ -96,6 +100,8 @@ struct Head {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     host_libs: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    workflows: Vec<Workflow>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     state: Vec<StatePath>,
 }
 
@@ -116,6 +122,7 @@ impl Manifest {
             expected_nodes: self.expected_nodes.clone(),
             preflight: self.preflight.clone(),
             host_libs: self.host_libs.clone(),
+            workflows: self.workflows.clone(),
             state: self.state.clone(),
         }
     }
@@ -136,6 +143,7 @@ impl Manifest {
             expected_nodes: h.expected_nodes,
             preflight: h.preflight,
             host_libs: h.host_libs,
+            workflows: h.workflows,
             state: h.state,
             files,
         }
@@ -145,6 +153,24 @@ impl Manifest {
 /// The directory at the release root that the host turns into a link to its node state
 /// (`data/node-state`); no bundle may ship an entry there.
 pub const STATE_DIR: &str = "node-state";
+
+/// One workflow of the operator's, carried by the release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    /// The file's stem in the recipe, e.g. `invert`.
+    pub name: String,
+    /// Queue it through `/prompt` (at build on the CPU, on the host as part of health): for
+    /// workflows that need no model.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run: bool,
+    /// The workflow in API format, as compact JSON.
+    pub prompt: String,
+}
+
+/// The most workflows a manifest may carry, and the most bytes of one.
+pub const MAX_WORKFLOWS: usize = 64;
+pub const MAX_WORKFLOW_BYTES: usize = 1 << 20;
 
 /// One writable path of a release.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -578,6 +604,20 @@ impl Manifest {
                 ));
             }
         }
+        if self.workflows.len() > MAX_WORKFLOWS {
+            return Err(Error::LimitExceeded(format!(
+                "{} workflows, limit {MAX_WORKFLOWS}",
+                self.workflows.len()
+            )));
+        }
+        for w in &self.workflows {
+            if !is_library_name(&w.name) || w.prompt.len() > MAX_WORKFLOW_BYTES {
+                return Err(Error::BadManifest(format!(
+                    "workflow {:?}: the name must be [A-Za-z0-9._+-] and the prompt at most {MAX_WORKFLOW_BYTES} bytes",
+                    w.name
+                )));
+            }
+        }
         if self.files.len() > MAX_ENTRIES {
             return Err(Error::LimitExceeded(format!(
                 "{} entries, limit {MAX_ENTRIES}",
@@ -768,6 +808,7 @@ mod tests {
                 python: "import os".into(),
             }],
             host_libs: Vec::new(),
+            workflows: Vec::new(),
             state: Vec::new(),
             files: vec![
                 Entry {

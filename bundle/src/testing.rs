@@ -25,6 +25,7 @@ pub fn template() -> Manifest {
         expected_nodes: Default::default(),
         preflight: Vec::new(),
         host_libs: Vec::new(),
+        workflows: Vec::new(),
         state: Vec::new(),
         files: Vec::new(),
     }

@@ -390,7 +390,9 @@ impl ReleaseDiff {
                 let _ = writeln!(s, "  - {} {}", t(&n.name), short(&n.version));
             }
         }
-        if !self.classes.is_empty() {
+        if self.classes.is_empty() {
+            let _ = writeln!(s, "node classes: unchanged");
+        } else {
             let _ = writeln!(s, "node classes:");
             for (node, c) in &self.classes {
                 let _ = writeln!(

@@ -4,6 +4,7 @@
 
 pub mod diff;
 pub mod doctor;
+pub mod workflow;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal as _;

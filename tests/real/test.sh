@@ -36,7 +36,8 @@ bash scripts/demo-fixtures.sh "$work/fixtures" >/dev/null
 $B keygen --out "$work/release" >/dev/null
 build() { # recipe -> bundle path (the build's JSON goes to $work/last-build.json)
   $B lock "$1" --cache "$cache" >&2
-  $B build "$1" --key "$work/release.key" --out "$work/bundles" --cache "$cache" --locked --json >"$work/last-build.json"
+  # stderr shown and kept in build.err; stdout (the JSON) in last-build.json
+  { $B build "$1" --key "$work/release.key" --out "$work/bundles" --cache "$cache" --locked --json 2>&1 1>&3 | tee "$work/build.err" >&2; } 3>"$work/last-build.json"
   json 'd["path"]' <"$work/last-build.json"
 }
 
@@ -70,6 +71,19 @@ grep -E "NewerSwitch|node-too-new" "$work/too-new.err" | head -3
 say "release 2: KJNodes moved to its next upstream commit"
 r2=$(bash scripts/comfyui-recipe.sh 2 "$work/r2")
 b2=$(build "$r2")
+grep -E "^ *workflows " "$work/build.err" | tail -1 || fail "the build did not check the recipe's workflows"
+$B diff "$b1" "$b2" | tee "$work/diff.txt"
+grep -q "~ ComfyUI-KJNodes ba6533debb2b -> 1ddf5d4e24fc" "$work/diff.txt" || fail "the diff does not show KJNodes' move"
+grep -q "^files: 2 changed, 0 added, 0 removed" "$work/diff.txt" || fail "the diff's file counts"
+
+say "a workflow naming a class the release lacks stops the build, naming workflow, node and class"
+rw=$(bash scripts/comfyui-recipe.sh 2 "$work/rw")
+printf '{"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}, "2": {"class_type": "NewerSwitch", "inputs": {"image": ["1", 0]}}}' >"$work/rw/uses-newer.json"
+printf '\n[[workflows]]\nfile = "uses-newer.json"\n' >>"$rw"
+if build "$rw" >/dev/null; then fail "a workflow using a class the release lacks was built"; fi
+grep -q 'workflow uses-newer does not fit this release' "$work/build.err" \
+  && grep -q 'node 2 (NewerSwitch): this release has no node class "NewerSwitch"' "$work/build.err" \
+  || { tail -20 "$work/build.err" >&2; fail "the error does not name the workflow, node and class"; }
 
 say "release 3: release 2 plus a node that imports at build but needs the NVIDIA driver on a host"
 r3=$(bash scripts/comfyui-recipe.sh 2 "$work/r3" "$work/fixtures/node-needs-driver")
@@ -92,6 +106,21 @@ host "$C" setup --target linux-x86_64-cpu --key "$work/release.pub"
 say "activate release 1 (the unit runs as the default service user)"
 host "$C" activate "$b1" --json >"$work/a1.json" || { host journalctl -u comfyui --no-pager | tail -40; fail "release 1 did not activate"; }
 json '"health: %s, %d classes, %.1fs to healthy" % (d["health"]["healthy"], d["health"]["node_classes"], d["health"]["seconds"])' <"$work/a1.json"
+# The recipe's workflows against the running app: both fit, the model-free one ran on the host's
+# CPU, the SDXL one names a checkpoint this host lacks (a warning by default).
+python3 - "$work/a1.json" <<'PY' || fail "the workflows on the host"
+import json, sys
+h = json.load(open(sys.argv[1]))["health"]
+print("workflows:", h["workflows_checked"], "checked,", h["workflows_run"], "run; missing models:", h["missing_models"])
+assert h["workflows_checked"] == 2 and h["workflows_run"] == 1, h
+assert h["missing_models"] == ["sdxl-txt2img: sd_xl_base_1.0.safetensors (node 4 (CheckpointLoaderSimple), ckpt_name)"], h
+PY
+host sh -c 'printf "\n[health]\nmissing_models = \"fail\"\n" >>/etc/comfyui/comfyctl.toml'
+if host "$C" health >"$work/health.out"; then fail "health passed with a missing model while the host says fail"; fi
+grep -q "workflow sdxl-txt2img: names model files this host lacks: sd_xl_base_1.0.safetensors" "$work/health.out" \
+  || { cat "$work/health.out" >&2; fail "the missing model is not named"; }
+host sed -i '/^\[health\]$/,$d' /etc/comfyui/comfyctl.toml
+host "$C" health >/dev/null || fail "health after restoring the config"
 rm -f "$b1" # installed: a 4 GB bundle less on the disk
 host "$C" health --json | json 'd["healthy"] and not d["missing_nodes"] or sys.exit("unhealthy")' >/dev/null
 main=$(host systemctl show -p MainPID --value comfyui)

@@ -32,6 +32,7 @@ pub fn run(a: PackArgs) -> Result<()> {
         expected_nodes: Default::default(),
         preflight: Vec::new(),
         host_libs: Vec::new(),
+        workflows: Vec::new(),
         state: Vec::new(),
         files: Vec::new(),
     };

@@ -24,6 +24,7 @@ pub fn template() -> Manifest {
         expected_nodes: Default::default(),
         preflight: vec![],
         host_libs: Vec::new(),
+        workflows: Vec::new(),
         state: Vec::new(),
         files: vec![],
     }
