@@ -17,6 +17,8 @@ pub struct Health {
     pub workflows_run: usize,
     /// Model files the workflows name that the app does not list (`file (node, input)`).
     pub missing_models: Vec<String>,
+    /// Of `seconds`, the time the workflows took (checks and runs).
+    pub workflow_seconds: f64,
     pub reason: Option<String>,
     pub seconds: f64,
 }
@@ -32,6 +34,7 @@ impl Health {
             workflows_checked: 0,
             workflows_run: 0,
             missing_models: vec![],
+            workflow_seconds: 0.0,
             reason: Some(reason),
             seconds: 0.0,
         }
@@ -66,6 +69,7 @@ pub fn check(
             workflows_checked: 0,
             workflows_run: 0,
             missing_models: vec![],
+            workflow_seconds: 0.0,
             reason: Some(reason),
             seconds: t0.elapsed().as_secs_f64(),
         };
@@ -127,6 +131,7 @@ pub fn check(
             missing,
         ));
     }
+    let t_wf = Instant::now();
     let mut checked = 0;
     let mut ran = 0;
     let mut missing_models = Vec::new();
@@ -191,6 +196,7 @@ pub fn check(
         workflows_checked: checked,
         workflows_run: ran,
         missing_models,
+        workflow_seconds: t_wf.elapsed().as_secs_f64(),
         reason: None,
         seconds: t0.elapsed().as_secs_f64(),
     })
