@@ -71,7 +71,7 @@ fn fetch(host: &Host, src: &str, trusted: &keys::TrustedKeys) -> Result<Fetched>
             stall,
         ) {
             Ok(f) => return Ok(f),
-            Err(e) if crate::exit_code(&e) == 2 => {
+            Err(e) if support::is_refusal(&e, &crate::host::is_refusal) => {
                 let _ = fs_err::remove_file(&dest);
                 return Err(e);
             }

@@ -2,7 +2,7 @@
 //! not stop it. So: poll `GET /system_stats` on loopback until 200 with the expected device type,
 //! then check `GET /object_info` lists every node class the manifest expects.
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use bundle::Manifest;
 use std::time::{Duration, Instant};
 
@@ -73,32 +73,24 @@ pub fn check(
             reason: Some(reason),
             seconds: t0.elapsed().as_secs_f64(),
         };
-    let stats: serde_json::Value = loop {
-        let last = match client.get(format!("{base}/system_stats")).send() {
-            Ok(r) if r.status().is_success() => {
-                let body = r.bytes()?;
-                break serde_json::from_slice(&body).context("/system_stats is not JSON")?;
-            }
-            Ok(r) => format!("/system_stats answered {}", r.status()),
-            Err(e) => format!("nothing answers on {base} ({e})"),
-        };
-        if let Some(why) = gone() {
+    let stats = match support::wait_for_app(&client, &base, timeout, &mut || gone())? {
+        support::Started::Up(stats) => stats,
+        support::Started::Gone { why, last } => {
             return Ok(unhealthy(
                 format!("{why} before answering ({last})"),
                 None,
                 0,
                 vec![],
-            ));
+            ))
         }
-        if t0.elapsed() >= timeout {
+        support::Started::TimedOut { last } => {
             return Ok(unhealthy(
                 format!("{last} after {}s", timeout.as_secs()),
                 None,
                 0,
                 vec![],
-            ));
+            ))
         }
-        std::thread::sleep(Duration::from_millis(250));
     };
     let device = stats["devices"][0]["type"].as_str().map(str::to_owned);
     if !want.is_empty() && device.as_deref() != Some(want.as_str()) {

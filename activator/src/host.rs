@@ -15,6 +15,11 @@ pub struct Host {
 #[error("{0}")]
 pub struct Refusal(pub String);
 
+/// An error this program refuses with (exit 2), for [`support::exit_code`].
+pub fn is_refusal(c: &(dyn std::error::Error + 'static)) -> bool {
+    c.downcast_ref::<Refusal>().is_some()
+}
+
 /// Shorthand for returning a [`Refusal`].
 pub fn refuse<T>(msg: impl Into<String>) -> Result<T> {
     Err(Refusal(msg.into()).into())

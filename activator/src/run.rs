@@ -341,16 +341,5 @@ fn report(json: bool, d: &crate::lifecycle::Done) -> Result<()> {
 
 /// 2 when the input or request was refused, 1 when something failed.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    let refused = e.chain().any(|c| {
-        c.downcast_ref::<crate::host::Refusal>().is_some()
-            || c.downcast_ref::<bundle::Error>()
-                .is_some_and(bundle::Error::is_refusal)
-            || c.downcast_ref::<keys::Error>()
-                .is_some_and(|k| !matches!(k, keys::Error::Io(_)))
-    });
-    if refused {
-        2
-    } else {
-        1
-    }
+    support::exit_code(e, &crate::host::is_refusal)
 }

@@ -23,15 +23,5 @@ pub use commands::run;
 
 /// 2 when the input was refused (bad bundle, bad key), 1 for any other failure.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    let refused = e.chain().any(|c| {
-        c.downcast_ref::<bundle::Error>()
-            .is_some_and(bundle::Error::is_refusal)
-            || c.downcast_ref::<keys::Error>()
-                .is_some_and(|k| !matches!(k, keys::Error::Io(_)))
-    });
-    if refused {
-        2
-    } else {
-        1
-    }
+    support::exit_code(e, &|_| false)
 }

@@ -250,29 +250,25 @@ pub fn smoke(
         .timeout(Duration::from_secs(30))
         .build()?;
     let base = format!("http://127.0.0.1:{port}");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = guard.0.try_wait()? {
-            bail!(
-                "the app exited during the smoke start ({status}); log {}:\n{}",
-                log.display(),
-                log_tail(log)
-            );
+    let mut exited = || {
+        guard
+            .0
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|status| format!("the app exited during the smoke start ({status})"))
+    };
+    match support::wait_for_app(&client, &base, timeout, &mut exited)? {
+        support::Started::Up(_) => {}
+        support::Started::Gone { why, .. } => {
+            bail!("{why}; log {}:\n{}", log.display(), log_tail(log))
         }
-        if let Ok(r) = client.get(format!("{base}/system_stats")).send() {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "the app did not answer /system_stats within {}s; log {}:\n{}",
-                timeout.as_secs(),
-                log.display(),
-                log_tail(log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        support::Started::TimedOut { .. } => bail!(
+            "the app did not answer /system_stats within {}s; log {}:\n{}",
+            timeout.as_secs(),
+            log.display(),
+            log_tail(log)
+        ),
     }
     let info = support::object_info(&client, &base)?;
     let t_wf = Instant::now();

@@ -28,6 +28,33 @@ pub fn term_safe(s: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
+/// True when `e` is a refusal (a bad bundle, signature or key, or whatever `also` says is one,
+/// such as the activator's own refusals) rather than a failure of this machine (I/O, a tool).
+pub fn is_refusal(
+    e: &anyhow::Error,
+    also: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<bundle::Error>()
+            .is_some_and(bundle::Error::is_refusal)
+            || c.downcast_ref::<keys::Error>()
+                .is_some_and(|k| !matches!(k, keys::Error::Io(_)))
+            || also(c)
+    })
+}
+
+/// The exit status of a failed command, the same for both programs: 2 refused, 1 failed.
+pub fn exit_code(
+    e: &anyhow::Error,
+    also: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> u8 {
+    if is_refusal(e, also) {
+        2
+    } else {
+        1
+    }
+}
+
 /// A byte-count bar on stderr, hidden when stderr is not a terminal (scripts and CI logs stay clean).
 pub fn bytes_bar(total: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -56,6 +83,49 @@ pub fn init_tracing(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// How waiting for a starting ComfyUI ended.
+#[derive(Debug)]
+pub enum Started {
+    /// `/system_stats` answered 200 with this JSON.
+    Up(serde_json::Value),
+    /// The caller's `gone` gave this reason (the process exited); with the last thing seen.
+    Gone { why: String, last: String },
+    /// No answer in time; the last thing seen.
+    TimedOut { last: String },
+}
+
+/// Polls `GET {base}/system_stats` (ComfyUI binds its port only after every custom node imported)
+/// every 200 ms until it answers, `gone` gives a reason to stop waiting, or `timeout` passes. The
+/// builder's smoke start and the host's health check both wait this way.
+pub fn wait_for_app(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    timeout: std::time::Duration,
+    gone: &mut dyn FnMut() -> Option<String>,
+) -> anyhow::Result<Started> {
+    use anyhow::Context as _;
+    let t0 = std::time::Instant::now();
+    loop {
+        let last = match client.get(format!("{base}/system_stats")).send() {
+            Ok(r) if r.status().is_success() => {
+                let body = r.bytes()?;
+                return Ok(Started::Up(
+                    serde_json::from_slice(&body).context("/system_stats is not JSON")?,
+                ));
+            }
+            Ok(r) => format!("/system_stats answered {}", r.status()),
+            Err(e) => format!("nothing answers on {base} ({e})"),
+        };
+        if let Some(why) = gone() {
+            return Ok(Started::Gone { why, last });
+        }
+        if t0.elapsed() >= timeout {
+            return Ok(Started::TimedOut { last });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// `GET {base}/object_info` of a running ComfyUI, as JSON (the builder's smoke start and the
