@@ -50,15 +50,11 @@ pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<Rollback
     }
     let took = switch::switch(host, &mut state, &target, "rollback")?;
     let health = if service {
-        let h = crate::serve::start_release(host, &target, None);
-        if !h.healthy {
-            anyhow::bail!(
-                "rolled back to {target}, but it is unhealthy: {}\n{}",
-                h.reason.unwrap_or_default(),
-                crate::service::journal_note(host)
-            );
-        }
-        Some(h)
+        Some(crate::serve::start_healthy(
+            host,
+            &target,
+            &format!("rolled back to {target}"),
+        )?)
     } else {
         None
     };

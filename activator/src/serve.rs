@@ -16,6 +16,20 @@ pub fn start_release(host: &Host, id: &str, from: Option<&str>) -> Health {
     }
 }
 
+/// Starts release `id` (now current) and insists it is healthy: an unhealthy start is an error
+/// saying what was done (`did`), why it is unhealthy and the unit's last journal lines.
+pub fn start_healthy(host: &Host, id: &str, did: &str) -> Result<Health> {
+    let h = start_release(host, id, None);
+    if !h.healthy {
+        anyhow::bail!(
+            "{did}, but it is unhealthy: {}\n{}",
+            h.reason.unwrap_or_default(),
+            service::journal_note(host)
+        );
+    }
+    Ok(h)
+}
+
 fn try_start(host: &Host, id: &str, from: Option<&str>) -> Result<Health> {
     let dir = host.layout.release(id);
     let m = release::manifest(&dir)?;
