@@ -36,6 +36,39 @@ fn digest(parts: &[&str]) -> String {
 
 fn step(name: &str, detail: impl std::fmt::Display) {
     eprintln!("{name:>12} {detail}");
+    STEPS.with(|s| s.borrow_mut().push((name.to_owned(), Instant::now())));
+}
+
+thread_local! {
+    /// When each step of the running build began (a step lasts until the next one begins).
+    static STEPS: std::cell::RefCell<Vec<(String, Instant)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Time spent in one kind of step of a build.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageTime {
+    pub stage: String,
+    pub seconds: f64,
+}
+
+/// The steps since the build began, each kind's time summed, in the order they first ran.
+fn stage_times(end: Instant) -> Vec<StageTime> {
+    STEPS.with(|s| {
+        let s = s.borrow();
+        let mut out: Vec<StageTime> = Vec::new();
+        for (i, (name, at)) in s.iter().enumerate() {
+            let until = s.get(i + 1).map_or(end, |n| n.1);
+            let secs = until.duration_since(*at).as_secs_f64();
+            match out.iter_mut().find(|t| t.stage == *name) {
+                Some(t) => t.seconds += secs,
+                None => out.push(StageTime {
+                    stage: name.clone(),
+                    seconds: secs,
+                }),
+            }
+        }
+        out
+    })
 }
 
 fn uv_version() -> Result<String> {
@@ -253,6 +286,8 @@ pub struct Built {
     pub path: PathBuf,
     pub stage_cached: bool,
     pub seconds: f64,
+    /// Where the time went, per kind of step.
+    pub stages: Vec<StageTime>,
 }
 
 /// The env stage's digest, for the build and its dry run alike.
@@ -285,6 +320,7 @@ fn ext_digest(e: &crate::recipe::ExtensionSection, commit: &str, env_digest: &st
 /// `comfy-build build`.
 pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<Built> {
     let t0 = Instant::now();
+    STEPS.with(|s| s.borrow_mut().clear());
     env::check_platform(&plan.recipe.target.platform)?;
     let cache = &opts.cache;
     fs_err::create_dir_all(cache)?;
@@ -593,11 +629,22 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         &packed.id[..12]
     ));
     fs_err::rename(&tmp_out, &path)?;
+    let stages = stage_times(Instant::now());
+    eprintln!(
+        "{:>12} {}",
+        "times",
+        stages
+            .iter()
+            .map(|t| format!("{} {:.1}s", t.stage, t.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(Built {
         id: packed.id,
         path,
         stage_cached,
         seconds: t0.elapsed().as_secs_f64(),
+        stages,
     })
 }
 

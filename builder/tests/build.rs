@@ -144,6 +144,33 @@ fn demo_builds_runs_elsewhere_and_is_reproducible() {
     let recipe = d.recipe("demo", |t| t);
     let first = d.build(&recipe, "out1", "cache", &[]);
     let id1 = id(&first);
+    // Where the time went, per stage, in the JSON and on stderr.
+    let v: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let stages: Vec<&str> = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["stage"].as_str().unwrap())
+        .collect();
+    for want in [
+        "sources",
+        "env",
+        "extension",
+        "stage",
+        "freeze",
+        "smoke",
+        "pack",
+    ] {
+        assert!(stages.contains(&want), "{want} not in {stages:?}");
+    }
+    let total: f64 = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["seconds"].as_f64().unwrap())
+        .sum();
+    assert!(total <= v["seconds"].as_f64().unwrap() + 0.01, "{v}");
+    assert!(stderr(&first).contains(", pack "), "{}", stderr(&first));
     let again = d.build(&recipe, "out2", "cache", &["--locked"]);
     assert_eq!(
         id(&again),
