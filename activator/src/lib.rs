@@ -30,5 +30,6 @@ mod switch;
 
 pub use activate::{activate, ActivateOptions, ActivateReport};
 pub use host::{Host, Refusal};
+pub use inventory::{verify, VerifyReport};
 pub use rollback::{rollback, RollbackReport};
 pub use run::{exit_code, run};

@@ -86,18 +86,58 @@ pub struct Problem {
     pub problem: String,
 }
 
-fn sha256_file(p: &Path) -> Result<[u8; 32]> {
+fn sha256_file(p: &Path, buf: &mut [u8]) -> Result<[u8; 32]> {
     let mut f = fs_err::File::open(p)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = f.read(buf)?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
     }
     Ok(h.finalize().into())
+}
+
+/// What is wrong with one entry of an installed release.
+fn check_entry(dir: &Path, e: &bundle::Entry, buf: &mut [u8]) -> Result<Vec<String>> {
+    let p = dir.join(&e.path);
+    let Ok(meta) = fs_err::symlink_metadata(&p) else {
+        return Ok(vec!["missing".into()]);
+    };
+    let mut out = Vec::new();
+    if meta.permissions().mode() & 0o222 != 0 && !meta.file_type().is_symlink() {
+        out.push(format!(
+            "writable (mode {:o})",
+            meta.permissions().mode() & 0o7777
+        ));
+    }
+    out.extend(match &e.kind {
+        Kind::Dir if !meta.is_dir() => Some("should be a directory".into()),
+        Kind::Symlink { target } => match fs_err::read_link(&p) {
+            Ok(t) if t.as_os_str() == target.as_str() => None,
+            _ => Some(format!("should be a symlink to {target}")),
+        },
+        Kind::File {
+            size,
+            sha256,
+            executable,
+        } => {
+            if !meta.is_file() {
+                Some("should be a regular file".into())
+            } else if meta.len() != *size {
+                Some(format!("size {} instead of {size}", meta.len()))
+            } else if sha256_file(&p, buf)? != *sha256 {
+                Some("content differs from the manifest".into())
+            } else if (meta.permissions().mode() & 0o111 != 0) != *executable {
+                Some("executable bit differs".into())
+            } else {
+                None
+            }
+        }
+        Kind::Dir => None,
+    });
+    Ok(out)
 }
 
 /// Re-hashes every entry; also reports files the manifest does not list and writable modes.
@@ -118,44 +158,45 @@ pub fn verify(dir: &Path, trusted: Option<&keys::TrustedKeys>) -> Result<Vec<Pro
             Err(e) => bad(MANIFEST, format!("signature: {e}")),
         }
     }
-    for e in &m.files {
-        let p = dir.join(&e.path);
-        let meta = match fs_err::symlink_metadata(&p) {
-            Ok(m) => m,
-            Err(_) => {
-                bad(&e.path, "missing".into());
-                continue;
-            }
-        };
-        if meta.permissions().mode() & 0o222 != 0 && !meta.file_type().is_symlink() {
-            bad(
-                &e.path,
-                format!("writable (mode {:o})", meta.permissions().mode() & 0o7777),
-            );
-        }
-        match &e.kind {
-            Kind::Dir if !meta.is_dir() => bad(&e.path, "should be a directory".into()),
-            Kind::Symlink { target } => match fs_err::read_link(&p) {
-                Ok(t) if t.as_os_str() == target.as_str() => {}
-                _ => bad(&e.path, format!("should be a symlink to {target}")),
-            },
-            Kind::File {
-                size,
-                sha256,
-                executable,
-            } => {
-                if !meta.is_file() {
-                    bad(&e.path, "should be a regular file".into());
-                } else if meta.len() != *size {
-                    bad(&e.path, format!("size {} instead of {size}", meta.len()));
-                } else if sha256_file(&p)? != *sha256 {
-                    bad(&e.path, "content differs from the manifest".into());
-                } else if (meta.permissions().mode() & 0o111 != 0) != *executable {
-                    bad(&e.path, "executable bit differs".into());
+    // Every entry on every core: the work is mostly hashing, files are taken one at a time
+    // from a shared counter so one large file does not hold back a whole share.
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let found: std::sync::Mutex<Vec<(usize, String)>> = std::sync::Mutex::new(Vec::new());
+    let failed: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(e) = m.files.get(i) else { break };
+                    match check_entry(dir, e, &mut buf) {
+                        Ok(whys) if whys.is_empty() => {}
+                        Ok(whys) => {
+                            if let Ok(mut f) = found.lock() {
+                                f.extend(whys.into_iter().map(|w| (i, w)));
+                            }
+                        }
+                        Err(err) => {
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(err);
+                            }
+                            next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
                 }
-            }
-            Kind::Dir => {}
+            });
         }
+    });
+    if let Some(e) = failed.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut found = found.into_inner().unwrap_or_default();
+    // Stable: an entry's problems keep their order.
+    found.sort_by_key(|(i, _)| *i);
+    for (i, why) in found {
+        bad(&m.files[i].path, why);
     }
     let listed: HashSet<&str> = m.files.iter().map(|e| e.path.as_str()).collect();
     let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
