@@ -58,14 +58,17 @@ fn sweep_downloads(dir: &std::path::Path, report: &mut GcReport) -> Result<()> {
     Ok(())
 }
 
-/// With `sweep_always` false the store is swept only when a release was removed (nothing else can
-/// leave an object unreferenced), which keeps an activation that removed nothing cheap.
-pub fn gc(host: &Host, state: &mut State, sweep_always: bool) -> Result<GcReport> {
-    let installed = host.installed()?;
-    let current = host.current();
+/// The releases gc keeps: current, the rollback target, and the `keep` good releases switched to
+/// most recently (at least one), of those `installed`.
+pub fn keep_set(
+    state: &State,
+    installed: &[String],
+    current: Option<String>,
+    keep_n: usize,
+) -> HashSet<String> {
     let exists = |id: &str| installed.iter().any(|i| i == id);
     let mut keep: HashSet<String> = HashSet::new();
-    keep.extend(current.clone());
+    keep.extend(current);
     keep.extend(state.previous_good(exists));
     // Good releases, most recently switched to first (journal order, not timestamps).
     let last_switch = |id: &str| state.history.iter().rposition(|e| e.id == id);
@@ -76,10 +79,17 @@ pub fn gc(host: &Host, state: &mut State, sweep_always: bool) -> Result<GcReport
         .map(|(id, _)| (id, last_switch(id)))
         .collect();
     good.sort_by_key(|g| std::cmp::Reverse(g.1));
-    keep.extend(good.first().map(|g| g.0.clone()));
-    for (id, _) in good.iter().take(host.cfg.keep.max(1)) {
+    for (id, _) in good.iter().take(keep_n.max(1)) {
         keep.insert((*id).clone());
     }
+    keep
+}
+
+/// With `sweep_always` false the store is swept only when a release was removed (nothing else can
+/// leave an object unreferenced), which keeps an activation that removed nothing cheap.
+pub fn gc(host: &Host, state: &mut State, sweep_always: bool) -> Result<GcReport> {
+    let installed = host.installed()?;
+    let keep = keep_set(state, &installed, host.current(), host.cfg.keep);
     let mut report = GcReport::default();
     for id in &installed {
         if keep.contains(id) {
@@ -100,4 +110,75 @@ pub fn gc(host: &Host, state: &mut State, sweep_always: bool) -> Result<GcReport
     report.removed_objects = swept.objects;
     report.freed_bytes = swept.bytes;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Event, ReleaseRecord};
+
+    fn journal(releases: &[(&str, Status)], switches: &[&str]) -> State {
+        let mut s = State::default();
+        for (id, status) in releases {
+            s.releases.insert(
+                (*id).into(),
+                ReleaseRecord {
+                    name: "n".into(),
+                    version: (*id).into(),
+                    sequence: 1,
+                    target: "t".into(),
+                    installed_at: 0,
+                    activated_at: None,
+                    status: *status,
+                    reason: None,
+                },
+            );
+        }
+        for id in switches {
+            s.history.push(Event {
+                at: 0,
+                action: "activate".into(),
+                id: (*id).into(),
+                from: None,
+            });
+        }
+        s.current = switches.last().map(|x| (*x).to_owned());
+        s
+    }
+
+    #[test]
+    fn keeps_current_the_rollback_target_and_the_newest_good() {
+        let s = journal(
+            &[
+                ("a", Status::Good),
+                ("b", Status::Good),
+                ("c", Status::Failed),
+                ("d", Status::Good),
+                ("e", Status::Good),
+            ],
+            &["a", "b", "c", "d", "b", "e"],
+        );
+        let installed: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        let sorted = |k: HashSet<String>| {
+            let mut v: Vec<String> = k.into_iter().collect();
+            v.sort();
+            v
+        };
+        // keep = 1: current e, rollback target b (switched to after d), nothing more.
+        assert_eq!(
+            sorted(keep_set(&s, &installed, Some("e".into()), 1)),
+            ["b", "e"]
+        );
+        // keep = 3: and d, the next most recently switched-to good release; never the failed c.
+        assert_eq!(
+            sorted(keep_set(&s, &installed, Some("e".into()), 3)),
+            ["b", "d", "e"]
+        );
+        // A release whose directory is gone is not a rollback target: the next one is.
+        let without_b: Vec<String> = ["a", "c", "d", "e"].map(String::from).to_vec();
+        assert_eq!(
+            sorted(keep_set(&s, &without_b, Some("e".into()), 1)),
+            ["d", "e"]
+        );
+    }
 }

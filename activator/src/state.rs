@@ -147,3 +147,64 @@ impl State {
             .map(str::to_owned)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: Status, sequence: u64) -> ReleaseRecord {
+        ReleaseRecord {
+            name: "n".into(),
+            version: "v".into(),
+            sequence,
+            target: "t".into(),
+            installed_at: 0,
+            activated_at: None,
+            status,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_kill_after_the_flip_is_finished_from_the_link() {
+        let mut s = State::default();
+        s.releases.insert("a".into(), record(Status::Good, 1));
+        s.releases.insert("b".into(), record(Status::Installed, 2));
+        s.finish_switch("a", None, "activate");
+        // Killed between the flip to b and the journal write: the link says b.
+        s.pending = Some(Pending {
+            id: "b".into(),
+            from: Some("a".into()),
+            action: "activate".into(),
+        });
+        assert!(s.reconcile(Some("b")));
+        assert_eq!(s.current.as_deref(), Some("b"));
+        assert_eq!(s.highest_sequence, 2);
+        assert_eq!(s.history.last().map(|e| e.id.as_str()), Some("b"));
+        // Killed before the flip: the link still says a; the pending switch is dropped.
+        s.pending = Some(Pending {
+            id: "c".into(),
+            from: Some("b".into()),
+            action: "activate".into(),
+        });
+        assert!(s.reconcile(Some("b")));
+        assert!(s.pending.is_none());
+        assert_eq!(s.history.last().map(|e| e.id.as_str()), Some("b"));
+        assert!(!s.reconcile(Some("b")), "nothing left to change");
+    }
+
+    #[test]
+    fn the_rollback_target_is_the_last_good_other_than_current() {
+        let mut s = State::default();
+        for (id, st) in [
+            ("a", Status::Good),
+            ("b", Status::Failed),
+            ("c", Status::Good),
+        ] {
+            s.releases.insert(id.into(), record(st, 1));
+            s.finish_switch(id, None, "activate");
+        }
+        assert_eq!(s.previous_good(|_| true).as_deref(), Some("a"));
+        assert_eq!(s.previous_good(|id| id != "a"), None);
+    }
+}

@@ -20,3 +20,45 @@ pub fn render(env: &BTreeMap<String, String>) -> String {
     );
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// Values reach the app byte for byte (quotes, `$(...)`, newlines are data, not shell), and
+    /// arguments pass through unchanged, from wherever the release is unpacked.
+    #[test]
+    fn values_and_arguments_arrive_verbatim() {
+        let t = tempfile::tempdir().unwrap();
+        let rel = t.path().join("a dir/release");
+        fs_err::create_dir_all(rel.join("venv/bin")).unwrap();
+        fs_err::create_dir_all(rel.join("ComfyUI")).unwrap();
+        let odd = "it's \"$(touch pwned)\" `id` $HOME\nline2";
+        let env = BTreeMap::from([("ODD".to_owned(), odd.to_owned())]);
+        let launch = rel.join("launch.sh");
+        fs_err::write(&launch, render(&env)).unwrap();
+        let py = rel.join("venv/bin/python");
+        fs_err::write(
+            &py,
+            "#!/bin/sh\nprintf '%s\\n' \"$ODD\" \"$@\" \"$PYTHONNOUSERSITE\"\n",
+        )
+        .unwrap();
+        for p in [&launch, &py] {
+            fs_err::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let out = std::process::Command::new(&launch)
+            .args(["--listen", "a b", "--x=$y"])
+            .current_dir(t.path())
+            .env("CUDA_VISIBLE_DEVICES", "")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let main = rel.join("ComfyUI/main.py");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{odd}\n{}\n--listen\na b\n--x=$y\n1\n", main.display())
+        );
+        assert!(!t.path().join("pwned").exists());
+    }
+}

@@ -189,6 +189,16 @@ impl Plan {
                 ),
             }
         }
+        for k in r.launch.env.keys() {
+            let ok = k
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                bail!("launch.env key {k:?} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)");
+            }
+        }
         let mut workflows = Vec::new();
         for w in &r.workflows {
             let path = dir.join(&w.file);

@@ -42,6 +42,23 @@ fn arch_list_121_is_refused() {
 }
 
 #[test]
+fn a_launch_env_key_that_is_not_a_variable_name_is_refused() {
+    let text = fs_err::read_to_string(repo().join("recipes/dgx-spark.toml"))
+        .unwrap()
+        .replace(
+            "env = { CUDA_HOME",
+            "env = { \"X; touch /tmp/p\" = \"1\", CUDA_HOME",
+        );
+    let r = builder::recipe::Recipe::parse(&text).unwrap();
+    let err = builder::plan::Plan::new(r, Path::new("x.toml"), text.as_bytes()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("launch.env key \"X; touch /tmp/p\" is not an environment variable name"),
+        "{err}"
+    );
+}
+
+#[test]
 fn dgx_spark_dry_run_plans_the_seed() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_comfy-build"))
