@@ -233,7 +233,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     let previous = host.current();
     switch::switch(host, &mut state, &b.id, "activate")?;
     if opts.service {
-        let h = crate::serve::start_release(host, &b.id, previous.as_deref());
+        let h = crate::start::start_release(host, &b.id, previous.as_deref());
         if !h.healthy {
             let reason = h.reason.clone().unwrap_or_default();
             let journal = crate::service::journal_note(host);
@@ -242,7 +242,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
             let back = match &previous {
                 Some(p) => {
                     switch::switch(host, &mut state, p, "auto-rollback")?;
-                    let h2 = crate::serve::start_release(host, p, None);
+                    let h2 = crate::start::start_release(host, p, None);
                     format!(
                         "rolled back to {} ({})",
                         &p[..12.min(p.len())],

@@ -147,7 +147,7 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
             // checks it as an activation does: editing comfyctl.toml takes effect here.
             let id = need_current(host)?;
             data::check(host)?;
-            let h = crate::serve::start_healthy(host, &id, &format!("{unit} restarted"))?;
+            let h = crate::start::start_healthy(host, &id, &format!("{unit} restarted"))?;
             done.did(format!(
                 "restarted {unit} with the host config; healthy ({} node classes)",
                 h.node_classes

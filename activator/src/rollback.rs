@@ -50,7 +50,7 @@ pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<Rollback
     }
     let took = switch::switch(host, &mut state, &target, "rollback")?;
     let health = if service {
-        Some(crate::serve::start_healthy(
+        Some(crate::start::start_healthy(
             host,
             &target,
             &format!("rolled back to {target}"),

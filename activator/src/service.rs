@@ -38,7 +38,7 @@ Group={group}\n\
 {supplementary}\
 EnvironmentFile={env}\n\
 WorkingDirectory={data}\n\
-ExecStart={install}/current/launch.sh $COMFYUI_ARGS\n\
+ExecStart={install}/current/{entry} $COMFYUI_ARGS\n\
 Restart=always\n\
 RestartSec=2\n\
 TimeoutStopSec=30\n\
@@ -64,6 +64,7 @@ WantedBy=multi-user.target\n",
         env = env_path(host).display(),
         data = l.data().display(),
         install = l.install.display(),
+        entry = bundle::LAUNCH_ENTRY,
         rw = rw.join(" "),
     )
 }

@@ -71,11 +71,6 @@ fn stage_times(end: Instant) -> Vec<StageTime> {
     })
 }
 
-fn uv_version() -> Result<String> {
-    process::stdout(Command::new("uv").arg("--version"))
-        .context("uv is needed to install packages (scripts/install-deps.sh installs it)")
-}
-
 /// Fetches every source (concurrently, at most 4 at a time) and returns source -> commit.
 fn fetch(plan: &Plan, cache: &Path, lock: Option<&Lock>) -> Result<Vec<(Source, String)>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -157,7 +152,7 @@ fn compile(plan: &Plan, input: &str, cache: &Path) -> Result<String> {
     );
     fs_err::write(&inp, input)?;
     fs_err::write(&cons, r.torch.pins.join("\n") + "\n")?;
-    let mut c = env::uv(cache);
+    let mut c = crate::uv::command(cache);
     c.args([
         "pip",
         "compile",
@@ -376,7 +371,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     crate::plan::check_flags(&r.launch.args, &cli_text)?;
 
     let interp = env::find_interpreter(r)?;
-    let uv = uv_version()?;
+    let uv = crate::uv::version()?;
     let env_d = env_digest(plan, &interp, &lock.requirements, &uv);
     let env_dir = cache.join("env").join(&env_d);
     if env_dir.exists() {
@@ -446,16 +441,23 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         }
     }
 
-    let wheel_digests: Vec<String> = wheels
+    // Each wheel by its cache key and file name (`<ext digest>/<name>.whl`): the same inputs give
+    // the same stage digest whatever the cache's path.
+    let wheel_keys: Vec<String> = wheels
         .iter()
-        .map(|(_, _, w)| w.to_string_lossy().into_owned())
+        .map(|(_, _, w)| {
+            w.strip_prefix(cache.join("wheels"))
+                .unwrap_or(w)
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     let stage_d = digest(&[
         "stage-v6",
         &env_d,
         &lock_sha,
         &plan.recipe_sha256,
-        &wheel_digests.join("\n"),
+        &wheel_keys.join("\n"),
         &opts.smoke.to_string(),
         // The workflows are checked (and run) by the smoke start: another workflow, another check.
         &serde_json::to_string(&plan.workflows)?,
@@ -506,7 +508,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                     .arg(tmp.join("ComfyUI/custom_nodes").join(name)),
             )?;
         }
-        let launch_sh = tmp.join("launch.sh");
+        let launch_sh = tmp.join(bundle::LAUNCH_ENTRY);
         fs_err::write(&launch_sh, launch::render(&r.launch.env))?;
         fs_err::set_permissions(&launch_sh, std::fs::Permissions::from_mode(0o755))?;
         step("freeze", "bytecode, metadata, relocation lint");
@@ -715,7 +717,7 @@ fn manifest(
             packages: freeze::frozen_packages(stage, cache)?,
         },
         launch: bundle::Launch {
-            entry: "launch.sh".into(),
+            entry: bundle::LAUNCH_ENTRY.into(),
             args: r.launch.args.clone(),
             env: r.launch.env.clone(),
             device_type: r.bundle.device_type.clone(),
@@ -764,7 +766,7 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<serde_json::Value> {
         .collect();
     let reqs = lock.as_ref().map_or("", |l| l.requirements.as_str());
     // The same digest the build computes; it needs this host's interpreter and uv (both local).
-    let env_d = match (env::installed_interpreter(r), uv_version()) {
+    let env_d = match (env::installed_interpreter(r), crate::uv::version()) {
         (Ok(interp), Ok(uv)) => Some(env_digest(plan, &interp, reqs, &uv)),
         _ => None,
     };

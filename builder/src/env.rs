@@ -193,15 +193,6 @@ pub fn index_args(r: &Recipe) -> Vec<String> {
     }
 }
 
-pub fn uv(cache: &Path) -> Command {
-    let mut c = Command::new("uv");
-    c.env("UV_CACHE_DIR", cache.join("uv"))
-        .env("UV_NO_PROGRESS", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env_remove("VIRTUAL_ENV");
-    c
-}
-
 /// Copies the interpreter prefix into `dest` (embedded mode), without what a release never runs,
 /// and points its RUNPATH at `$ORIGIN/../lib` so it loads its own libpython.
 fn embed(interp: &Interpreter, dest: &Path) -> Result<()> {
@@ -297,7 +288,7 @@ pub fn build_env(
         PythonMode::System => PathBuf::from(&r.python.path),
     };
     process::run(
-        uv(cache)
+        crate::uv::command(cache)
             .args(["venv", "--quiet", "--relocatable", "--python"])
             .arg(&base_python)
             .arg(&venv),
@@ -316,7 +307,7 @@ pub fn build_env(
     let _ = fs_err::remove_file(venv.join(".lock"));
     let req = dest.join(".requirements.txt");
     fs_err::write(&req, requirements)?;
-    let mut c = uv(cache);
+    let mut c = crate::uv::command(cache);
     c.args([
         "pip",
         "install",

@@ -2,7 +2,6 @@
 //! wheels with `--no-build-isolation` against the release's own venv and the recipe's environment,
 //! cached by the digest of every input, so an unchanged extension is never compiled twice.
 
-use crate::env::uv;
 use crate::process;
 use crate::recipe::ExtensionSection;
 use anyhow::{bail, Context as _, Result};
@@ -27,7 +26,7 @@ pub fn wheel(
     let log = cache
         .join("logs")
         .join(format!("{}-{}.log", ext.name, &digest[..12]));
-    let mut c = uv(cache);
+    let mut c = crate::uv::command(cache);
     c.args(["build", "--wheel", "--no-build-isolation", "--python"])
         .arg(venv_python)
         .arg("--out-dir")
@@ -120,7 +119,7 @@ fn find_wheel(dir: &Path) -> Result<Option<PathBuf>> {
 /// Installs a built wheel into the stage's venv.
 pub fn install(wheel: &Path, venv_python: &Path, cache: &Path) -> Result<()> {
     process::run(
-        uv(cache)
+        crate::uv::command(cache)
             .args([
                 "pip",
                 "install",

@@ -167,7 +167,7 @@ pub fn lint(stage: &Path, needles: &[String], only_unshared: bool) -> Result<()>
 /// `name==version` of everything in the venv, sorted (the manifest's frozen package list).
 pub fn frozen_packages(stage: &Path, cache: &Path) -> Result<Vec<String>> {
     let out = process::stdout(
-        crate::env::uv(cache)
+        crate::uv::command(cache)
             .args(["pip", "freeze", "--python"])
             .arg(stage.join("venv/bin/python")),
     )?;

@@ -227,7 +227,7 @@ pub fn smoke(
     let out = fs_err::File::create(log)?.into_parts().0;
     let args = smoke_args(launch, port, &data);
     tracing::debug!(?args, "smoke start");
-    let mut child = Command::new(release.join("launch.sh"))
+    let mut child = Command::new(release.join(bundle::LAUNCH_ENTRY))
         .args(&args)
         .current_dir(&data)
         .env("HOME", &data)

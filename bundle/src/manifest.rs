@@ -241,11 +241,15 @@ pub struct Extension {
     pub wheel_sha256: String,
 }
 
+/// The script at the release root that starts ComfyUI (the host's unit runs
+/// `current/launch.sh`, so a rollback is a flip of `current` and nothing else).
+pub const LAUNCH_ENTRY: &str = "launch.sh";
+
 /// How the release is started.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Launch {
-    /// Script relative to the release root, e.g. `launch.sh`.
+    /// Script relative to the release root: [`LAUNCH_ENTRY`] (or empty in old manifests).
     #[serde(default)]
     pub entry: String,
     #[serde(default)]
@@ -603,6 +607,12 @@ impl Manifest {
                     "host libraries must be sorted and unique".into(),
                 ));
             }
+        }
+        if !self.launch.entry.is_empty() && self.launch.entry != LAUNCH_ENTRY {
+            return Err(Error::BadManifest(format!(
+                "launch.entry is {:?}: releases start through {LAUNCH_ENTRY:?} at their root",
+                self.launch.entry
+            )));
         }
         if self.workflows.len() > MAX_WORKFLOWS {
             return Err(Error::LimitExceeded(format!(
@@ -1000,6 +1010,20 @@ mod tests {
         // An inline file list is not canonical either.
         let inline = format!("files = []\n{}", text.split(FILES_SEP).next().unwrap());
         assert!(Manifest::parse(inline.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_release_starts_through_launch_sh_only() {
+        let mut m = sample();
+        m.launch.entry = LAUNCH_ENTRY.into();
+        m.validate().unwrap();
+        m.launch.entry = "../../bin/sh".into();
+        let err = m.validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("releases start through \"launch.sh\""),
+            "{err}"
+        );
     }
 
     #[test]

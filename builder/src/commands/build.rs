@@ -1,44 +1,10 @@
-//! `comfy-build lock`, `build` and `import-snapshot`.
+//! `comfy-build build`: a recipe and its lock into a signed bundle (or, with `--dry-run`, the plan).
 
-use crate::cli::{BuildArgs, ImportSnapshotArgs, LockArgs};
-use crate::plan::Plan;
-use crate::recipe::Recipe;
-use anyhow::{Context as _, Result};
-use std::path::PathBuf;
+use super::{default_cache, plan};
+use crate::cli::BuildArgs;
+use anyhow::Result;
 
-fn default_cache() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"))
-        .join("comfy-build")
-}
-
-fn plan(recipe: &std::path::Path) -> Result<Plan> {
-    let (r, bytes) = Recipe::load(recipe)?;
-    let abs = fs_err::canonicalize(recipe)?;
-    Plan::new(r, &abs, &bytes).with_context(|| format!("invalid recipe {}", recipe.display()))
-}
-
-pub fn lock(a: LockArgs) -> Result<()> {
-    let p = plan(&a.recipe)?;
-    let previous = crate::lock::Lock::load(&p.lock_path()).ok().flatten();
-    let l = crate::build::lock(
-        &p,
-        &a.cache.unwrap_or_else(default_cache),
-        previous.as_ref(),
-    )?;
-    l.save(&p.lock_path())?;
-    println!(
-        "wrote {} ({} sources, {} pinned packages)",
-        p.lock_path().display(),
-        l.git.len(),
-        l.requirements.matches("==").count()
-    );
-    Ok(())
-}
-
-pub fn build(a: BuildArgs) -> Result<()> {
+pub fn run(a: BuildArgs) -> Result<()> {
     let p = plan(&a.recipe)?;
     let opts = crate::build::BuildOptions {
         cache: a.cache.unwrap_or_else(default_cache),
@@ -121,23 +87,4 @@ fn print_plan(v: &serde_json::Value) {
             println!("         $ {}", s(c));
         }
     }
-}
-
-pub fn import_snapshot(a: ImportSnapshotArgs) -> Result<()> {
-    let json = fs_err::read_to_string(&a.snapshot)?;
-    print!(
-        "{}",
-        crate::snapshot::to_recipe_fragment(&json, &a.comfyui_url)?
-    );
-    Ok(())
-}
-
-pub fn doctor(a: crate::cli::DoctorArgs) -> Result<u8> {
-    let cache = a.cache.unwrap_or_else(default_cache);
-    let recipe = match &a.recipe {
-        Some(p) => Some((Recipe::load(p)?.0, fs_err::canonicalize(p)?)),
-        None => None,
-    };
-    let report = crate::doctor::doctor(recipe.as_ref().map(|(r, p)| (r, p.as_path())), &cache);
-    Ok(report.print(a.json))
 }

@@ -2,13 +2,19 @@
 
 mod build;
 mod diff;
+mod doctor;
+mod import_snapshot;
 mod inspect;
 mod keygen;
+mod lock;
 mod pack;
 mod verify;
 
 use crate::cli::{Cli, Command, SigningArgs, TrustArgs};
+use crate::plan::Plan;
+use crate::recipe::Recipe;
 use anyhow::{Context as _, Result};
+use std::path::PathBuf;
 
 /// Runs one parsed command line; returns the exit code of outcomes that are not errors.
 pub fn run(cli: Cli) -> Result<u8> {
@@ -19,11 +25,25 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Verify(a) => done(verify::run(a)),
         Command::Inspect(a) => done(inspect::run(a)),
         Command::Diff(a) => done(diff::run(a)),
-        Command::Lock(a) => done(build::lock(a)),
-        Command::Build(a) => done(build::build(a)),
-        Command::ImportSnapshot(a) => done(build::import_snapshot(a)),
-        Command::Doctor(a) => build::doctor(a),
+        Command::Lock(a) => done(lock::run(a)),
+        Command::Build(a) => done(build::run(a)),
+        Command::ImportSnapshot(a) => done(import_snapshot::run(a)),
+        Command::Doctor(a) => doctor::run(a),
     }
+}
+
+pub(crate) fn default_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("comfy-build")
+}
+
+pub(crate) fn plan(recipe: &std::path::Path) -> Result<Plan> {
+    let (r, bytes) = Recipe::load(recipe)?;
+    let abs = fs_err::canonicalize(recipe)?;
+    Plan::new(r, &abs, &bytes).with_context(|| format!("invalid recipe {}", recipe.display()))
 }
 
 pub(crate) fn secret_key(a: &SigningArgs) -> Result<keys::SecretKey> {
