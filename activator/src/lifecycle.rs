@@ -28,6 +28,27 @@ fn exists_in(file: &str, name: &str) -> bool {
     fs_err::read_to_string(file).is_ok_and(|t| t.lines().any(|l| l.split(':').next() == Some(name)))
 }
 
+/// Changes this machine's users and groups (`groupadd`, `useradd`, `usermod`, `groupdel`, ...),
+/// which only a host that is this machine's own `/` may do: a `--root` tree (a test, a chroot
+/// being prepared) gets a refusal naming what it would have changed, never a real user.
+fn change_accounts(host: &Host, cmdline: &mut Command) -> Result<()> {
+    if !host.is_real_root() {
+        let args: Vec<String> = cmdline
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        anyhow::bail!(
+            "not running `{} {}`: the host tree is {} (--root), and users and groups are this \
+             machine's; create them where the tree will run, or point [service] and [access] at \
+             existing ones",
+            cmdline.get_program().to_string_lossy(),
+            args.join(" "),
+            host.layout.root.display()
+        );
+    }
+    run(cmdline)
+}
+
 fn run(cmdline: &mut Command) -> Result<()> {
     let o = cmd::output(cmdline, Duration::from_secs(60))?;
     if !o.status.success() {
@@ -45,22 +66,25 @@ pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
     host.layout.ensure()?;
     let group = &host.cfg.access.group;
     if !exists_in("/etc/group", group) {
-        run(Command::new("groupadd").args(["--system", group]))?;
+        change_accounts(host, Command::new("groupadd").args(["--system", group]))?;
         done.did(format!("created group {group}"));
     }
     let svc = &host.cfg.service;
     if svc.user != "root" && !exists_in("/etc/passwd", &svc.user) {
-        run(Command::new("useradd")
-            .args([
-                "--system",
-                "--user-group",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--home-dir",
-            ])
-            .arg(host.layout.data())
-            .arg(&svc.user))?;
+        change_accounts(
+            host,
+            Command::new("useradd")
+                .args([
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "--home-dir",
+                ])
+                .arg(host.layout.data())
+                .arg(&svc.user),
+        )?;
         done.did(format!("created service user {}", svc.user));
     }
     let mut members = host.cfg.access.users.clone();
@@ -81,7 +105,7 @@ pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
                     .is_some_and(|m| m.split(',').any(|x| x == u))
         });
         if !in_group {
-            run(Command::new("usermod").args(["-aG", group, &u]))?;
+            change_accounts(host, Command::new("usermod").args(["-aG", group, &u]))?;
             done.did(format!("added {u} to {group}"));
         }
     }
@@ -208,7 +232,7 @@ pub fn nuke(host: &Host) -> Result<Done> {
     }
     let group = &host.cfg.access.group;
     if exists_in("/etc/group", group) {
-        run(Command::new("groupdel").arg(group))?;
+        change_accounts(host, Command::new("groupdel").arg(group))?;
         done.did(format!("removed group {group}"));
     }
     done.actions

@@ -421,6 +421,31 @@ fn a_dry_run_and_a_diff_say_what_changes_and_change_nothing() {
     );
 }
 
+/// `setup` on a `--root` tree never creates this machine's users or groups: it says what it would
+/// have run.
+#[test]
+fn setup_on_a_host_tree_never_touches_this_machines_accounts() {
+    let h = TestHost::new();
+    let cfg = h.root.join("etc/comfyui/comfyctl.toml");
+    let text = fs_err::read_to_string(&cfg).unwrap();
+    fs_err::write(
+        &cfg,
+        format!("{text}[access]\ngroup = \"comfyctl-test-no-such-group\"\n"),
+    )
+    .unwrap();
+    let before = fs_err::read_to_string("/etc/group").unwrap();
+    let out = h.ctl(&["setup"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains(
+            "not running `groupadd --system comfyctl-test-no-such-group`: the host tree is"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fs_err::read_to_string("/etc/group").unwrap(), before);
+}
+
 #[test]
 fn verify_finds_tampering() {
     let h = TestHost::new();

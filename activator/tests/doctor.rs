@@ -1,5 +1,6 @@
-//! `comfyctl doctor` on this machine (no GPU, no systemd as PID 1): it runs to the end, reports the
-//! missing driver with its fix, and each planted fault as its own failure.
+//! `comfyctl doctor` on a `--root` host tree: it runs to the end, reports the driver as
+//! `nvidia-smi` answers (a stand-in on PATH, so the result is the same on a machine with a GPU),
+//! and each planted fault as its own failure.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -7,9 +8,30 @@ mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt as _;
 
-fn doctor(h: &TestHost) -> (i32, serde_json::Value) {
-    let out = h.ctl(&["doctor", "--json"]);
+/// Runs doctor with `nvidia-smi` replaced by a script (`smi`: its body), ahead of the real one.
+fn doctor_with(h: &TestHost, smi: &str) -> (i32, serde_json::Value) {
+    let bin = h.tmp.path().join("fake-bin");
+    fs_err::create_dir_all(&bin).unwrap();
+    let f = bin.join("nvidia-smi");
+    fs_err::write(&f, format!("#!/bin/sh\n{smi}\n")).unwrap();
+    fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out: Out = h
+        .command(&["doctor", "--json"])
+        .env("PATH", path)
+        .output()
+        .unwrap()
+        .into();
     (out.code, out.json())
+}
+
+/// Doctor on a host whose driver does not answer.
+fn doctor(h: &TestHost) -> (i32, serde_json::Value) {
+    doctor_with(h, "echo 'NVIDIA-SMI has failed' >&2; exit 9")
 }
 
 fn status<'a>(v: &'a serde_json::Value, name: &str) -> (&'a str, String) {
@@ -45,10 +67,18 @@ fn host_doctor_reports_each_fault() {
     assert_eq!(h.ctl(&["setup"]).code, 0);
 
     let (code, v) = doctor(&h);
-    assert_eq!(code, 1, "no GPU here: {v}");
+    assert_eq!(code, 1, "the driver does not answer: {v}");
     let (st, text) = status(&v, "NVIDIA driver");
     assert_eq!(st, "fail");
     assert!(text.contains("install the NVIDIA driver"), "{text}");
+    // A driver that answers: its GPUs are listed.
+    let (_, v) = doctor_with(&h, "echo '0, NVIDIA GB10, 12.1, 580.95.05'");
+    let (st, text) = status(&v, "NVIDIA driver");
+    assert_eq!(st, "ok", "{v}");
+    assert!(
+        text.contains("1 GPU(s): 0, NVIDIA GB10, 12.1, 580.95.05"),
+        "{text}"
+    );
     for ok in [
         "current release",
         "data/models",
