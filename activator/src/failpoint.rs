@@ -1,7 +1,9 @@
 //! Failure points for crash-safety tests: `COMFYCTL_FAILPOINTS=name=kill,other=error`. `kill` sends
 //! the process SIGKILL on the spot (no unwinding, no destructors: what a power cut or OOM kill does),
-//! which fail-rs has no action for; `error` makes the step fail; `sleep(MS)` holds the step (to test
-//! lock contention). Unset, each point costs one lookup.
+//! which fail-rs has no action for; `error` makes the step fail; `sleep(MS)` holds the step;
+//! `pause(FILE)` creates `FILE.reached` and holds the step until `FILE` is gone (at most two
+//! minutes), so a test knows the point was reached without guessing a delay. Unset, each point
+//! costs one lookup.
 
 use anyhow::{bail, Result};
 use std::sync::OnceLock;
@@ -41,6 +43,18 @@ pub fn hit(name: &str) -> Result<()> {
                         .parse()
                         .unwrap_or(1000);
                     std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+                a if a.starts_with("pause(") => {
+                    let file = std::path::PathBuf::from(
+                        a.trim_start_matches("pause(").trim_end_matches(')'),
+                    );
+                    let mut reached = file.clone().into_os_string();
+                    reached.push(".reached");
+                    fs_err::write(&reached, b"")?;
+                    let t = std::time::Instant::now();
+                    while file.exists() && t.elapsed() < std::time::Duration::from_secs(120) {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
                 }
                 _ => bail!("failpoint {name} triggered"),
             }
