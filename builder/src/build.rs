@@ -5,7 +5,7 @@
 
 use crate::env::{self, Interpreter};
 use crate::lock::{Lock, LockedGit};
-use crate::plan::{Plan, Role, Source};
+use crate::plan::{Checkout, Plan, Role, Source};
 use crate::{ext, freeze, git, hostlibs, launch, process, reqs, smoke, state};
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
@@ -103,6 +103,16 @@ fn fetch(plan: &Plan, cache: &Path, lock: Option<&Lock>) -> Result<Vec<(Source, 
     })
 }
 
+/// The checkout of `source` at `commit`, exported into the cache.
+fn checkout(cache: &Path, source: Source, commit: String) -> Result<Checkout> {
+    let tree = export(cache, &source, &commit)?;
+    Ok(Checkout {
+        source,
+        commit,
+        tree,
+    })
+}
+
 fn export(cache: &Path, s: &Source, commit: &str) -> Result<PathBuf> {
     let dest = cache.join("src").join(commit);
     if !dest.exists() {
@@ -113,13 +123,16 @@ fn export(cache: &Path, s: &Source, commit: &str) -> Result<PathBuf> {
 }
 
 /// Every requirement of the release, filtered and checked against the torch pins.
-fn requirements(plan: &Plan, trees: &[(Source, String, PathBuf)]) -> Result<String> {
+fn requirements(plan: &Plan, trees: &[Checkout]) -> Result<String> {
     let r = &plan.recipe;
     let mut lines = Vec::new();
     if r.torch.install {
         lines.extend(r.torch.pins.iter().cloned());
     }
-    for (s, _, tree) in trees {
+    for Checkout {
+        source: s, tree, ..
+    } in trees
+    {
         let file = tree.join("requirements.txt");
         if !file.exists() || s.role == Role::Extension || s.disabled {
             continue;
@@ -185,10 +198,9 @@ pub fn lock(plan: &Plan, cache: &Path, previous: Option<&Lock>) -> Result<Lock> 
     let fetched = fetch(plan, cache, None)?;
     let trees = fetched
         .into_iter()
-        .map(|(s, c)| export(cache, &s, &c).map(|t| (s, c, t)))
+        .map(|(s, c)| checkout(cache, s, c))
         .collect::<Result<Vec<_>>>()?;
-    let comfy = &trees[0];
-    let cli = comfy.2.join("comfy/cli_args.py");
+    let cli = trees[0].tree.join("comfy/cli_args.py");
     let cli_text = fs_err::read_to_string(&cli)
         .with_context(|| format!("the pinned ComfyUI has no {}", cli.display()))?;
     crate::plan::check_flags(&plan.recipe.launch.args, &cli_text)?;
@@ -212,18 +224,19 @@ pub fn lock(plan: &Plan, cache: &Path, previous: Option<&Lock>) -> Result<Lock> 
             compile(plan, &input, cache)?
         }
     };
-    let source_date_epoch = git::commit_time(cache, &comfy.0.fetch_url, &comfy.1)?;
+    let comfy = &trees[0];
+    let source_date_epoch = git::commit_time(cache, &comfy.source.fetch_url, &comfy.commit)?;
     Ok(Lock {
         recipe_sha256: plan.recipe_sha256.clone(),
         source_date_epoch,
         git: trees
             .iter()
-            .map(|(s, c, _)| LockedGit {
-                role: s.role,
-                name: s.name.clone(),
-                url: s.url.clone(),
-                rev: s.rev.clone(),
-                commit: c.clone(),
+            .map(|t| LockedGit {
+                role: t.source.role,
+                name: t.source.name.clone(),
+                url: t.source.url.clone(),
+                rev: t.source.rev.clone(),
+                commit: t.commit.clone(),
             })
             .collect(),
         requirements,
@@ -272,6 +285,13 @@ fn check_smoke(plan: &Plan, report: &smoke::SmokeReport, log: &Path) -> Result<(
         );
     }
     Ok(())
+}
+
+/// An extension's wheel, built or found in the cache, and the commit it was built from.
+struct BuiltWheel {
+    ext: crate::recipe::ExtensionSection,
+    commit: String,
+    wheel: PathBuf,
 }
 
 /// What a build produced.
@@ -364,9 +384,9 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     let fetched = fetch(plan, &cache, Some(&lock))?;
     let trees = fetched
         .into_iter()
-        .map(|(s, c)| export(&cache, &s, &c).map(|t| (s, c, t)))
+        .map(|(s, c)| checkout(&cache, s, c))
         .collect::<Result<Vec<_>>>()?;
-    let cli_text = fs_err::read_to_string(trees[0].2.join("comfy/cli_args.py"))
+    let cli_text = fs_err::read_to_string(trees[0].tree.join("comfy/cli_args.py"))
         .context("the pinned ComfyUI has no comfy/cli_args.py")?;
     crate::plan::check_flags(&r.launch.args, &cli_text)?;
 
@@ -400,8 +420,8 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         let d = ext_digest(e, commit, &env_d);
         let src = trees
             .iter()
-            .find(|(s, ..)| s.role == Role::Extension && s.name == e.name)
-            .map(|t| t.2.clone());
+            .find(|t| t.source.role == Role::Extension && t.source.name == e.name)
+            .map(|t| t.tree.clone());
         let exists = cache.join("wheels").join(&d).is_dir();
         step(
             "extension",
@@ -433,7 +453,11 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
             )
         };
         match built {
-            Ok(w) => wheels.push((e.clone(), commit.to_owned(), w)),
+            Ok(wheel) => wheels.push(BuiltWheel {
+                ext: e.clone(),
+                commit: commit.to_owned(),
+                wheel,
+            }),
             Err(err) if e.required => {
                 return Err(err.context(format!("required extension {} failed to build", e.name)))
             }
@@ -445,9 +469,10 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     // the same stage digest whatever the cache's path.
     let wheel_keys: Vec<String> = wheels
         .iter()
-        .map(|(_, _, w)| {
-            w.strip_prefix(cache.join("wheels"))
-                .unwrap_or(w)
+        .map(|b| {
+            b.wheel
+                .strip_prefix(cache.join("wheels"))
+                .unwrap_or(&b.wheel)
                 .to_string_lossy()
                 .into_owned()
         })
@@ -467,8 +492,8 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     let stage_cached = stage.exists();
     let enabled: Vec<String> = trees
         .iter()
-        .filter(|(s, ..)| s.role == Role::Node && !s.disabled)
-        .map(|(s, ..)| s.name.clone())
+        .filter(|t| t.source.role == Role::Node && !t.source.disabled)
+        .map(|t| t.source.name.clone())
         .collect();
     if stage_cached {
         step("stage", format!("{} cached", &stage_d[..12]));
@@ -485,17 +510,20 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 .arg(format!("{}/.", env_dir.display()))
                 .arg(&tmp),
         )?;
-        for (_, _, w) in &wheels {
+        for BuiltWheel { wheel: w, .. } in &wheels {
             ext::install(w, &tmp.join("venv/bin/python"), &cache)?;
         }
         process::run(
             Command::new("cp")
                 .arg("-a")
-                .arg(format!("{}/.", trees[0].2.display()))
+                .arg(format!("{}/.", trees[0].tree.display()))
                 .arg(tmp.join("ComfyUI")),
         )?;
         fs_err::create_dir_all(tmp.join("ComfyUI/custom_nodes"))?;
-        for (s, _, t) in trees.iter().filter(|(s, ..)| s.role == Role::Node) {
+        for Checkout {
+            source: s, tree: t, ..
+        } in trees.iter().filter(|t| t.source.role == Role::Node)
+        {
             let name = if s.disabled {
                 format!("{}.disabled", s.name)
             } else {
@@ -655,8 +683,8 @@ fn manifest(
     plan: &Plan,
     lock: &Lock,
     lock_sha: &str,
-    trees: &[(Source, String, PathBuf)],
-    wheels: &[(crate::recipe::ExtensionSection, String, PathBuf)],
+    trees: &[Checkout],
+    wheels: &[BuiltWheel],
     record: StageRecord,
     stage: &Path,
     cache: &Path,
@@ -677,14 +705,19 @@ fn manifest(
             python: p.python.clone(),
         })
         .collect();
-    for (e, ..) in wheels {
+    for BuiltWheel { ext: e, .. } in wheels {
         preflight.push(bundle::Check {
             name: format!("import {}", e.import),
             python: format!("import {}", e.import),
         });
     }
     let mut extensions = Vec::new();
-    for (e, commit, w) in wheels {
+    for BuiltWheel {
+        ext: e,
+        commit,
+        wheel: w,
+    } in wheels
+    {
         extensions.push(bundle::Extension {
             name: e.name.clone(),
             source: e.git.clone().or_else(|| e.pypi.clone()).unwrap_or_default(),
@@ -707,11 +740,11 @@ fn manifest(
             recipe_sha256: plan.recipe_sha256.clone(),
             lock_sha256: lock_sha.to_owned(),
             smoke: if nodes.is_some() { "passed" } else { "skipped" }.into(),
-            comfyui: trees.first().map(|(s, c, _)| git_src(s, c)),
+            comfyui: trees.first().map(|t| git_src(&t.source, &t.commit)),
             custom_nodes: trees
                 .iter()
-                .filter(|(s, ..)| s.role == Role::Node)
-                .map(|(s, c, _)| git_src(s, c))
+                .filter(|t| t.source.role == Role::Node)
+                .map(|t| git_src(&t.source, &t.commit))
                 .collect(),
             extensions,
             packages: freeze::frozen_packages(stage, cache)?,

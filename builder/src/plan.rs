@@ -33,6 +33,15 @@ pub struct Source {
     pub broken_classes: Vec<String>,
 }
 
+/// A source checked out at its locked commit: what a build assembles the release from.
+#[derive(Clone, Debug)]
+pub struct Checkout {
+    pub source: Source,
+    pub commit: String,
+    /// The exported tree (no `.git`).
+    pub tree: PathBuf,
+}
+
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub recipe: Recipe,

@@ -3,10 +3,10 @@
 //! `node-state/<owner>/<path>`, which the host links to `data/node-state`. A path the stage already
 //! held moves to `node-state-seed/<owner>/<path>`: the host's first copy of that state.
 
-use crate::plan::{Role, Source};
+use crate::plan::{Checkout, Role};
 use crate::smoke::SmokeReport;
 use anyhow::{bail, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where the release keeps the shipped copy of each state path.
 pub const SEED_DIR: &str = "node-state-seed";
@@ -36,10 +36,7 @@ fn target_of(rel: &str) -> Option<String> {
 
 /// The state paths of a build: what the smoke start saw written inside `ComfyUI/`, plus what the
 /// recipe declares per enabled custom node; sorted, nested paths folded into the outer one.
-pub fn paths(
-    trees: &[(Source, String, PathBuf)],
-    smoke: Option<&SmokeReport>,
-) -> Result<Vec<Wanted>> {
+pub fn paths(trees: &[Checkout], smoke: Option<&SmokeReport>) -> Result<Vec<Wanted>> {
     let mut all: Vec<Wanted> = Vec::new();
     for (p, dir) in smoke.map(|s| s.written.as_slice()).unwrap_or_default() {
         if !p.starts_with("ComfyUI/") {
@@ -54,7 +51,7 @@ pub fn paths(
             dir: *dir,
         });
     }
-    for (s, ..) in trees {
+    for Checkout { source: s, .. } in trees {
         if s.role != Role::Node || s.disabled {
             continue;
         }
