@@ -14,7 +14,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     if a.dry_run {
-        let v = crate::build::dry_run(&p, &opts)?;
+        let v = serde_json::to_value(crate::build::dry_run(&p, &opts)?)?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
