@@ -1,0 +1,231 @@
+//! `build --dry-run`: what would happen, without fetching, installing or compiling anything.
+
+use super::digest::{env_digest, ext_digest};
+use super::BuildOptions;
+use crate::lock::Lock;
+use crate::plan::{Plan, Role, Source};
+use crate::{env, freeze};
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// What `build --dry-run` reports: the recipe, the lock's state, every source and stage with its
+/// digest, whether the cache holds it, and the commands it runs.
+#[derive(Debug, serde::Serialize)]
+pub struct DryRun {
+    pub recipe: PathBuf,
+    pub recipe_sha256: String,
+    pub bundle: crate::recipe::BundleSection,
+    pub torch: crate::recipe::TorchSection,
+    pub arch_list: String,
+    pub cuda_home: String,
+    pub launch: Vec<String>,
+    pub lock: String,
+    pub sources: Vec<PlannedSource>,
+    pub stages: Vec<PlannedStage>,
+}
+
+/// A source in a dry run.
+#[derive(Debug, serde::Serialize)]
+pub struct PlannedSource {
+    pub role: Role,
+    pub name: String,
+    pub url: String,
+    pub rev: String,
+    pub commit: Option<String>,
+    pub disabled: bool,
+    pub cached: bool,
+    pub commands: Vec<String>,
+}
+
+/// A stage in a dry run (`digest` and `cached` where the stage is cached by digest).
+#[derive(Debug, serde::Serialize)]
+pub struct PlannedStage {
+    pub stage: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    pub commands: Vec<String>,
+}
+
+impl PlannedStage {
+    fn plain(stage: &str, commands: Vec<String>) -> Self {
+        PlannedStage {
+            stage: stage.to_owned(),
+            digest: None,
+            cached: None,
+            required: None,
+            enabled: None,
+            commands,
+        }
+    }
+}
+
+/// `comfy-build build --dry-run`: the build's own digests, computed without building.
+pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
+    let r = &plan.recipe;
+    let lock = Lock::load(&plan.lock_path())?;
+    let stale = lock.as_ref().and_then(|l| l.stale_reason(plan));
+    let lock_state = match (&lock, &stale) {
+        (None, _) => "missing: `build` writes it, `build --locked` refuses".to_owned(),
+        (Some(_), Some(why)) => format!("stale ({why})"),
+        (Some(_), None) => "fresh".to_owned(),
+    };
+    let commit_of = |s: &Source| {
+        lock.as_ref()
+            .and_then(|l| l.commit(s.role, &s.name))
+            .map(str::to_owned)
+    };
+    let sources = plan
+        .sources
+        .iter()
+        .map(|s| {
+            let commit = commit_of(s);
+            let cached = commit
+                .as_ref()
+                .is_some_and(|c| opts.cache.join("src").join(c).exists());
+            PlannedSource {
+                role: s.role,
+                name: s.name.clone(),
+                url: s.url.clone(),
+                rev: s.rev.clone(),
+                commit,
+                disabled: s.disabled,
+                cached,
+                commands: vec![
+                    format!(
+                        "git clone --mirror {} (once), git fetch if {} is missing",
+                        s.fetch_url, s.rev
+                    ),
+                    "git archive | tar -x".to_owned(),
+                ],
+            }
+        })
+        .collect();
+    let reqs = lock.as_ref().map_or("", |l| l.requirements.as_str());
+    // The same digest the build computes; it needs this host's interpreter and uv (both local).
+    let env_d = match (env::installed_interpreter(r), crate::uv::version()) {
+        (Ok(interp), Ok(uv)) => Some(env_digest(plan, &interp, reqs, &uv)),
+        _ => None,
+    };
+    let interpreter = match r.python.mode {
+        crate::recipe::PythonMode::Embedded => format!(
+            "cp -a $(prefix of {}) python/ ; patchelf --set-rpath '$ORIGIN/../lib' python/bin/python{}",
+            if r.python.path.is_empty() {
+                format!("$(uv python find --managed-python {})", r.python.version)
+            } else {
+                r.python.path.clone()
+            },
+            r.python.version
+        ),
+        crate::recipe::PythonMode::System => format!("link venv/bin/python to {}", r.python.path),
+    };
+    let mut stages = vec![PlannedStage {
+        stage: "env".into(),
+        cached: Some(
+            lock.is_some()
+                && env_d
+                    .as_ref()
+                    .is_some_and(|d| opts.cache.join("env").join(d).exists()),
+        ),
+        digest: Some(env_d.clone()),
+        required: None,
+        enabled: None,
+        commands: vec![
+            interpreter,
+            "uv venv --relocatable venv ; drop `home` ; bin/python -> ../../python/bin/python"
+                .to_owned(),
+            format!(
+                "uv pip install --require-hashes --no-deps {} -r <locked requirements>",
+                env::index_args(r).join(" ")
+            ),
+        ],
+    }];
+    for e in &r.extensions {
+        let commit = lock
+            .as_ref()
+            .and_then(|l| l.commit(Role::Extension, &e.name))
+            .unwrap_or("");
+        let d = env_d.as_deref().map(|env_d| ext_digest(e, commit, env_d));
+        let envs: Vec<String> = e.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        stages.push(PlannedStage {
+            stage: format!("extension {}", e.name),
+            cached: Some(
+                d.as_ref()
+                    .is_some_and(|d| opts.cache.join("wheels").join(d).is_dir()),
+            ),
+            digest: Some(d),
+            required: Some(e.required),
+            enabled: None,
+            commands: vec![format!(
+                "{} uv build --wheel --no-build-isolation {}",
+                envs.join(" "),
+                e.git.as_deref().or(e.pypi.as_deref()).unwrap_or("")
+            )],
+        });
+    }
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    stages.push(PlannedStage::plain(
+        "stage",
+        s(&[
+            "cp -a env/<digest> stage",
+            "uv pip install <wheels>",
+            "ComfyUI + custom_nodes from git",
+            bundle::LAUNCH_ENTRY,
+        ]),
+    ));
+    stages.push(PlannedStage::plain(
+        "freeze",
+        vec![
+            format!(
+                "PYTHONHASHSEED=0 python -m compileall --invalidation-mode unchecked-hash -s <stage> -p {}",
+                freeze::INSTALL_PREFIX
+            ),
+            "remove direct_url.json".to_owned(),
+            "relocation lint".to_owned(),
+        ],
+    ));
+    let mut smoke = vec![
+        "launch.sh --cpu --listen 127.0.0.1 --port <free> (GPU-only flags dropped); GET /system_stats, /object_info".to_owned(),
+    ];
+    if !plan.workflows.is_empty() {
+        smoke.push(format!(
+            "check {} workflow(s) against /object_info; run {} through /prompt",
+            plan.workflows.len(),
+            plan.workflows.iter().filter(|w| w.run).count()
+        ));
+    }
+    stages.push(PlannedStage {
+        enabled: Some(opts.smoke),
+        ..PlannedStage::plain("smoke", smoke)
+    });
+    stages.push(PlannedStage::plain(
+        "host libs",
+        s(&["patchelf --print-needed python/**: what the interpreter needs from the host"]),
+    ));
+    stages.push(PlannedStage::plain(
+        "pack",
+        vec![format!(
+            "sign and write {}/{}-{}-<id>.bundle",
+            opts.out.display(),
+            r.bundle.name,
+            r.bundle.version
+        )],
+    ));
+    Ok(DryRun {
+        recipe: plan.recipe_path.clone(),
+        recipe_sha256: plan.recipe_sha256.clone(),
+        bundle: r.bundle.clone(),
+        torch: r.torch.clone(),
+        arch_list: r.target.arch_list.clone(),
+        cuda_home: r.target.cuda_home.clone(),
+        launch: r.launch.args.clone(),
+        lock: lock_state,
+        sources,
+        stages,
+    })
+}

@@ -1,0 +1,497 @@
+//! The build pipeline: sources -> lock -> env (interpreter, venv, packages) -> extensions -> stage
+//! (assemble, freeze, lint, smoke, host libraries) -> pack and sign. Each stage is cached under
+//! `--cache` by the digest of its inputs; `--dry-run` prints the stages, their digests, whether
+//! they are cached and the commands they would run. One file per part: `sources` (fetch and
+//! export), `lock` (requirements and their resolution), `digest` (the stage digests build and dry
+//! run share), `manifest` (what the release's manifest says), `dry_run`.
+
+mod digest;
+mod dry_run;
+mod lock;
+mod manifest;
+mod sources;
+
+pub use dry_run::{dry_run, DryRun, PlannedSource, PlannedStage};
+pub use lock::lock;
+
+use digest::{digest, env_digest, ext_digest};
+use manifest::manifest;
+use sources::{checkout, fetch};
+
+use crate::env;
+use crate::lock::Lock;
+use crate::plan::{Checkout, Plan, Role};
+use crate::{ext, freeze, hostlibs, launch, process, smoke, state};
+use anyhow::{bail, Context as _, Result};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How to run a build.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    pub cache: PathBuf,
+    pub out: PathBuf,
+    pub locked: bool,
+    pub smoke: bool,
+    pub jobs: usize,
+}
+
+fn step(name: &str, detail: impl std::fmt::Display) {
+    eprintln!("{name:>12} {detail}");
+    STEPS.with(|s| s.borrow_mut().push((name.to_owned(), Instant::now())));
+}
+
+thread_local! {
+    /// When each step of the running build began (a step lasts until the next one begins).
+    static STEPS: std::cell::RefCell<Vec<(String, Instant)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Time spent in one kind of step of a build.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageTime {
+    pub stage: String,
+    pub seconds: f64,
+}
+
+/// The steps since the build began, each kind's time summed, in the order they first ran.
+fn stage_times(end: Instant) -> Vec<StageTime> {
+    STEPS.with(|s| {
+        let s = s.borrow();
+        let mut out: Vec<StageTime> = Vec::new();
+        for (i, (name, at)) in s.iter().enumerate() {
+            let until = s.get(i + 1).map_or(end, |n| n.1);
+            let secs = until.duration_since(*at).as_secs_f64();
+            match out.iter_mut().find(|t| t.stage == *name) {
+                Some(t) => t.seconds += secs,
+                None => out.push(StageTime {
+                    stage: name.clone(),
+                    seconds: secs,
+                }),
+            }
+        }
+        out
+    })
+}
+
+/// What the stage step found, kept beside the cached stage.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct StageRecord {
+    smoke: Option<smoke::SmokeReport>,
+    state: Vec<bundle::StatePath>,
+    /// Shared libraries the stage's ELF files need from the host.
+    host_libs: Vec<String>,
+}
+
+/// Fails the build on what the smoke start saw that would break on the host: classes a node
+/// registers that `/object_info` cannot describe (unless the recipe accepts them by name), and
+/// writes outside the app's own tree or removals inside the release.
+fn check_smoke(plan: &Plan, report: &smoke::SmokeReport, log: &Path) -> Result<()> {
+    let accepted: BTreeMap<String, std::collections::BTreeSet<String>> = plan
+        .sources
+        .iter()
+        .filter(|s| s.role == Role::Node)
+        .map(|s| (s.name.clone(), s.broken_classes.iter().cloned().collect()))
+        .collect();
+    let mut problems = smoke::unaccepted_broken(report, &accepted);
+    for (p, _) in &report.written {
+        if !p.starts_with("ComfyUI/") {
+            problems.push(format!(
+                "the app wrote {p} during the smoke start: only paths inside ComfyUI/ can become node state, the rest of a release is read-only on the host"
+            ));
+        }
+    }
+    for p in &report.removed {
+        problems.push(format!(
+            "the app removed {p} from the release during the smoke start; on the host the release is read-only"
+        ));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the smoke start found {} problem(s) (log {}):\n  {}",
+            problems.len(),
+            log.display(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// An extension's wheel, built or found in the cache, and the commit it was built from.
+struct BuiltWheel {
+    ext: crate::recipe::ExtensionSection,
+    commit: String,
+    wheel: PathBuf,
+}
+
+/// What a build produced.
+#[derive(Debug, serde::Serialize)]
+pub struct Built {
+    pub id: String,
+    pub path: PathBuf,
+    pub stage_cached: bool,
+    pub seconds: f64,
+    /// Where the time went, per kind of step.
+    pub stages: Vec<StageTime>,
+}
+
+/// `comfy-build build`.
+pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<Built> {
+    let t0 = Instant::now();
+    STEPS.with(|s| s.borrow_mut().clear());
+    env::check_platform(&plan.recipe.target.platform)?;
+    let cache = &opts.cache;
+    fs_err::create_dir_all(cache)?;
+    let cache = fs_err::canonicalize(cache)?;
+    let r = &plan.recipe;
+    let lock_path = plan.lock_path();
+    let lock = match Lock::load(&lock_path)? {
+        Some(l) => match l.stale_reason(plan) {
+            None => l,
+            Some(why) if opts.locked => bail!(
+                "{} is stale ({why}); run `comfy-build lock {}`",
+                lock_path.display(),
+                plan.recipe_path.display()
+            ),
+            Some(why) => {
+                step(
+                    "lock",
+                    format!("refreshing {} ({why})", lock_path.display()),
+                );
+                let l = lock(plan, &cache, Some(&l))?;
+                l.save(&lock_path)?;
+                l
+            }
+        },
+        None if opts.locked => bail!(
+            "{} does not exist; run `comfy-build lock {}`",
+            lock_path.display(),
+            plan.recipe_path.display()
+        ),
+        None => {
+            step("lock", format!("writing {}", lock_path.display()));
+            let l = lock(plan, &cache, None)?;
+            l.save(&lock_path)?;
+            l
+        }
+    };
+    let lock_sha = hex::encode(Sha256::digest(fs_err::read(&lock_path)?));
+
+    step(
+        "sources",
+        format!(
+            "{} repositories at their locked commits",
+            plan.sources.len()
+        ),
+    );
+    let fetched = fetch(plan, &cache, Some(&lock))?;
+    let trees = fetched
+        .into_iter()
+        .map(|(s, c)| checkout(&cache, s, c))
+        .collect::<Result<Vec<_>>>()?;
+    let cli_text = fs_err::read_to_string(trees[0].tree.join("comfy/cli_args.py"))
+        .context("the pinned ComfyUI has no comfy/cli_args.py")?;
+    crate::plan::check_flags(&r.launch.args, &cli_text)?;
+
+    let interp = env::find_interpreter(r)?;
+    let uv = crate::uv::version()?;
+    let env_d = env_digest(plan, &interp, &lock.requirements, &uv);
+    let env_dir = cache.join("env").join(&env_d);
+    if env_dir.exists() {
+        step("env", format!("{} cached", &env_d[..12]));
+    } else {
+        step(
+            "env",
+            format!(
+                "{} building: interpreter, venv, {} locked packages",
+                &env_d[..12],
+                lock.requirements.matches("==").count()
+            ),
+        );
+        let tmp = cache.join("tmp").join(format!("env-{env_d}"));
+        let _ = fs_err::remove_dir_all(&tmp);
+        let scratch = Scratch(&tmp);
+        env::build_env(r, &interp, &lock.requirements, &cache, &tmp)?;
+        fs_err::create_dir_all(cache.join("env"))?;
+        fs_err::rename(&tmp, &env_dir)?;
+        drop(scratch);
+    }
+
+    let mut wheels = Vec::new();
+    for e in &r.extensions {
+        let commit = lock.commit(Role::Extension, &e.name).unwrap_or("");
+        let d = ext_digest(e, commit, &env_d);
+        let src = trees
+            .iter()
+            .find(|t| t.source.role == Role::Extension && t.source.name == e.name)
+            .map(|t| t.tree.clone());
+        let exists = cache.join("wheels").join(&d).is_dir();
+        step(
+            "extension",
+            format!(
+                "{} {} {}",
+                e.name,
+                &d[..12],
+                if exists { "cached" } else { "compiling" }
+            ),
+        );
+        // Build against a private copy of the env so nothing the build writes lands in the cache.
+        let built = if exists {
+            ext::wheel(
+                e,
+                src.as_deref(),
+                Path::new("/nonexistent"),
+                &d,
+                &cache,
+                lock.source_date_epoch,
+            )
+        } else {
+            ext::wheel(
+                e,
+                src.as_deref(),
+                &env_dir.join("venv/bin/python"),
+                &d,
+                &cache,
+                lock.source_date_epoch,
+            )
+        };
+        match built {
+            Ok(wheel) => wheels.push(BuiltWheel {
+                ext: e.clone(),
+                commit: commit.to_owned(),
+                wheel,
+            }),
+            Err(err) if e.required => {
+                return Err(err.context(format!("required extension {} failed to build", e.name)))
+            }
+            Err(err) => eprintln!("warning: optional extension {} skipped: {err:#}", e.name),
+        }
+    }
+
+    // Each wheel by its cache key and file name (`<ext digest>/<name>.whl`): the same inputs give
+    // the same stage digest whatever the cache's path.
+    let wheel_keys: Vec<String> = wheels
+        .iter()
+        .map(|b| {
+            b.wheel
+                .strip_prefix(cache.join("wheels"))
+                .unwrap_or(&b.wheel)
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let stage_d = digest(&[
+        "stage-v6",
+        &env_d,
+        &lock_sha,
+        &plan.recipe_sha256,
+        &wheel_keys.join("\n"),
+        &opts.smoke.to_string(),
+        // The workflows are checked (and run) by the smoke start: another workflow, another check.
+        &serde_json::to_string(&plan.workflows)?,
+    ]);
+    let stage = cache.join("stage").join(&stage_d);
+    let smoke_file = cache.join("stage").join(format!("{stage_d}.nodes.json"));
+    let stage_cached = stage.exists();
+    let enabled: Vec<String> = trees
+        .iter()
+        .filter(|t| t.source.role == Role::Node && !t.source.disabled)
+        .map(|t| t.source.name.clone())
+        .collect();
+    if stage_cached {
+        step("stage", format!("{} cached", &stage_d[..12]));
+    } else {
+        step("stage", format!("{} assembling", &stage_d[..12]));
+        let tmp = cache.join("tmp").join(format!("stage-{stage_d}"));
+        let _ = fs_err::remove_dir_all(&tmp);
+        fs_err::create_dir_all(&tmp)?;
+        let scratch = Scratch(&tmp);
+        // A hardlink farm of the cached env: nothing below writes into an existing file in place.
+        process::run(
+            Command::new("cp")
+                .arg("-al")
+                .arg(format!("{}/.", env_dir.display()))
+                .arg(&tmp),
+        )?;
+        for BuiltWheel { wheel: w, .. } in &wheels {
+            ext::install(w, &tmp.join("venv/bin/python"), &cache)?;
+        }
+        process::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", trees[0].tree.display()))
+                .arg(tmp.join("ComfyUI")),
+        )?;
+        fs_err::create_dir_all(tmp.join("ComfyUI/custom_nodes"))?;
+        for Checkout {
+            source: s, tree: t, ..
+        } in trees.iter().filter(|t| t.source.role == Role::Node)
+        {
+            let name = if s.disabled {
+                format!("{}.disabled", s.name)
+            } else {
+                s.name.clone()
+            };
+            process::run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(format!("{}/.", t.display()))
+                    .arg(tmp.join("ComfyUI/custom_nodes").join(name)),
+            )?;
+        }
+        let launch_sh = tmp.join(bundle::LAUNCH_ENTRY);
+        fs_err::write(&launch_sh, launch::render(&r.launch.env))?;
+        fs_err::set_permissions(&launch_sh, std::fs::Permissions::from_mode(0o755))?;
+        step("freeze", "bytecode, metadata, relocation lint");
+        freeze::freeze(&tmp)?;
+        freeze::lint(
+            &tmp,
+            &[
+                tmp.to_string_lossy().into_owned(),
+                cache.to_string_lossy().into_owned(),
+            ],
+            true,
+        )?;
+        let smoke = if opts.smoke {
+            step(
+                "smoke",
+                "starting the frozen app on loopback, as the host's unit does",
+            );
+            let copy = cache.join("tmp").join(format!("smoke-{}", &stage_d[..12]));
+            let _ = fs_err::remove_dir_all(&copy);
+            // Another path proves the tree is relocatable; hardlinks keep the copy cheap, and the
+            // app's own tree is a real copy, so what it writes there never reaches the cache.
+            process::run(Command::new("cp").arg("-al").arg(&tmp).arg(&copy))?;
+            fs_err::remove_dir_all(copy.join("ComfyUI"))?;
+            process::run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(tmp.join("ComfyUI"))
+                    .arg(copy.join("ComfyUI")),
+            )?;
+            let log = cache
+                .join("logs")
+                .join(format!("smoke-{}.log", &stage_d[..12]));
+            let res = smoke::smoke(
+                &copy,
+                &r.launch.args,
+                &enabled,
+                &plan.workflows,
+                &log,
+                Duration::from_secs(300),
+            );
+            let _ = fs_err::remove_dir_all(&copy);
+            let report = res?;
+            check_smoke(plan, &report, &log)?;
+            if !plan.workflows.is_empty() {
+                step(
+                    "workflows",
+                    format!(
+                        "{} checked against /object_info, {} run on the CPU ({:.1}s)",
+                        plan.workflows.len(),
+                        plan.workflows.iter().filter(|w| w.run).count(),
+                        report.workflow_seconds
+                    ),
+                );
+            }
+            Some(report)
+        } else {
+            None
+        };
+        let state = state::apply(&tmp, &state::paths(&trees, smoke.as_ref())?)?;
+        if !state.is_empty() {
+            step(
+                "state",
+                format!(
+                    "{} path(s) the app writes become links into the host's node state: {}",
+                    state.len(),
+                    state
+                        .iter()
+                        .map(|s| s.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        let host_libs = hostlibs::host_libs(&tmp)?;
+        step(
+            "host libs",
+            format!(
+                "{} shared libraries of the interpreter come from the host: {}",
+                host_libs.len(),
+                host_libs.join(" ")
+            ),
+        );
+        fs_err::create_dir_all(cache.join("stage"))?;
+        fs_err::write(
+            &smoke_file,
+            serde_json::to_vec(&StageRecord {
+                smoke,
+                state,
+                host_libs,
+            })?,
+        )?;
+        fs_err::rename(&tmp, &stage)?;
+        drop(scratch);
+    }
+    let record: StageRecord = serde_json::from_slice(&fs_err::read(&smoke_file)?)?;
+
+    step("pack", "signing the bundle");
+    let manifest = manifest(
+        plan, &lock, &lock_sha, &trees, &wheels, record, &stage, &cache,
+    )?;
+    fs_err::create_dir_all(&opts.out)?;
+    let tmp_out = opts.out.join(format!(
+        ".{}-{}.partial.bundle",
+        r.bundle.name, r.bundle.version
+    ));
+    let pack_opts = bundle::PackOptions {
+        jobs: opts.jobs,
+        ..Default::default()
+    };
+    let pb = support::bytes_bar(0, "packing");
+    let packed = bundle::pack(&stage, manifest, key, &tmp_out, &pack_opts, &|d, t| {
+        pb.set_length(t);
+        pb.set_position(d);
+    })?;
+    pb.finish_and_clear();
+    let path = opts.out.join(format!(
+        "{}-{}-{}.bundle",
+        r.bundle.name,
+        r.bundle.version,
+        &packed.id[..12]
+    ));
+    fs_err::rename(&tmp_out, &path)?;
+    let stages = stage_times(Instant::now());
+    eprintln!(
+        "{:>12} {}",
+        "times",
+        stages
+            .iter()
+            .map(|t| format!("{} {:.1}s", t.stage, t.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Built {
+        id: packed.id,
+        path,
+        stage_cached,
+        seconds: t0.elapsed().as_secs_f64(),
+        stages,
+    })
+}
+
+/// A stage or env being assembled under `cache/tmp`: removed when the build stops before it is
+/// renamed into place (a failed smoke start must not leave gigabytes behind).
+struct Scratch<'a>(&'a Path);
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = fs_err::remove_dir_all(self.0);
+        }
+    }
+}
