@@ -256,3 +256,54 @@ mod tests {
         );
     }
 }
+
+/// `comfyctl health`'s report: the check's result (all the JSON holds) and, for the lines, what
+/// was checked.
+#[derive(serde::Serialize)]
+pub struct HealthReport {
+    #[serde(flatten)]
+    pub health: Health,
+    #[serde(skip)]
+    pub release: String,
+    #[serde(skip)]
+    pub id: String,
+    #[serde(skip)]
+    pub port: u16,
+    #[serde(skip)]
+    pub expected_classes: usize,
+    #[serde(skip)]
+    pub workflows: usize,
+}
+
+/// Checks the running app against the current release, with the host config's policy (its
+/// port, device type and missing-model setting) unless the command line overrides port or device.
+pub fn check_current(
+    host: &crate::host::Host,
+    port: Option<u16>,
+    device: Option<&str>,
+    timeout: Duration,
+) -> Result<HealthReport> {
+    let Some(id) = host.current() else {
+        return crate::host::refuse("no current release to check");
+    };
+    let m = crate::release::manifest(&host.layout.release(&id))?;
+    let port = port.unwrap_or(host.cfg.service.port);
+    let cfg = &host.cfg.health;
+    let device = device.or((!cfg.device_type.is_empty()).then_some(cfg.device_type.as_str()));
+    let health = check(
+        port,
+        &m,
+        device,
+        timeout,
+        cfg.missing_models == crate::config::MissingModels::Fail,
+        &|| None,
+    )?;
+    Ok(HealthReport {
+        health,
+        release: format!("{} {}", m.name, m.version),
+        id,
+        port,
+        expected_classes: m.expected_nodes.values().map(Vec::len).sum(),
+        workflows: m.workflows.len(),
+    })
+}

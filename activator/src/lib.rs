@@ -18,6 +18,7 @@ mod inventory;
 mod lifecycle;
 mod lock;
 mod preflight;
+mod print;
 mod release;
 mod rollback;
 mod run;

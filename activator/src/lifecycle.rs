@@ -61,6 +61,18 @@ fn run(cmdline: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Writes a host config naming `target` at `path` when there is none yet (`setup --target`).
+pub fn write_initial_config(path: &Path, target: &str) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(p) = path.parent() {
+        fs_err::create_dir_all(p)?;
+    }
+    fs_err::write(path, format!("target = \"{target}\"\n"))?;
+    Ok(())
+}
+
 pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
     let mut done = Done::default();
     host.layout.ensure()?;
