@@ -328,3 +328,57 @@ fn diff_of_two_bundles_and_of_an_unpacked_release() {
     assert_eq!(code, 1);
     assert!(err.contains("is not an unpacked release"), "{err}");
 }
+
+/// CI signs with the key in `COMFY_SIGNING_KEY` (a secret's contents), never a file: it works, a
+/// malformed value and a missing key are refused, each saying what to do.
+#[test]
+fn the_signing_key_can_come_from_the_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_tree(&d.join("tree"));
+    comfy_build(&["keygen", "--out", "rel"], d);
+    let pack = |env: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_comfy-build"));
+        c.args([
+            "pack",
+            "tree",
+            "--name",
+            "demo",
+            "--version",
+            "1",
+            "--sequence",
+            "1",
+            "--target",
+            "linux-x86_64-cpu",
+            "--out",
+            "env.bundle",
+        ])
+        .current_dir(d)
+        .env_remove("COMFY_SIGNING_KEY");
+        if let Some(v) = env {
+            c.env("COMFY_SIGNING_KEY", v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let key = fs_err::read_to_string(d.join("rel.key")).unwrap();
+    let (code, err) = pack(Some(&key));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = comfy_build(&["verify", "env.bundle", "--key", "rel.pub"], d);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, err) = pack(Some("not a key"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("reading the secret key from COMFY_SIGNING_KEY"),
+        "{err}"
+    );
+    let (code, err) = pack(None);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no signing key: pass --key FILE or set COMFY_SIGNING_KEY"),
+        "{err}"
+    );
+}

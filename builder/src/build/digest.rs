@@ -49,3 +49,39 @@ pub(super) fn ext_digest(
         env_digest,
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parts are length-prefixed: moving a boundary changes the digest, so two different inputs
+    /// (`"ab" + "c"`, `"a" + "bc"`) can never share a cached stage.
+    #[test]
+    fn part_boundaries_count() {
+        assert_ne!(digest(&["ab", "c"]), digest(&["a", "bc"]));
+        assert_ne!(digest(&["a", ""]), digest(&["a"]));
+        assert_eq!(digest(&["a", "b"]), digest(&["a", "b"]));
+        assert_eq!(digest(&[]).len(), 64);
+    }
+
+    #[test]
+    fn an_extension_is_rebuilt_when_any_input_moves() {
+        let e: crate::recipe::ExtensionSection = toml::from_str(
+            "name = \"x\"\npypi = \"x==1\"\nimport = \"x\"\nenv = { MAX_JOBS = \"2\" }\n",
+        )
+        .unwrap();
+        let base = ext_digest(&e, "", "env1");
+        assert_ne!(base, ext_digest(&e, "", "env2"), "another env");
+        let mut other = e.clone();
+        other.pypi = Some("x==2".into());
+        assert_ne!(base, ext_digest(&other, "", "env1"), "another version");
+        let mut other = e.clone();
+        other.env.insert("MAX_JOBS".into(), "4".into());
+        assert_ne!(
+            base,
+            ext_digest(&other, "", "env1"),
+            "another build environment"
+        );
+        assert_eq!(base, ext_digest(&e, "", "env1"));
+    }
+}
