@@ -4,7 +4,7 @@
 
 use crate::recipe::Recipe;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use support::doctor::{gib, Report};
 
@@ -19,29 +19,17 @@ fn major(v: &str) -> Option<u32> {
 
 /// Runs `git ls-remote` with a deadline (an unreachable host must not hang the report).
 fn reachable_git(url: &str, timeout: Duration) -> Result<(), String> {
-    let mut child = Command::new("git")
-        .args(["ls-remote", "--heads", url])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let t = std::time::Instant::now();
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return if st.success() {
-                Ok(())
-            } else {
-                Err(format!("git ls-remote failed ({st})"))
-            };
-        }
-        if t.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("no answer within {}s", timeout.as_secs()));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let o = support::cmd::output(
+        Command::new("git")
+            .args(["ls-remote", "--heads", url])
+            .env("GIT_TERMINAL_PROMPT", "0"),
+        timeout,
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!("git ls-remote failed ({})", o.status))
     }
 }
 

@@ -7,12 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn tail(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes);
-    let mut start = s.len().saturating_sub(1024);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    s[start..].to_owned()
+    support::cmd::last_kib(&String::from_utf8_lossy(bytes)).to_owned()
 }
 
 fn describe(cmd: &Command) -> String {

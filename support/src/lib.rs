@@ -2,6 +2,7 @@
 //! bars on a terminal, logging set-up, and reading a running ComfyUI's `/object_info`. No format,
 //! key or host logic lives here.
 
+pub mod cmd;
 pub mod diff;
 pub mod doctor;
 pub mod workflow;
