@@ -91,8 +91,8 @@ fn fetch(host: &Host, src: &str, trusted: &keys::TrustedKeys) -> Result<Fetched>
 
 /// Makes sure the journal matches the real `current` after a kill.
 pub(crate) fn load_state(host: &Host) -> Result<State> {
-    let mut state = State::load(&host.layout.state())?;
-    if state.reconcile(host.current().as_deref()) {
+    let (state, changed) = reconciled_state(host)?;
+    if changed {
         state.save(&host.layout.state())?;
     }
     Ok(state)
@@ -100,21 +100,49 @@ pub(crate) fn load_state(host: &Host) -> Result<State> {
 
 /// The journal as [`load_state`] makes it, without writing it back (dry runs and diffs).
 pub(crate) fn load_state_read_only(host: &Host) -> Result<State> {
+    Ok(reconciled_state(host)?.0)
+}
+
+fn reconciled_state(host: &Host) -> Result<(State, bool)> {
     let mut state = State::load(&host.layout.state())?;
-    state.reconcile(host.current().as_deref());
-    Ok(state)
+    let changed = state.reconcile(host.current().as_deref());
+    Ok((state, changed))
+}
+
+/// Refuses a release built for another target than this host's.
+pub(crate) fn check_target(host: &Host, m: &bundle::Manifest, src: &str) -> Result<()> {
+    if m.target != host.cfg.target {
+        return refuse(format!(
+            "{src} is built for {}, this host runs {}",
+            m.target, host.cfg.target
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a release below the highest sequence this host has seen, unless told to downgrade.
+pub(crate) fn check_sequence(
+    m: &bundle::Manifest,
+    state: &State,
+    allow_downgrade: bool,
+) -> Result<()> {
+    if m.sequence < state.highest_sequence && !allow_downgrade {
+        return refuse(format!(
+            "{} {} has sequence {}, below the highest this host has seen ({}); use --allow-downgrade to activate an older release",
+            m.name, m.version, m.sequence, state.highest_sequence
+        ));
+    }
+    Ok(())
+}
+
+/// Installed, and no file written since it was: usable as it is.
+pub(crate) fn is_intact(dir: &std::path::Path) -> bool {
+    release::is_intact(dir) && release::changed_files(dir).is_ok_and(|c| c.is_empty())
 }
 
 pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<ActivateReport> {
     let t0 = Instant::now();
-    let trusted = match keys::TrustedKeys::load_dir(&host.layout.keys) {
-        Ok(t) => t,
-        Err(e) => {
-            return refuse(format!(
-                "{e}: install the release public key (comfy-build keygen's .pub) there"
-            ))
-        }
-    };
+    let trusted = host.trusted_keys()?;
     // The download happens before the activation lock: a slow or stalled mirror never keeps an
     // operator's `rollback` (or anything else that takes the lock) waiting.
     host.layout.ensure()?;
@@ -153,12 +181,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     let b =
         bundle::Bundle::open(&fetched.path, &trusted).with_context(|| format!("refusing {src}"))?;
     let m = &b.manifest;
-    if m.target != host.cfg.target {
-        return refuse(format!(
-            "{src} is built for {}, this host runs {}",
-            m.target, host.cfg.target
-        ));
-    }
+    check_target(host, m, src)?;
     let mut report = ActivateReport {
         id: b.id.clone(),
         name: m.name.clone(),
@@ -173,20 +196,14 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     let is_current = host.current().as_deref() == Some(b.id.as_str());
     // Installed, and no file written since: reused as it is. A release with changed files is
     // unpacked again (its changed objects were quarantined, so the bundle's bytes are written).
-    let intact =
-        release::is_intact(&dir) && release::changed_files(&dir).is_ok_and(|c| c.is_empty());
+    let intact = is_intact(&dir);
     if is_current && intact {
         switch::ensure_seed_links(host)?;
         report.seconds = t0.elapsed().as_secs_f64();
         return Ok(report);
     }
     // After the no-op case: re-running an activation of the release a rollback returned to is fine.
-    if m.sequence < state.highest_sequence && !opts.allow_downgrade {
-        return refuse(format!(
-            "{} {} has sequence {}, below the highest this host has seen ({}); use --allow-downgrade to activate an older release",
-            m.name, m.version, m.sequence, state.highest_sequence
-        ));
-    }
+    check_sequence(m, &state, opts.allow_downgrade)?;
     report.changed = true;
     if !intact {
         if dir.exists() {

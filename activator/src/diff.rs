@@ -33,19 +33,11 @@ struct Opened {
     _scratch: Scratch,
 }
 
-fn trusted(host: &Host) -> Result<keys::TrustedKeys> {
-    keys::TrustedKeys::load_dir(&host.layout.keys).or_else(|e| {
-        refuse(format!(
-            "{e}: install the release public key (comfy-build keygen's .pub) there"
-        ))
-    })
-}
-
 /// An installed id (or unique prefix), a bundle file or a URL; bundles must carry a trusted
 /// signature, as for an activation.
 fn open(host: &Host, src: &str, store: &Store) -> Result<Opened> {
     if source::is_url(src) {
-        let t = trusted(host)?;
+        let t = host.trusted_keys()?;
         fs_err::create_dir_all(host.layout.downloads())?;
         let dest = host
             .layout
@@ -71,7 +63,7 @@ fn open(host: &Host, src: &str, store: &Store) -> Result<Opened> {
         });
     }
     if std::path::Path::new(src).is_file() {
-        let b = bundle::Bundle::open(std::path::Path::new(src), &trusted(host)?)
+        let b = bundle::Bundle::open(std::path::Path::new(src), &host.trusted_keys()?)
             .with_context(|| format!("refusing {src}"))?;
         return Ok(Opened {
             id: b.id.clone(),
@@ -151,23 +143,14 @@ pub fn dry_run(host: &Host, src: &str, allow_downgrade: bool, service: bool) -> 
     let store = Store::read_only(host.layout.store());
     let o = open(host, src, &store)?;
     let m = &o.manifest;
-    if m.target != host.cfg.target {
-        return refuse(format!(
-            "{src} is built for {}, this host runs {}",
-            m.target, host.cfg.target
-        ));
-    }
+    activate::check_target(host, m, src)?;
     let state = activate::load_state_read_only(host)?;
     let current = host.current();
-    let dir = host.layout.release(&o.id);
-    let intact =
-        release::is_intact(&dir) && release::changed_files(&dir).is_ok_and(|c| c.is_empty());
+    let intact = activate::is_intact(&host.layout.release(&o.id));
     let is_current = current.as_deref() == Some(o.id.as_str());
-    if !(is_current && intact) && m.sequence < state.highest_sequence && !allow_downgrade {
-        return refuse(format!(
-            "{} {} has sequence {}, below the highest this host has seen ({}); use --allow-downgrade to activate an older release",
-            m.name, m.version, m.sequence, state.highest_sequence
-        ));
+    // As the activation: re-planning the release that is current is never a downgrade.
+    if !(is_current && intact) {
+        activate::check_sequence(m, &state, allow_downgrade)?;
     }
     let host_libraries =
         crate::hostlibs::require(m).map_err(|e| anyhow::anyhow!("pre-flight would fail: {e:#}"))?;

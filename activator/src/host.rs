@@ -26,6 +26,16 @@ pub fn refuse<T>(msg: impl Into<String>) -> Result<T> {
 }
 
 impl Host {
+    /// The trusted release keys (`keys/*.pub`, less `keys/revoked/`); none is a refusal that says
+    /// what to install.
+    pub fn trusted_keys(&self) -> Result<keys::TrustedKeys> {
+        keys::TrustedKeys::load_dir(&self.layout.keys).or_else(|e| {
+            refuse(format!(
+                "{e}: install the release public key (comfy-build keygen's .pub) there"
+            ))
+        })
+    }
+
     /// True when the host tree is this machine's own `/` (no `--root`).
     pub fn is_real_root(&self) -> bool {
         self.layout.root == std::path::Path::new("/")

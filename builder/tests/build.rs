@@ -134,6 +134,20 @@ fn id(out: &std::process::Output) -> String {
     v["id"].as_str().unwrap().to_owned()
 }
 
+/// Extracts a bundle into `dir` with stock tar (a bundle is a tar in zstd frames).
+fn untar(bundle: &Path, dir: &Path) {
+    fs_err::create_dir_all(dir).unwrap();
+    assert!(Command::new("tar")
+        .arg("--zstd")
+        .arg("-xf")
+        .arg(bundle)
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .unwrap()
+        .success());
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -193,16 +207,7 @@ fn demo_builds_runs_elsewhere_and_is_reproducible() {
     let v: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     let bundle = PathBuf::from(v["path"].as_str().unwrap());
     let x = d.tmp.path().join("somewhere/else");
-    fs_err::create_dir_all(&x).unwrap();
-    assert!(Command::new("tar")
-        .arg("--zstd")
-        .arg("-xf")
-        .arg(&bundle)
-        .arg("-C")
-        .arg(&x)
-        .status()
-        .unwrap()
-        .success());
+    untar(&bundle, &x);
     let py = x.join("venv/bin/python");
     let out = Command::new(&py)
         .args(["-c", "import sys, yaml, six, psutil, dotenv, fastmath; print(fastmath.dot([1, 2], [3, 4])); print(sys.prefix)"])
@@ -430,16 +435,7 @@ fn a_pypi_sdist_extension_compiles_against_the_frozen_env_and_is_cached() {
     let v: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     let bundle = PathBuf::from(v["path"].as_str().unwrap());
     let x = d.tmp.path().join("x");
-    fs_err::create_dir_all(&x).unwrap();
-    assert!(Command::new("tar")
-        .arg("--zstd")
-        .arg("-xf")
-        .arg(&bundle)
-        .arg("-C")
-        .arg(&x)
-        .status()
-        .unwrap()
-        .success());
+    untar(&bundle, &x);
     // The compiled module is the release's own, loaded by the release's interpreter.
     let out = Command::new(x.join("venv/bin/python"))
         .args([

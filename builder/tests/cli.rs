@@ -54,26 +54,24 @@ fn make_tree(root: &Path) {
     fs_err::write(root.join(long), vec![42u8; 100_000]).unwrap();
 }
 
+/// `comfy-build pack tree` into `out` as release `demo 1`; the key comes from the caller.
+const PACK: [&str; 10] = [
+    "pack",
+    "tree",
+    "--name",
+    "demo",
+    "--version",
+    "1",
+    "--sequence",
+    "1",
+    "--target",
+    "linux-x86_64-cpu",
+];
+
 fn pack(dir: &Path, key: &str, out: &str) {
-    let (code, _, err) = comfy_build(
-        &[
-            "pack",
-            "tree",
-            "--name",
-            "demo",
-            "--version",
-            "1",
-            "--sequence",
-            "1",
-            "--target",
-            "linux-x86_64-cpu",
-            "--key",
-            key,
-            "--out",
-            out,
-        ],
-        dir,
-    );
+    let mut args = PACK.to_vec();
+    args.extend(["--key", key, "--out", out]);
+    let (code, _, err) = comfy_build(&args, dir);
     assert_eq!(code, 0, "{err}");
 }
 
@@ -339,22 +337,10 @@ fn the_signing_key_can_come_from_the_environment() {
     comfy_build(&["keygen", "--out", "rel"], d);
     let pack = |env: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_comfy-build"));
-        c.args([
-            "pack",
-            "tree",
-            "--name",
-            "demo",
-            "--version",
-            "1",
-            "--sequence",
-            "1",
-            "--target",
-            "linux-x86_64-cpu",
-            "--out",
-            "env.bundle",
-        ])
-        .current_dir(d)
-        .env_remove("COMFY_SIGNING_KEY");
+        c.args(PACK)
+            .args(["--out", "env.bundle"])
+            .current_dir(d)
+            .env_remove("COMFY_SIGNING_KEY");
         if let Some(v) = env {
             c.env("COMFY_SIGNING_KEY", v);
         }
