@@ -44,11 +44,34 @@ pub fn compile(root: &Path, python_version: &str, extra: &[std::path::PathBuf]) 
     compile_dirs(root, &dirs);
 }
 
+/// Runs `compileall` with one change: a source whose bytecode is already an unchecked-hash `.pyc`
+/// of the same source bytes is skipped. compileall's own up-to-date test only knows timestamp
+/// bytecode, so without this every stage recompiled the whole venv the env stage had compiled.
+const COMPILE_SKIPPING_CURRENT: &str = r#"
+import compileall, importlib.util, py_compile, sys
+_compile = py_compile.compile
+def compile(file, cfile=None, dfile=None, doraise=False, optimize=-1, invalidation_mode=None, quiet=0):
+    try:
+        with open(cfile, "rb") as f:
+            head = f.read(16)
+        with open(file, "rb") as f:
+            source = f.read()
+        if (head[:4] == importlib.util.MAGIC_NUMBER and head[4:8] == b"\x01\x00\x00\x00"
+                and head[8:16] == importlib.util.source_hash(source)):
+            return cfile
+    except (OSError, TypeError):
+        pass
+    return _compile(file, cfile, dfile, doraise, optimize, invalidation_mode, quiet)
+py_compile.compile = compile
+sys.argv[0] = "compileall"
+sys.exit(int(not compileall.main()))
+"#;
+
 fn compile_dirs(root: &Path, dirs: &[std::path::PathBuf]) {
     let out = Command::new(root.join("venv/bin/python"))
         .args([
-            "-m",
-            "compileall",
+            "-c",
+            COMPILE_SKIPPING_CURRENT,
             "-q",
             // One process, files in compileall's sorted order: marshal's output depends on the
             // interpreter's state (reference flags), so parallel workers, which take files in

@@ -191,6 +191,21 @@ fn demo_builds_runs_elsewhere_and_is_reproducible() {
         id1,
         "warm cache, other output dir: same bundle id"
     );
+    // The rebuild's pack read no file for its digests and copied every payload frame from the
+    // first bundle; the file is byte for byte what the first pack wrote.
+    let w: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["frames_copied"], 0, "{v}");
+    assert!(v["digest_bytes_read"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(w["digest_bytes_read"], 0, "{w}");
+    assert_eq!(
+        w["frames_copied"].as_u64().unwrap() + 1,
+        w["frames"].as_u64().unwrap(),
+        "{w}"
+    );
+    assert_eq!(
+        fs_err::read(v["path"].as_str().unwrap()).unwrap(),
+        fs_err::read(w["path"].as_str().unwrap()).unwrap()
+    );
     // The dry run computes the build's own digests: after a build, it shows env and extension cached.
     let plan = d.build(&recipe, "out-dry", "cache", &["--dry-run"]);
     assert!(plan.status.success(), "{}", stderr(&plan));

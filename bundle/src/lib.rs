@@ -9,6 +9,7 @@ pub mod index;
 pub mod manifest;
 pub mod paths;
 mod reader;
+pub mod reuse;
 mod stream;
 pub mod tarfmt;
 #[doc(hidden)]

@@ -403,6 +403,7 @@ fn honest(c: &Case) -> PathBuf {
         frame_size: 64 << 10,
         level: 3,
         jobs: 2,
+        ..Default::default()
     };
     bundle::pack(&tree, template(), &c.key, &out, &opts, &|_, _| {}).unwrap();
     out

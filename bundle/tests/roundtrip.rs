@@ -64,6 +64,7 @@ fn roundtrip_at_several_frame_sizes_is_deterministic() {
             frame_size,
             level: 3,
             jobs,
+            ..Default::default()
         };
         let packed = bundle::pack(&tree, template(), &key, &out, &opts, &|_, _| {}).unwrap();
         let b = Bundle::open(&out, &trusted).unwrap();
@@ -107,6 +108,7 @@ fn roundtrip_at_several_frame_sizes_is_deterministic() {
         frame_size: 4 << 20,
         level: 3,
         jobs: 2,
+        ..Default::default()
     };
     bundle::pack(&tree, template(), &key, &again, &opts, &|_, _| {}).unwrap();
     assert_eq!(
@@ -235,6 +237,7 @@ fn store_reuse_skips_frames_of_unchanged_files() {
         frame_size: 64 << 10,
         level: 3,
         jobs: 2,
+        ..Default::default()
     };
     let a = tmp.path().join("a.bundle");
     bundle::pack(&tree, template(), &key, &a, &opts, &|_, _| {}).unwrap();
@@ -304,4 +307,130 @@ fn store_reuse_skips_frames_of_unchanged_files() {
         r.is_err() || snapshot(&dest) == snapshot(&tmp.path().join("rb")),
         "a lying index must not change the result"
     );
+}
+
+#[test]
+fn a_repack_copies_unchanged_frames_and_writes_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    sample_tree(&tree);
+    let key = keys::generate();
+    let trusted = keys::TrustedKeys::new(vec![key.public()], vec![]);
+    let opts = PackOptions {
+        frame_size: 64 << 10,
+        jobs: 2,
+        ..Default::default()
+    };
+    let a = tmp.path().join("a.bundle");
+    let first = bundle::pack(&tree, template(), &key, &a, &opts, &|_, _| {}).unwrap();
+    assert_eq!(first.reused_frames, 0);
+    let content: u64 = first.manifest.files.iter().map(|e| e.size()).sum();
+    assert_eq!(first.hashed_bytes, content, "a cold pack reads every file");
+
+    // One small file changes (a new inode, as a rebuilt stage has); the next pack knows the rest.
+    fs_err::remove_file(tree.join("venv/lib/m150.py")).unwrap();
+    fs_err::write(tree.join("venv/lib/m150.py"), "changed\n").unwrap();
+    let reuse = bundle::reuse::Reuse {
+        digests: first.digests.clone(),
+        sources: vec![bundle::reuse::FrameSource::new(&a, first.frame_records.clone()).unwrap()],
+    };
+    let with = PackOptions {
+        reuse,
+        ..opts.clone()
+    };
+    let b = tmp.path().join("b.bundle");
+    let second = bundle::pack(&tree, template(), &key, &b, &with, &|_, _| {}).unwrap();
+    assert_eq!(
+        second.hashed_bytes,
+        "changed\n".len() as u64,
+        "only the changed file is read for its digest"
+    );
+    let payload = second.frames - 1;
+    assert!(
+        second.reused_frames + 2 >= payload,
+        "{} of {payload} payload frames copied",
+        second.reused_frames
+    );
+    // The same bytes as a pack that reuses nothing: reuse changes neither the id nor the file.
+    let c = tmp.path().join("c.bundle");
+    let fresh = bundle::pack(&tree, template(), &key, &c, &opts, &|_, _| {}).unwrap();
+    assert_eq!(fresh.id, second.id);
+    assert_eq!(fs_err::read(&b).unwrap(), fs_err::read(&c).unwrap());
+    let bb = Bundle::open(&b, &trusted).unwrap();
+    bb.verify_payload(2, &|_| {}).unwrap();
+
+    // An earlier bundle whose frames were altered after they were recorded: its frames are not
+    // copied (their SHA-256 no longer matches), they are compressed again.
+    let mut bytes = fs_err::read(&a).unwrap();
+    let rec = first.frame_records[first.frame_records.len() / 2];
+    bytes[(rec.comp_offset + rec.comp_len / 2) as usize] ^= 0xff;
+    let mut f = std::fs::OpenOptions::new().write(true).open(&a).unwrap();
+    std::io::Write::write_all(&mut f, &bytes).unwrap();
+    drop(f);
+    let src = bundle::reuse::FrameSource::new(&a, first.frame_records.clone()).unwrap();
+    let with = PackOptions {
+        reuse: bundle::reuse::Reuse {
+            digests: first.digests.clone(),
+            sources: vec![src],
+        },
+        ..opts.clone()
+    };
+    let d = tmp.path().join("d.bundle");
+    let third = bundle::pack(&tree, template(), &key, &d, &with, &|_, _| {}).unwrap();
+    assert!(third.reused_frames < second.reused_frames);
+    assert_eq!(fs_err::read(&d).unwrap(), fs_err::read(&c).unwrap());
+}
+
+#[test]
+fn a_file_changed_after_its_digest_was_cached_under_the_same_identity_is_not_trusted_blindly() {
+    // Rewriting a file in place changes its modification time, so its identity: it is read again.
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    sample_tree(&tree);
+    let key = keys::generate();
+    let opts = PackOptions {
+        frame_size: 64 << 10,
+        ..Default::default()
+    };
+    let first = bundle::pack(
+        &tree,
+        template(),
+        &key,
+        &tmp.path().join("a.bundle"),
+        &opts,
+        &|_, _| {},
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs_err::write(tree.join("venv/lib/m007.py"), "x = 8\n").unwrap();
+    let with = PackOptions {
+        reuse: bundle::reuse::Reuse {
+            digests: first.digests,
+            sources: Vec::new(),
+        },
+        ..opts
+    };
+    let second = bundle::pack(
+        &tree,
+        template(),
+        &key,
+        &tmp.path().join("b.bundle"),
+        &with,
+        &|_, _| {},
+    )
+    .unwrap();
+    assert_eq!(second.hashed_bytes, 6);
+    let e = second
+        .manifest
+        .files
+        .iter()
+        .find(|e| e.path == "venv/lib/m007.py")
+        .unwrap();
+    match &e.kind {
+        bundle::Kind::File { sha256, .. } => {
+            use sha2::Digest as _;
+            assert_eq!(*sha256, <[u8; 32]>::from(sha2::Sha256::digest(b"x = 8\n")));
+        }
+        _ => panic!("not a file"),
+    }
 }

@@ -136,6 +136,11 @@ pub struct Built {
     pub seconds: f64,
     /// Where the time went, per kind of step.
     pub stages: Vec<StageTime>,
+    /// Frames in the bundle, and how many were copied from an earlier bundle (not compressed).
+    pub frames: usize,
+    pub frames_copied: usize,
+    /// Bytes read to compute file digests (files an earlier pack had not read).
+    pub digest_bytes_read: u64,
 }
 
 /// `comfy-build build`.
@@ -448,8 +453,10 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         ".{}-{}.partial.bundle",
         r.bundle.name, r.bundle.version
     ));
+    let packs = PackCache(cache.join("pack"));
     let pack_opts = bundle::PackOptions {
         jobs: opts.jobs,
+        reuse: packs.load(),
         ..Default::default()
     };
     let pb = support::bytes_bar(0, "packing");
@@ -465,6 +472,18 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         &packed.id[..12]
     ));
     fs_err::rename(&tmp_out, &path)?;
+    eprintln!(
+        "{:>12} {} frames, {} copied from an earlier bundle; {} read for digests",
+        "packed",
+        packed.frames,
+        packed.reused_frames,
+        support::diff::human_bytes(packed.hashed_bytes)
+    );
+    if let Err(e) = packs.save(&path, &packed) {
+        eprintln!(
+            "warning: the pack cache was not updated ({e:#}); the next build packs from scratch"
+        );
+    }
     let stages = stage_times(Instant::now());
     eprintln!(
         "{:>12} {}",
@@ -481,7 +500,56 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         stage_cached,
         seconds: t0.elapsed().as_secs_f64(),
         stages,
+        frames: packed.frames,
+        frames_copied: packed.reused_frames,
+        digest_bytes_read: packed.hashed_bytes,
     })
+}
+
+/// What the next pack can take from this one (`cache/pack`): the digests of the files it read, by
+/// identity, and the frame tables of the newest bundles it wrote, so a rebuild reads and compresses
+/// only what changed.
+struct PackCache(PathBuf);
+
+/// Frame tables kept: the newest bundles a rebuild is likely to share frames with.
+const FRAME_TABLES: usize = 3;
+
+impl PackCache {
+    fn tables(&self) -> Vec<(std::time::SystemTime, PathBuf)> {
+        let mut t: Vec<_> = fs_err::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".frames"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        t.sort();
+        t.reverse();
+        t
+    }
+
+    fn load(&self) -> bundle::reuse::Reuse {
+        bundle::reuse::Reuse {
+            digests: bundle::reuse::DigestCache::load(&self.0.join("digests")),
+            sources: self
+                .tables()
+                .iter()
+                .filter_map(|(_, p)| bundle::reuse::FrameSource::load(p))
+                .collect(),
+        }
+    }
+
+    fn save(&self, bundle_path: &Path, packed: &bundle::Packed) -> Result<()> {
+        fs_err::create_dir_all(&self.0)?;
+        packed.digests.save(&self.0.join("digests"))?;
+        let path = fs_err::canonicalize(bundle_path)?;
+        bundle::reuse::FrameSource::new(&path, packed.frame_records.clone())?
+            .save(&self.0.join(format!("{}.frames", &packed.id[..12])))?;
+        for (_, old) in self.tables().into_iter().skip(FRAME_TABLES) {
+            let _ = fs_err::remove_file(old);
+        }
+        Ok(())
+    }
 }
 
 /// A stage or env being assembled under `cache/tmp`: removed when the build stops before it is
