@@ -38,6 +38,29 @@ pub(crate) fn read_frame(
     f: &Frame,
     max_raw: u64,
 ) -> Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    read_frame_into(
+        file,
+        no,
+        f,
+        max_raw,
+        &mut zstd::bulk::Decompressor::new()?,
+        &mut Vec::new(),
+        &mut raw,
+    )?;
+    Ok(raw)
+}
+
+/// [`read_frame`] into buffers the caller keeps (their allocations reused frame after frame).
+pub(crate) fn read_frame_into(
+    file: &std::fs::File,
+    no: usize,
+    f: &Frame,
+    max_raw: u64,
+    dctx: &mut zstd::bulk::Decompressor<'_>,
+    comp: &mut Vec<u8>,
+    raw: &mut Vec<u8>,
+) -> Result<()> {
     let corrupt = |detail: String| Error::CorruptFrame { frame: no, detail };
     if f.raw_len > max_raw {
         return Err(corrupt(format!(
@@ -48,20 +71,22 @@ pub(crate) fn read_frame(
     if f.comp_len > max_raw + (1 << 20) {
         return Err(corrupt(format!("claims {} compressed bytes", f.comp_len)));
     }
-    let mut comp = vec![0u8; f.comp_len as usize];
-    file.read_exact_at(&mut comp, f.comp_offset)
+    comp.clear();
+    comp.resize(f.comp_len as usize, 0);
+    file.read_exact_at(comp, f.comp_offset)
         .map_err(|e| Error::Truncated(format!("frame {no} cannot be read: {e}")))?;
-    let raw = zstd::bulk::Decompressor::new()?
-        .decompress(&comp, f.raw_len as usize)
+    raw.clear();
+    raw.reserve_exact(f.raw_len as usize);
+    let n = dctx
+        .decompress_to_buffer(&comp[..], raw)
         .map_err(|e| corrupt(format!("does not decompress within its stated size: {e}")))?;
-    if raw.len() as u64 != f.raw_len {
+    if n as u64 != f.raw_len || raw.len() != n {
         return Err(corrupt(format!(
-            "decompressed to {} bytes, index says {}",
-            raw.len(),
+            "decompressed to {n} bytes, index says {}",
             f.raw_len
         )));
     }
-    Ok(raw)
+    Ok(())
 }
 
 /// Reads one `.bundle/` file entry from the first frame.

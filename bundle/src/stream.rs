@@ -5,7 +5,7 @@
 use crate::index::{Frame, NO_ENTRY};
 use crate::manifest::{Entry, Kind};
 use crate::paths::check_path;
-use crate::reader::{read_frame, Bundle, MAX_FRAME_RAW};
+use crate::reader::{read_frame_into, Bundle, MAX_FRAME_RAW};
 use crate::tarfmt::{checksum_ok, forbidden_kind, padding, push_header, HeaderKind, BLOCK};
 use crate::{Error, Result};
 use sha2::{Digest, Sha256};
@@ -70,7 +70,8 @@ struct Chain<'a> {
     frames: &'a [Frame],
     order: Vec<usize>,
     rx: Receiver<FrameResult>,
-    tokens: SyncSender<()>,
+    /// Frame buffers going back to the workers: one frees a place in the window.
+    tokens: SyncSender<Vec<u8>>,
     pending: BTreeMap<usize, Result<Vec<u8>>>,
     k: usize,
     cur: Vec<u8>,
@@ -103,10 +104,10 @@ impl Chain<'_> {
             self.pending.insert(no, r);
         };
         let contiguous = f == self.cur_frame + 1;
-        self.cur = frame?;
+        let done = std::mem::replace(&mut self.cur, frame?);
         self.k += 1;
-        // A frame left the window: let a worker start on another.
-        let _ = self.tokens.try_send(());
+        // A frame left the window: its buffer lets a worker start on another.
+        let _ = self.tokens.try_send(done);
         self.pos = 0;
         if !contiguous {
             let fr = &self.frames[f];
@@ -201,24 +202,31 @@ fn decompress_worker(
     b: &Bundle,
     order: &[usize],
     next: &AtomicUsize,
-    tokens: &Mutex<Receiver<()>>,
+    tokens: &Mutex<Receiver<Vec<u8>>>,
     tx: &SyncSender<FrameResult>,
 ) {
+    let Ok(mut dctx) = zstd::bulk::Decompressor::new() else {
+        return;
+    };
+    let mut comp = Vec::new();
     loop {
-        match tokens.lock() {
-            Ok(t) => {
-                if t.recv().is_err() {
-                    return;
-                }
-            }
-            Err(_) => return,
-        }
+        let mut raw = match tokens.lock().map(|t| t.recv()) {
+            Ok(Ok(buf)) => buf,
+            _ => return,
+        };
         let k = next.fetch_add(1, Ordering::Relaxed);
         let Some(&no) = order.get(k) else { return };
-        if tx
-            .send((k, read_frame(&b.file, no, &b.frames[no], MAX_FRAME_RAW)))
-            .is_err()
-        {
+        let r = read_frame_into(
+            &b.file,
+            no,
+            &b.frames[no],
+            MAX_FRAME_RAW,
+            &mut dctx,
+            &mut comp,
+            &mut raw,
+        )
+        .map(|()| raw);
+        if tx.send((k, r)).is_err() {
             return;
         }
     }
@@ -396,11 +404,13 @@ pub fn stream(
     }
     let order = needed_frames(frames, reusable);
     let jobs = jobs.max(1);
-    let window = jobs * 2;
+    // Frames decompressed ahead of the consumer: one buffer per place; the consumer's first
+    // (empty) current frame joins them when it comes back.
+    let window = jobs + 1;
     let next = AtomicUsize::new(0);
-    let (tok_tx, tok_rx) = sync_channel::<()>(window);
-    for _ in 0..window {
-        let _ = tok_tx.try_send(());
+    let (tok_tx, tok_rx) = sync_channel::<Vec<u8>>(window);
+    for _ in 0..window - 1 {
+        let _ = tok_tx.try_send(Vec::new());
     }
     let tok_rx = Mutex::new(tok_rx);
     let (tx, rx) = sync_channel::<FrameResult>(window);

@@ -133,6 +133,8 @@ pub struct Built {
     pub id: String,
     pub path: PathBuf,
     pub stage_cached: bool,
+    /// The release tree the bundle was packed from (in the build cache).
+    pub stage: PathBuf,
     pub seconds: f64,
     /// Where the time went, per kind of step.
     pub stages: Vec<StageTime>,
@@ -498,6 +500,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         id: packed.id,
         path,
         stage_cached,
+        stage: stage.clone(),
         seconds: t0.elapsed().as_secs_f64(),
         stages,
         frames: packed.frames,
