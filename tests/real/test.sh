@@ -72,6 +72,11 @@ say "release 2: KJNodes moved to its next upstream commit"
 r2=$(bash scripts/comfyui-recipe.sh 2 "$work/r2")
 b2=$(build "$r2")
 grep -E "^ *workflows " "$work/build.err" | tail -1 || fail "the build did not check the recipe's workflows"
+# Its pack copied release 1's frames for everything but KJNodes' (and read only the new stage's
+# own copies of ComfyUI and the nodes for digests, not the 9 GB venv).
+json '"release 2 pack: %d of %d frames copied, %d bytes read for digests" % (d["frames_copied"], d["frames"], d["digest_bytes_read"])' <"$work/last-build.json"
+json 'int(d["frames_copied"] >= d["frames"] - 10 and d["digest_bytes_read"] < 200_000_000)' <"$work/last-build.json" | grep -qx 1 \
+  || fail "release 2's pack did not reuse release 1's frames and digests"
 $B diff "$b1" "$b2" | tee "$work/diff.txt"
 grep -q "~ ComfyUI-KJNodes ba6533debb2b -> 1ddf5d4e24fc" "$work/diff.txt" || fail "the diff does not show KJNodes' move"
 grep -q "^files: 2 changed, 0 added, 0 removed" "$work/diff.txt" || fail "the diff's file counts"
