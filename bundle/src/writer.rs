@@ -389,18 +389,16 @@ fn changed(path: &Path, what: &str) -> Error {
 
 /// Opens a scanned file, refusing one that is no longer what the scan saw.
 fn open_scanned(root: &Path, sc: &Scanned) -> Result<fs_err::File> {
-    let ScanKind::File { size, id, .. } = &sc.kind else {
+    if !matches!(sc.kind, ScanKind::File { .. }) {
         return Err(changed(&root.join(&sc.path), "changed kind"));
-    };
-    let f = fs_err::File::open(root.join(&sc.path))?;
-    let meta = f.metadata()?;
-    if meta.len() != *size || id.is_some() && FileId::of(&meta) != *id {
-        return Err(changed(f.path(), "changed"));
     }
+    let f = fs_err::File::open(root.join(&sc.path))?;
+    check_unchanged(&f, sc)?;
     Ok(f)
 }
 
-/// After reading a file to its end: it neither grew nor changed.
+/// The open file is still what the scan saw: same size, same identity (checked again after
+/// reading it to its end: it neither grew, shrank nor changed meanwhile).
 fn check_unchanged(f: &fs_err::File, sc: &Scanned) -> Result<()> {
     let ScanKind::File { size, id, .. } = &sc.kind else {
         return Ok(());
@@ -420,13 +418,8 @@ fn check_unchanged(f: &fs_err::File, sc: &Scanned) -> Result<()> {
 
 /// SHA-256 of every file the cache does not know, on `jobs` threads. Returns one digest per
 /// scanned entry (files only) and the bytes read.
-fn digest_files(
-    root: &Path,
-    scanned: &[Scanned],
-    cache: &DigestCache,
-    jobs: usize,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<(Vec<Option<[u8; 32]>>, u64)> {
+/// The digests `cache` knows (one slot per scanned entry) and the files it does not know.
+fn known_digests(scanned: &[Scanned], cache: &DigestCache) -> (Vec<Option<[u8; 32]>>, Vec<usize>) {
     let mut digests = vec![None; scanned.len()];
     let mut todo = Vec::new();
     for (i, sc) in scanned.iter().enumerate() {
@@ -437,6 +430,19 @@ fn digest_files(
             }
         }
     }
+    (digests, todo)
+}
+
+/// Fills in the digests of the files `todo` lists, reading them on `jobs` threads. Returns the
+/// bytes read.
+fn digest_files(
+    root: &Path,
+    scanned: &[Scanned],
+    digests: &mut [Option<[u8; 32]>],
+    todo: &[usize],
+    jobs: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64> {
     let next = AtomicUsize::new(0);
     let read = AtomicU64::new(0);
     let found = Mutex::new(Vec::with_capacity(todo.len()));
@@ -475,7 +481,7 @@ fn digest_files(
     for (i, d) in found.into_inner().map_err(|_| poisoned())? {
         digests[i] = Some(d);
     }
-    Ok((digests, read.into_inner()))
+    Ok(read.into_inner())
 }
 
 fn poisoned() -> Error {
@@ -573,31 +579,28 @@ impl Frames<'_> {
         no: usize,
     ) -> Result<Done> {
         let f = &self.layout.frames[no];
-        if let Some((src, rec)) = self.reusable.get(&self.keys[no]) {
-            if self.copy(*src, rec, &mut comp) {
-                (self.progress)(
-                    self.packed.fetch_add(f.end - f.start, Ordering::Relaxed) + (f.end - f.start),
-                );
-                return Ok(Done {
-                    no,
-                    comp,
-                    comp_sha256: rec.comp_sha256,
-                    reused: true,
-                });
+        let copied = self
+            .reusable
+            .get(&self.keys[no])
+            .filter(|(src, rec)| self.copy(*src, rec, &mut comp))
+            .map(|(_, rec)| rec.comp_sha256);
+        let comp_sha256 = match copied {
+            Some(sha) => sha,
+            None => {
+                self.raw(f, raw)?;
+                comp.clear();
+                comp.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                cctx.compress_to_buffer(&raw[..], &mut comp)?;
+                Sha256::digest(&comp[..]).into()
             }
-        }
-        self.raw(f, raw)?;
-        comp.clear();
-        comp.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-        cctx.compress_to_buffer(&raw[..], &mut comp)?;
-        (self.progress)(
-            self.packed.fetch_add(f.end - f.start, Ordering::Relaxed) + (f.end - f.start),
-        );
+        };
+        let n = f.end - f.start;
+        (self.progress)(self.packed.fetch_add(n, Ordering::Relaxed) + n);
         Ok(Done {
             no,
-            comp_sha256: Sha256::digest(&comp[..]).into(),
             comp,
-            reused: false,
+            comp_sha256,
+            reused: copied.is_some(),
         })
     }
 }
@@ -684,15 +687,8 @@ pub fn pack(
 ) -> Result<Packed> {
     let scanned = scan(root)?;
     let content: u64 = scanned.iter().map(file_size).sum();
-    let to_hash: u64 = scanned
-        .iter()
-        .filter_map(|s| match &s.kind {
-            ScanKind::File { size, id, .. } => {
-                (id.and_then(|id| opts.reuse.digests.get(&id)).is_none()).then_some(*size)
-            }
-            _ => None,
-        })
-        .sum();
+    let (mut digests, todo) = known_digests(&scanned, &opts.reuse.digests);
+    let to_hash: u64 = todo.iter().map(|&i| file_size(&scanned[i])).sum();
     let total = to_hash + content;
     let out_dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -702,9 +698,10 @@ pub fn pack(
     let frame_size = opts.frame_size.clamp(64 << 10, 16 << 20) as u64;
     let jobs = opts.jobs.max(1);
 
-    let (digests, hashed_bytes) = digest_files(root, &scanned, &opts.reuse.digests, jobs, &|d| {
+    let hashed_bytes = digest_files(root, &scanned, &mut digests, &todo, jobs, &|d| {
         progress(d, total)
     })?;
+    drop(todo);
     let mut files = Vec::with_capacity(scanned.len());
     let mut known = DigestCache::default();
     for (sc, d) in scanned.iter().zip(&digests) {
@@ -795,7 +792,7 @@ pub fn pack(
         sources,
         mtime,
         level: opts.level,
-        progress: &|d| progress(to_hash.min(hashed_bytes) + d, total),
+        progress: &|d| progress(hashed_bytes + d, total),
         packed: AtomicU64::new(0),
     };
     // A pool of compressed-frame buffers: a worker takes one before it makes a frame and the
