@@ -191,6 +191,37 @@ fn demo_builds_runs_elsewhere_and_is_reproducible() {
         id1,
         "warm cache, other output dir: same bundle id"
     );
+    // A stage taken from the cache reports what its checks found, as the build that made it did
+    // (regression: a reused stage printed no node, workflow or state line).
+    let checks = |out: &std::process::Output| -> Vec<String> {
+        stderr(out)
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| {
+                ["nodes ", "workflows ", "state ", "host libs "]
+                    .iter()
+                    .any(|s| l.starts_with(s))
+            })
+            .map(|l| {
+                let l = l.replace(", when the cached stage was built", "");
+                // The workflows' time is the one figure that differs between runs.
+                l.split(" (").next().unwrap_or(&l).to_owned()
+            })
+            .collect()
+    };
+    assert!(
+        stderr(&again).contains("stage ") && stderr(&again).contains(" cached"),
+        "{}",
+        stderr(&again)
+    );
+    let (fresh, reused) = (checks(&first), checks(&again));
+    assert!(
+        fresh.iter().any(|l| l.starts_with("nodes "))
+            && fresh.iter().any(|l| l.starts_with("host libs ")),
+        "{fresh:?}"
+    );
+    assert_eq!(fresh, reused, "{}", stderr(&again));
+    assert!(stderr(&again).contains(", when the cached stage was built"));
     // The rebuild's pack read no file for its digests and copied every payload frame from the
     // first bundle; the file is byte for byte what the first pack wrote.
     let w: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();

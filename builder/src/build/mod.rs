@@ -86,6 +86,61 @@ struct StageRecord {
     host_libs: Vec<String>,
 }
 
+/// Prints what the stage's checks found, from its record: a stage taken from the cache reports
+/// the same workflows, node state and host libraries as the build that made it (issue 25: a
+/// reused stage printed none of them, and a reader of the build's text saw no check at all).
+fn report_stage_checks(plan: &Plan, record: &StageRecord, cached: bool) {
+    let when = if cached {
+        ", when the cached stage was built"
+    } else {
+        ""
+    };
+    if let Some(smoke) = &record.smoke {
+        step(
+            "nodes",
+            format!(
+                "{} node class(es) seen in /object_info from {} custom node(s){when}",
+                smoke.nodes.values().map(Vec::len).sum::<usize>(),
+                smoke.nodes.len()
+            ),
+        );
+        if !plan.workflows.is_empty() {
+            step(
+                "workflows",
+                format!(
+                    "{} checked against /object_info, {} run on the CPU ({:.1}s{when})",
+                    plan.workflows.len(),
+                    plan.workflows.iter().filter(|w| w.run).count(),
+                    smoke.workflow_seconds
+                ),
+            );
+        }
+    }
+    if !record.state.is_empty() {
+        step(
+            "state",
+            format!(
+                "{} path(s) the app writes become links into the host's node state: {}",
+                record.state.len(),
+                record
+                    .state
+                    .iter()
+                    .map(|s| s.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    step(
+        "host libs",
+        format!(
+            "{} shared libraries of the interpreter come from the host: {}",
+            record.host_libs.len(),
+            record.host_libs.join(" ")
+        ),
+    );
+}
+
 /// Fails the build on what the smoke start saw that would break on the host: classes a node
 /// registers that `/object_info` cannot describe (unless the recipe accepts them by name), and
 /// writes outside the app's own tree or removals inside the release.
@@ -393,45 +448,12 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
             let _ = fs_err::remove_dir_all(&copy);
             let report = res?;
             check_smoke(plan, &report, &log)?;
-            if !plan.workflows.is_empty() {
-                step(
-                    "workflows",
-                    format!(
-                        "{} checked against /object_info, {} run on the CPU ({:.1}s)",
-                        plan.workflows.len(),
-                        plan.workflows.iter().filter(|w| w.run).count(),
-                        report.workflow_seconds
-                    ),
-                );
-            }
             Some(report)
         } else {
             None
         };
         let state = state::apply(&tmp, &state::paths(&trees, smoke.as_ref())?)?;
-        if !state.is_empty() {
-            step(
-                "state",
-                format!(
-                    "{} path(s) the app writes become links into the host's node state: {}",
-                    state.len(),
-                    state
-                        .iter()
-                        .map(|s| s.path.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            );
-        }
         let host_libs = hostlibs::host_libs(&tmp)?;
-        step(
-            "host libs",
-            format!(
-                "{} shared libraries of the interpreter come from the host: {}",
-                host_libs.len(),
-                host_libs.join(" ")
-            ),
-        );
         fs_err::create_dir_all(cache.join("stage"))?;
         fs_err::write(
             &smoke_file,
@@ -445,6 +467,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         drop(scratch);
     }
     let record: StageRecord = serde_json::from_slice(&fs_err::read(&smoke_file)?)?;
+    report_stage_checks(plan, &record, stage_cached);
 
     step("pack", "signing the bundle");
     let manifest = manifest(
