@@ -235,7 +235,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     state.save(&host.layout.state())?;
 
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "release in place");
-    match preflight::run(&dir, m, preflight::identity(host)) {
+    match preflight::run(&dir, m, crate::accounts::checker(host)?) {
         Ok(n) => report.preflight_checks = n,
         Err(e) => {
             state.set_status(&b.id, Status::Failed, Some(format!("{e:#}")));
@@ -243,42 +243,41 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
             return Err(e.context(format!("{} {} did not become current", m.name, m.version)));
         }
     }
-    if opts.service {
-        crate::data::check(host)?;
-    }
-    failpoint::hit("activate::before-switch")?;
     let previous = host.current();
-    switch::switch(host, &mut state, &b.id, "activate")?;
-    if opts.service {
-        let h = crate::start::start_release(host, &b.id, previous.as_deref());
-        if !h.healthy {
-            let reason = h.reason.clone().unwrap_or_default();
-            let journal = crate::service::journal_note(host);
-            state.set_status(&b.id, Status::Failed, Some(reason.clone()));
-            state.save(&host.layout.state())?;
-            let back = match &previous {
-                Some(p) => {
-                    switch::switch(host, &mut state, p, "auto-rollback")?;
-                    let h2 = crate::start::start_release(host, p, None);
-                    format!(
-                        "rolled back to {} ({})",
-                        &p[..12.min(p.len())],
-                        if h2.healthy {
-                            "healthy again".to_owned()
-                        } else {
-                            format!("also unhealthy: {}", h2.reason.unwrap_or_default())
-                        }
-                    )
-                }
-                None => "there was no previous release to roll back to".to_owned(),
-            };
-            anyhow::bail!(
-                "{} {} was unhealthy: {reason}; {back}\n{journal}",
-                m.name,
-                m.version
-            );
+    // Everything the new release needs that can be made while the old one serves: a failure
+    // here changes nothing the running release uses.
+    let prepared = if opts.service {
+        Some(crate::start::prepare(host, &b.id, previous.as_deref())?)
+    } else {
+        None
+    };
+    failpoint::hit("activate::before-switch")?;
+    match &prepared {
+        None => {
+            switch::switch(host, &mut state, &b.id, "activate")?;
         }
-        report.health = Some(h);
+        Some(p) => {
+            let s = crate::start::switch_and_start(
+                host,
+                &mut state,
+                p,
+                previous.as_deref(),
+                "activate",
+            )?;
+            if !s.health.healthy {
+                let reason = s.health.reason.clone().unwrap_or_default();
+                let journal = crate::service::journal_note(host);
+                state.set_status(&b.id, Status::Failed, Some(reason.clone()));
+                state.save(&host.layout.state())?;
+                anyhow::bail!(
+                    "{} {} was unhealthy: {reason}; {}\n{journal}",
+                    m.name,
+                    m.version,
+                    crate::start::describe_return(&s.returned)
+                );
+            }
+            report.health = Some(s.health);
+        }
     }
     state.set_status(&b.id, Status::Good, None);
     state.save(&host.layout.state())?;

@@ -57,6 +57,11 @@ pub struct ServiceConfig {
     pub port: u16,
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// The account pre-flight and doctor's checks run a release's code as: never the service
+    /// user, whose processes could signal or trace them (`comfyctl setup` creates it; `nobody`
+    /// stands in until then).
+    #[serde(default = "default_check_user")]
+    pub check_user: String,
 }
 
 impl Default for ServiceConfig {
@@ -67,12 +72,13 @@ impl Default for ServiceConfig {
             group: default_service_user(),
             port: default_port(),
             listen: default_listen(),
+            check_user: default_check_user(),
         }
     }
 }
 
 /// Where the mutable directories live: empty = local under `data/`, else a path (NFS).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     #[serde(default)]
@@ -84,6 +90,22 @@ pub struct DataConfig {
     /// Mapped targets must be mount points (an unmounted NFS share is an empty local directory).
     #[serde(default)]
     pub require_mount: bool,
+    /// The largest database (and each of its WAL files) copied for a release's first
+    /// activation; a larger one is refused (the service owns it and could grow it at will).
+    #[serde(default = "default_max_database")]
+    pub max_database_bytes: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            models: String::new(),
+            input: String::new(),
+            output: String::new(),
+            require_mount: false,
+            max_database_bytes: default_max_database(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -148,6 +170,12 @@ fn default_port() -> u16 {
 }
 fn default_listen() -> String {
     "0.0.0.0".into()
+}
+fn default_check_user() -> String {
+    "comfyui-check".into()
+}
+fn default_max_database() -> u64 {
+    4 << 30
 }
 fn default_health_timeout() -> u64 {
     120
@@ -216,6 +244,11 @@ impl Layout {
     }
     pub fn state(&self) -> PathBuf {
         self.install.join("state")
+    }
+    /// What comfyctl writes for the unit (its environment file, the model-paths file): root's
+    /// alone, readable by the service's group.
+    pub fn unit_inputs(&self) -> PathBuf {
+        self.state().join("unit")
     }
     pub fn current(&self) -> PathBuf {
         self.install.join("current")

@@ -1,12 +1,20 @@
 //! Mutable state under `data/`: `models`, `input`, `output` are local directories or links to the
-//! configured (NFS) targets, `user` and `temp` always local, and one SQLite database per release
-//! (`db/<id>/`), copied from the previous release's at its first activation, so a rollback never
-//! opens a database a newer release migrated. Nothing here deletes, moves or chowns user data.
+//! configured (NFS) targets, `user` and `temp` always local, one SQLite database per release
+//! (`db/<id>/`, copied from the previous release's at its first activation, so a rollback never
+//! opens a database a newer release migrated), and the custom nodes' state (`node-state/`).
+//!
+//! Who owns what (README, "Security model"): `data/`, `data/db` and `data/node-state` are root's
+//! alone; `home/`, `db/<id>/` and `node-state/<node>/` are the service's; the shared directories belong to
+//! the access group, the service included. Everything here goes through [`crate::beneath`], so
+//! no link, FIFO or swap the service or the group plants steers a root write. Nothing here
+//! deletes, moves or chowns user data.
 
+use crate::accounts;
+use crate::beneath::{Dir, Kind, Owner};
 use crate::config::DataConfig;
 use crate::host::{refuse, Host};
 use anyhow::{Context as _, Result};
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 /// The directories that may be mapped, with their configured target ("" = local).
@@ -18,6 +26,17 @@ pub fn mapped(cfg: &DataConfig) -> [(&'static str, &str); 3] {
     ]
 }
 
+/// Root's own directories inside `data/`: nobody else may rename what is in them.
+const ROOT_DIRS: [&str; 2] = ["db", bundle::STATE_DIR];
+/// The access group's local directories (the service is a member through the unit).
+const GROUP_DIRS: [&str; 2] = ["user", "temp"];
+/// A shared directory: group-writable, setgid so new files keep the group.
+const GROUP_MODE: u32 = 0o2775;
+/// What the service alone writes (its database folders, node state).
+const SERVICE_DIR_MODE: u32 = 0o770;
+const SERVICE_FILE_MODE: u32 = 0o660;
+const DATABASE_FILES: [&str; 3] = ["comfyui.db", "comfyui.db-wal", "comfyui.db-shm"];
+
 fn is_mount_point(p: &Path) -> bool {
     let (Ok(m), Some(parent)) = (fs_err::metadata(p), p.parent()) else {
         return false;
@@ -25,10 +44,49 @@ fn is_mount_point(p: &Path) -> bool {
     fs_err::metadata(parent).is_ok_and(|pm| pm.dev() != m.dev() || pm.ino() == m.ino())
 }
 
+/// Opens `data/` as root's own directory, creating it, or taking it back from an older layout
+/// that left it writable by the group (whose members could then rename root's entries).
+fn open_data(host: &Host, changed: &mut Vec<String>) -> Result<Dir> {
+    let install = Dir::open_root_owned(&host.layout.install)?;
+    let (data, created) = install.ensure_dir("data", Owner::ROOT, 0o755)?;
+    if created {
+        changed.push(format!("created {}", data.path().display()));
+    } else {
+        make_root_only(&data, changed)?;
+    }
+    Ok(data)
+}
+
+/// A directory of root's that an older comfyctl left owned or writable by others is made
+/// root's alone (on its descriptor).
+fn make_root_only(d: &Dir, changed: &mut Vec<String>) -> Result<()> {
+    let (o, mode) = d.owner_mode()?;
+    if rustix::process::getuid().is_root() && (o.uid != 0 || mode & 0o7022 != 0) {
+        d.set_owner(Owner { uid: 0, gid: o.gid }, 0o755)?;
+        changed.push(format!(
+            "{} is root's alone now (was uid {} mode {mode:o})",
+            d.path().display(),
+            o.uid
+        ));
+    }
+    Ok(())
+}
+
+/// `data/<name>`, one of root's own directories (created or taken back as needed).
+fn root_dir(data: &Dir, name: &str, changed: &mut Vec<String>) -> Result<Dir> {
+    let (d, created) = data.ensure_dir(name, Owner::ROOT, 0o755)?;
+    if created {
+        changed.push(format!("created {}", d.path().display()));
+    } else {
+        make_root_only(&d, changed)?;
+    }
+    Ok(d)
+}
+
 /// Checks every mapping before anything changes: targets exist (and are mounted where required),
 /// and no local directory holding files stands where a link must go.
 pub fn check(host: &Host) -> Result<()> {
-    let data = host.layout.data();
+    let data = Dir::open_root_owned(&host.layout.install)?.open_dir("data")?;
     for (name, target) in mapped(&host.cfg.data) {
         if target.is_empty() {
             continue;
@@ -44,12 +102,13 @@ pub fn check(host: &Host) -> Result<()> {
                 "the {name} target {target} is not a mount point (is the NFS share mounted?)"
             ));
         }
-        let link = data.join(name);
-        if let Ok(m) = fs_err::symlink_metadata(&link) {
-            if m.is_dir() && fs_err::read_dir(&link)?.next().is_some() {
+        let Some(data) = &data else { continue };
+        if data.kind(name)? == Some(Kind::Dir) {
+            let local = data.open_dir(name)?.context("vanished")?;
+            if !local.names()?.is_empty() {
                 return refuse(format!(
                     "{} is a local directory with files where the link to {target} belongs; move its contents to {target} (nothing is deleted automatically)",
-                    link.display()
+                    local.path().display()
                 ));
             }
         }
@@ -57,86 +116,107 @@ pub fn check(host: &Host) -> Result<()> {
     Ok(())
 }
 
-pub fn group_exists(group: &str) -> bool {
-    group_gid(group).is_some()
-}
-
-/// The third field (uid, gid) of `name`'s line in a `name:x:id:...` database (/etc/passwd, /etc/group).
-fn id_in(db: &str, name: &str) -> Option<u32> {
-    let text = fs_err::read_to_string(db).ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name)
-            .then(|| f.nth(1)?.parse().ok())
-            .flatten()
-    })
-}
-
-/// The uid of `user` from /etc/passwd.
-pub(crate) fn user_uid(user: &str) -> Option<u32> {
-    id_in("/etc/passwd", user)
-}
-
-/// Makes a file comfyctl writes for the service (environment, model paths) owned by root and the
-/// service's group with `mode`: the service reads it, nobody else does. Without the group (a host
-/// not set up yet) only the mode is set.
-pub fn share_with_service(host: &Host, p: &Path, mode: u32) -> Result<()> {
-    if let Some(gid) = group_gid(&host.cfg.service.group) {
-        rustix::fs::chown(
-            p,
-            Some(rustix::fs::Uid::ROOT),
-            Some(rustix::fs::Gid::from_raw(gid)),
-        )
-        .with_context(|| format!("chown root:{} {}", host.cfg.service.group, p.display()))?;
+/// Creates the data directories, takes root's back from an older layout, and (re)links mapped
+/// ones; returns what it changed. Call [`check`] first.
+pub fn apply(host: &Host) -> Result<Vec<String>> {
+    let mut changed = Vec::new();
+    let data = open_data(host, &mut changed)?;
+    for name in ROOT_DIRS {
+        root_dir(&data, name, &mut changed)?;
     }
-    fs_err::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-/// Hands `p` to the service user and group with `mode` (state the service writes).
-fn give_to_service(host: &Host, p: &Path, mode: u32) -> Result<()> {
-    let s = &host.cfg.service;
-    let uid = user_uid(&s.user).map(rustix::fs::Uid::from_raw);
-    let gid = group_gid(&s.group).map(rustix::fs::Gid::from_raw);
-    rustix::fs::chown(p, uid, gid)
-        .with_context(|| format!("chown {}:{} {}", s.user, s.group, p.display()))?;
-    fs_err::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-/// Creates `dir` and its missing parents below `top` for the service (0770, service-owned).
-fn service_dirs(host: &Host, top: &Path, dir: &Path) -> Result<()> {
-    let mut missing = Vec::new();
-    let mut d = dir;
-    while d.starts_with(top) && !d.exists() {
-        missing.push(d.to_owned());
-        match d.parent() {
-            Some(p) => d = p,
-            None => break,
+    // The service's home (caches: Triton's kernels, Hugging Face, matplotlib), its alone.
+    if let Ok(svc) = accounts::service(host) {
+        if data.ensure_dir("home", svc, 0o750)?.1 {
+            changed.push(format!("created {}", data.path().join("home").display()));
         }
     }
-    for m in missing.iter().rev() {
-        fs_err::create_dir(m)?;
-        give_to_service(host, m, 0o770)?;
+    let shared = accounts::root_for_group(host);
+    for name in GROUP_DIRS {
+        if data.ensure_dir(name, shared, GROUP_MODE)?.1 {
+            changed.push(format!("created {}", data.path().join(name).display()));
+        }
     }
-    Ok(())
+    for (name, target) in mapped(&host.cfg.data) {
+        let link = data.path().join(name);
+        let kind = data.kind(name)?;
+        if target.is_empty() {
+            match kind {
+                Some(Kind::Symlink) => {
+                    // Back to local storage: only the link goes, the share's data stays where it is.
+                    data.remove_file(name)?;
+                    data.ensure_dir(name, shared, GROUP_MODE)?;
+                    changed.push(format!("{} is local again (was a link)", link.display()));
+                }
+                Some(_) => {}
+                None => {
+                    data.ensure_dir(name, shared, GROUP_MODE)?;
+                    changed.push(format!("created {}", link.display()));
+                }
+            }
+            continue;
+        }
+        match kind {
+            Some(Kind::Symlink) if data.readlink(name)?.as_deref() == Some(Path::new(target)) => {
+                continue;
+            }
+            Some(Kind::Dir) => {
+                // Empty (check() refused a non-empty one): the seed's playbook 02 made the same swap.
+                data.remove_dir(name)?;
+                data.replace_symlink(Path::new(target), name)?;
+            }
+            _ => data.replace_symlink(Path::new(target), name)?,
+        }
+        changed.push(format!("linked {} -> {target}", link.display()));
+    }
+    // The model-paths file lived here before it moved to the unit's own directory under state/.
+    if data.kind("extra_model_paths.yaml")? == Some(Kind::File) {
+        data.remove_file("extra_model_paths.yaml")?;
+    }
+    Ok(changed)
 }
 
-/// Copies the release's seed (a file or a tree) to `dest`, every copy handed to the service.
-fn copy_seed(host: &Host, seed: &Path, dest: &Path) -> Result<()> {
-    let meta = fs_err::symlink_metadata(seed)?;
-    if meta.is_dir() {
-        fs_err::create_dir(dest)?;
-        give_to_service(host, dest, 0o770)?;
-        for e in fs_err::read_dir(seed)? {
-            let e = e?;
-            copy_seed(host, &e.path(), &dest.join(e.file_name()))?;
+/// Opens `data/<name>` for one of root's own directories, which [`apply`] made.
+fn existing_root_dir(host: &Host, name: &str) -> Result<Dir> {
+    let data = Dir::open_root_owned(&host.layout.install)?
+        .open_dir("data")?
+        .context("data/ is missing; run `comfyctl setup`")?;
+    data.require_root_owned()?;
+    let d = data
+        .open_dir(name)?
+        .with_context(|| format!("data/{name} is missing; run `comfyctl setup`"))?;
+    d.require_root_owned()?;
+    Ok(d)
+}
+
+/// Copies the release's seed (a file or a tree, read beneath the release without following a
+/// link) to `name` in `dest`, every copy the service's. Links and special files in a seed are
+/// skipped.
+fn copy_seed(
+    from: &Dir,
+    seed: &str,
+    dest: &Dir,
+    name: &str,
+    svc: Owner,
+    limit: u64,
+) -> Result<bool> {
+    match from.kind(seed)? {
+        Some(Kind::Dir) => {
+            let src = from.open_dir(seed)?.context("seed vanished")?;
+            let (d, created) = dest.ensure_dir(name, svc, SERVICE_DIR_MODE)?;
+            if !created {
+                return Ok(false);
+            }
+            for n in src.names()? {
+                copy_seed(&src, &n, &d, &n, svc, limit)?;
+            }
+            Ok(true)
         }
-    } else if meta.is_file() {
-        fs_err::copy(seed, dest)?;
-        give_to_service(host, dest, 0o660)?;
+        Some(Kind::File) => match from.open_file(seed, limit, None)? {
+            Some((f, size)) => dest.copy_new(&f, size, name, svc, SERVICE_FILE_MODE),
+            None => Ok(false),
+        },
+        _ => Ok(false),
     }
-    Ok(())
 }
 
 /// The node state release `dir` writes to (its manifest's `state`), below `data/node-state`:
@@ -144,32 +224,41 @@ fn copy_seed(host: &Host, seed: &Path, dest: &Path) -> Result<()> {
 /// service user and group (0770/0660). What is already there is kept as it is: state outlives
 /// releases, rollbacks, gc and nuke. Returns what it created.
 pub fn node_state(host: &Host, dir: &Path, m: &bundle::Manifest) -> Result<Vec<String>> {
-    let top = host.layout.data().join(bundle::STATE_DIR);
     let mut created = Vec::new();
     if m.state.is_empty() {
         return Ok(created);
     }
-    if !top.exists() {
-        fs_err::create_dir_all(&top)?;
-        give_to_service(host, &top, 0o770)?;
-    }
+    let svc = accounts::service(host)?;
+    let top = existing_root_dir(host, bundle::STATE_DIR)?;
+    let release = Dir::open_root_owned(dir)?;
     for st in &m.state {
-        let dest = top.join(&st.target);
-        if let Some(parent) = dest.parent() {
-            service_dirs(host, &top, parent)?;
-        }
-        if fs_err::symlink_metadata(&dest).is_ok() {
+        let parts = crate::beneath::components(&st.target)?;
+        let Some((leaf, parents)) = parts.split_last() else {
+            continue;
+        };
+        // `<node>` itself is made by root in root's own node-state/; below it the service owns
+        // every directory, so each step is opened without following links.
+        let (parent, _) = top.ensure_dirs(&parents.join("/"), svc, SERVICE_DIR_MODE)?;
+        if parent.kind(leaf)?.is_some() {
             continue;
         }
-        match &st.seed {
-            Some(seed) => copy_seed(host, &dir.join(seed), &dest)?,
-            None if st.dir => {
-                fs_err::create_dir(&dest)?;
-                give_to_service(host, &dest, 0o770)?;
+        let made = match &st.seed {
+            Some(seed) => {
+                let sp = crate::beneath::components(seed)?;
+                let Some((sleaf, sdirs)) = sp.split_last() else {
+                    continue;
+                };
+                let Some(from) = release.open_dir(&sdirs.join("/"))? else {
+                    continue;
+                };
+                copy_seed(&from, sleaf, &parent, leaf, svc, m.total_bytes())?
             }
-            None => continue,
+            None if st.dir => parent.ensure_dir(leaf, svc, SERVICE_DIR_MODE)?.1,
+            None => false,
+        };
+        if made {
+            created.push(format!("node state {}", parent.path().join(leaf).display()));
         }
-        created.push(format!("node state {}", dest.display()));
     }
     Ok(created)
 }
@@ -177,113 +266,135 @@ pub fn node_state(host: &Host, dir: &Path, m: &bundle::Manifest) -> Result<Vec<S
 /// ComfyUI-Manager on an immutable release: unless the operator configured it already, its
 /// settings (`data/user/default/ComfyUI-Manager/config.ini`) start at `security_level = strong`,
 /// which makes it refuse every install, update and uninstall with a message, and
-/// `network_mode = offline`, so a host without GitHub does not wait on it at startup.
+/// `network_mode = offline`, so a host without GitHub does not wait on it at startup. Written
+/// beneath `data/user` (which the service and the group can write) without following a link.
 pub fn manager_config(host: &Host, m: &bundle::Manifest) -> Result<Option<String>> {
     if !bundle::has_manager(&m.provenance.custom_nodes) {
         return Ok(None);
     }
-    let user = host.layout.data().join("user");
-    let file = user.join(bundle::MANAGER_CONFIG_PATH);
-    let dir = file.parent().expect("a file below user/");
-    if file.exists() {
+    let (dir_rel, file) = bundle::MANAGER_CONFIG_PATH
+        .rsplit_once('/')
+        .context("the Manager's config path has a directory")?;
+    let user = Dir::open_root_owned(&host.layout.install)?
+        .open_dir("data/user")?
+        .context("data/user is missing; run `comfyctl setup`")?;
+    if let Some(d) = user.open_dir(dir_rel)? {
+        if d.kind(file)?.is_some() {
+            return Ok(None);
+        }
+    }
+    let svc = accounts::service(host)?;
+    let (d, _) = user.ensure_dirs(dir_rel, svc, SERVICE_DIR_MODE)?;
+    if !d.create_file(
+        file,
+        bundle::MANAGER_CONFIG.as_bytes(),
+        svc,
+        SERVICE_FILE_MODE,
+    )? {
         return Ok(None);
     }
-    service_dirs(host, &user, dir)?;
-    crate::atomic::write(&file, bundle::MANAGER_CONFIG.as_bytes())?;
-    give_to_service(host, &file, 0o660)?;
-    Ok(Some(format!("wrote {}", file.display())))
+    Ok(Some(format!("wrote {}", d.path().join(file).display())))
 }
 
-pub(crate) fn group_gid(group: &str) -> Option<u32> {
-    id_in("/etc/group", group)
+/// The database release `id` runs on, and the release whose copy it starts from.
+#[derive(Debug, Clone)]
+pub struct DatabasePlan {
+    pub path: PathBuf,
+    id: String,
+    /// The previous release's database folder, checked before the unit stops; copied after.
+    copy_from: Option<String>,
 }
 
-/// Creates `p` (group-writable, setgid, owned by `group`); true when it did not exist.
-fn make_dir(p: &Path, group: &str) -> Result<bool> {
-    if p.exists() {
-        return Ok(false);
+/// Plans the database of release `id` before anything stops: its folder exists already (not
+/// its first activation), or it starts as a copy of `from`'s, whose files must be regular files
+/// of the service's, each under `[data] max_database_bytes` (checked here and again when copied).
+pub fn plan_database(host: &Host, id: &str, from: Option<&str>) -> Result<DatabasePlan> {
+    let db = existing_root_dir(host, "db")?;
+    let path = db.path().join(id).join("comfyui.db");
+    let plan = |copy_from| DatabasePlan {
+        path: path.clone(),
+        id: id.to_owned(),
+        copy_from,
+    };
+    match db.kind(id)? {
+        Some(Kind::Dir) => return Ok(plan(None)),
+        Some(k) => {
+            return refuse(format!(
+                "{} is not a directory ({k:?}); move it away, comfyctl makes the release's database folder there",
+                db.path().join(id).display()
+            ))
+        }
+        None => {}
     }
-    fs_err::create_dir_all(p)?;
-    if let Some(gid) = group_gid(group) {
-        rustix::fs::chown(p, None, Some(rustix::fs::Gid::from_raw(gid)))
-            .with_context(|| format!("chgrp {}", p.display()))?;
+    let Some(prev) = from.filter(|p| *p != id) else {
+        return Ok(plan(None));
+    };
+    let Some(src) = db.open_dir(prev)? else {
+        return Ok(plan(None));
+    };
+    let svc = accounts::service(host)?;
+    for f in DATABASE_FILES {
+        src.open_file(f, host.cfg.data.max_database_bytes, Some(svc.uid))
+            .with_context(|| format!("the database of {}", short(prev)))?;
     }
-    fs_err::set_permissions(p, std::fs::Permissions::from_mode(0o2775))?;
-    Ok(true)
+    Ok(plan(Some(prev.to_owned())))
 }
 
-/// Creates local dirs and (re)links mapped ones; returns what it changed. Call [`check`] first.
-pub fn apply(host: &Host) -> Result<Vec<String>> {
-    let data = host.layout.data();
-    let group = &host.cfg.access.group;
-    let mut changed = Vec::new();
-    for p in [
-        data.clone(),
-        data.join("user"),
-        data.join("temp"),
-        data.join("db"),
-    ] {
-        if make_dir(&p, group)? {
-            changed.push(format!("created {}", p.display()));
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// Makes the planned database folder: a copy of the previous release's files (made while the
+/// service is stopped, WAL files included) into a folder only root can enter, handed to the
+/// service and renamed into place once complete, so a kill never leaves a half copy that a
+/// later start would take for the database.
+pub fn make_database(host: &Host, plan: &DatabasePlan) -> Result<()> {
+    let db = existing_root_dir(host, "db")?;
+    if db.kind(&plan.id)?.is_some() {
+        return Ok(());
+    }
+    let svc = accounts::service(host)?;
+    let partial = format!(".partial-{}-{}", plan.id, std::process::id());
+    remove_partials(&db)?;
+    let (new, _) = db.ensure_dir(&partial, Owner::ROOT, 0o700)?;
+    if let Some(prev) = &plan.copy_from {
+        if let Some(src) = db.open_dir(prev)? {
+            for f in DATABASE_FILES {
+                let Some((file, size)) =
+                    src.open_file(f, host.cfg.data.max_database_bytes, Some(svc.uid))?
+                else {
+                    continue;
+                };
+                new.copy_new(&file, size, f, svc, SERVICE_FILE_MODE)?;
+            }
         }
     }
-    for (name, target) in mapped(&host.cfg.data) {
-        let link = data.join(name);
-        let meta = fs_err::symlink_metadata(&link).ok();
-        if target.is_empty() {
-            match meta {
-                Some(m) if m.file_type().is_symlink() => {
-                    // Back to local storage: only the link goes, the share's data stays where it is.
-                    fs_err::remove_file(&link)?;
-                    make_dir(&link, group)?;
-                    changed.push(format!("{} is local again (was a link)", link.display()));
-                }
-                Some(_) => {}
-                None => {
-                    make_dir(&link, group)?;
-                    changed.push(format!("created {}", link.display()));
-                }
-            }
+    // The service's own: ComfyUI creates the database with the unit's UMask (0002), so the folder
+    // is what keeps other users out.
+    new.set_owner(svc, SERVICE_DIR_MODE)?;
+    db.rename_in(&partial, &plan.id)
+}
+
+/// Copies a killed activation left (root's folders of root's files: nobody else could enter).
+fn remove_partials(db: &Dir) -> Result<()> {
+    for name in db.names()? {
+        if !name.starts_with(".partial-") {
             continue;
         }
-        match meta {
-            Some(m)
-                if m.file_type().is_symlink() && fs_err::read_link(&link)? == Path::new(target) =>
-            {
+        if let Some(d) = db.open_dir(&name)? {
+            if d.owner_mode()?.0.uid != 0 {
                 continue;
             }
-            Some(m) if m.is_dir() => {
-                // Empty (check() refused a non-empty one): the seed's playbook 02 made the same swap.
-                fs_err::remove_dir(&link)?;
-                crate::atomic::replace_symlink(Path::new(target), &link)?;
+            for f in d.names()? {
+                d.remove_file(&f)?;
             }
-            _ => crate::atomic::replace_symlink(Path::new(target), &link)?,
+            db.remove_dir(&name)?;
         }
-        changed.push(format!("linked {} -> {target}", link.display()));
     }
-    Ok(changed)
+    Ok(())
 }
 
-/// The database path of release `id`; at its first activation, a copy of `from`'s (if any).
-/// The copy is made while the service is stopped (WAL files included).
-pub fn database(host: &Host, id: &str, from: Option<&str>) -> Result<PathBuf> {
-    let dir = host.layout.data().join("db").join(id);
-    let db = dir.join("comfyui.db");
-    if dir.exists() {
-        return Ok(db);
-    }
-    fs_err::create_dir_all(&dir)?;
-    // The service's own: ComfyUI creates the database with the unit's UMask (0002), so the
-    // folder is what keeps other users out.
-    give_to_service(host, &dir, 0o770)?;
-    if let Some(prev) = from {
-        let pdir = host.layout.data().join("db").join(prev);
-        for f in ["comfyui.db", "comfyui.db-wal", "comfyui.db-shm"] {
-            if pdir.join(f).exists() {
-                fs_err::copy(pdir.join(f), dir.join(f))?;
-                give_to_service(host, &dir.join(f), 0o660)?;
-            }
-        }
-    }
-    Ok(db)
+/// Whether the access group exists (doctor).
+pub fn group_ok(host: &Host) -> bool {
+    accounts::group_exists(&host.cfg.access.group)
 }

@@ -194,7 +194,6 @@ pub fn doctor(host: &Host) -> Report {
         },
     }
     if let (Some(id), Some(m)) = (&current, &manifest) {
-        let py = host.layout.release(id).join("venv/bin/python");
         let has_torch = m
             .provenance
             .packages
@@ -208,7 +207,17 @@ pub fn doctor(host: &Host) -> Report {
             );
         } else {
             let code = "import torch, json; print(json.dumps([torch.__version__, torch.version.cuda, torch.cuda.is_available()]))";
-            match run(Command::new(&py).args(["-c", code])) {
+            let who = crate::accounts::checker(host);
+            let out = who.ok().and_then(|who| {
+                crate::preflight::python(
+                    &host.layout.release(id),
+                    code,
+                    who,
+                    Duration::from_secs(60),
+                )
+                .ok()
+            });
+            match out {
                 Some(o) if o.status.success() => {
                     let v: serde_json::Value =
                         serde_json::from_str(o.stdout.trim()).unwrap_or_default();
@@ -241,7 +250,7 @@ pub fn doctor(host: &Host) -> Report {
         match crate::preflight::run(
             &host.layout.release(id),
             m,
-            crate::preflight::identity(host),
+            crate::accounts::checker(host).unwrap_or(Some((65534, 65534))),
         ) {
             Ok(n) => r.ok(
                 "pre-flight",
@@ -306,31 +315,7 @@ pub fn doctor(host: &Host) -> Report {
             ),
         }
     }
-    match fs_err::metadata(&d) {
-        Ok(m) => {
-            let mode = m.permissions().mode() & 0o7777;
-            let group_ok = data::group_exists(&host.cfg.access.group);
-            if mode & 0o2070 == 0o2070 && group_ok {
-                r.ok("data permissions", format!("{} mode {mode:o}", d.display()));
-            } else {
-                r.warn(
-                    "data permissions",
-                    format!(
-                        "{} mode {mode:o}, group {} {}",
-                        d.display(),
-                        host.cfg.access.group,
-                        if group_ok { "exists" } else { "missing" }
-                    ),
-                    "`comfyctl setup` (setgid 2775, group comfyui-users)",
-                );
-            }
-        }
-        Err(_) => r.fail(
-            "data permissions",
-            format!("{} missing", d.display()),
-            "`comfyctl setup`",
-        ),
-    }
+    data_ownership(&mut r, host);
     match keys::TrustedKeys::load_dir(&host.layout.keys) {
         Ok(k) => r.ok(
             "trusted keys",
@@ -361,4 +346,54 @@ pub fn doctor(host: &Host) -> Report {
         None => r.warn("disk", "cannot tell", "check `df` by hand"),
     }
     r
+}
+
+/// Root's own directories (README, "Security model"): owned by root and writable by nobody else,
+/// or the service and the group could rename what root keeps there.
+fn data_ownership(r: &mut Report, host: &Host) {
+    let d = host.layout.data();
+    let mut bad = Vec::new();
+    for p in [
+        host.layout.install.clone(),
+        d.clone(),
+        d.join("db"),
+        d.join(bundle::STATE_DIR),
+        host.layout.state(),
+        host.layout.unit_inputs(),
+    ] {
+        match fs_err::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() && m.uid() == 0 && m.permissions().mode() & 0o022 == 0 => {}
+            Ok(m) => bad.push(format!(
+                "{} ({}uid {} mode {:o})",
+                p.display(),
+                if m.file_type().is_symlink() {
+                    "a link, "
+                } else {
+                    ""
+                },
+                m.uid(),
+                m.permissions().mode() & 0o7777
+            )),
+            Err(_) => bad.push(format!("{} (missing)", p.display())),
+        }
+    }
+    if !data::group_ok(host) {
+        bad.push(format!("group {} (missing)", host.cfg.access.group));
+    }
+    if bad.is_empty() {
+        r.ok(
+            "data permissions",
+            format!(
+                "{} and root's directories in it are root's alone; shared ones belong to {}",
+                d.display(),
+                host.cfg.access.group
+            ),
+        );
+    } else {
+        r.warn(
+            "data permissions",
+            bad.join(", "),
+            "`comfyctl setup` (or the next activation) makes root's directories root's alone",
+        );
+    }
 }

@@ -21,6 +21,9 @@ pub struct Health {
     pub workflow_seconds: f64,
     pub reason: Option<String>,
     pub seconds: f64,
+    /// From the unit's stop to this answer (the service was down this long); 0 when the check
+    /// did not follow a start.
+    pub downtime_seconds: f64,
 }
 
 impl Health {
@@ -37,6 +40,7 @@ impl Health {
             workflow_seconds: 0.0,
             reason: Some(reason),
             seconds: 0.0,
+            downtime_seconds: 0.0,
         }
     }
 }
@@ -72,6 +76,7 @@ pub fn check(
             workflow_seconds: 0.0,
             reason: Some(reason),
             seconds: t0.elapsed().as_secs_f64(),
+            downtime_seconds: 0.0,
         };
     let stats = match support::wait_for_app(&client, &base, timeout, &mut || gone())? {
         support::Started::Up(stats) => stats,
@@ -191,6 +196,7 @@ pub fn check(
         workflow_seconds: t_wf.elapsed().as_secs_f64(),
         reason: None,
         seconds: t0.elapsed().as_secs_f64(),
+        downtime_seconds: 0.0,
     })
 }
 

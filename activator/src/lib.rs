@@ -1,7 +1,9 @@
 //! The activator: host config, releases, content store, verified atomic activation, rollback, gc.
 
+mod accounts;
 mod activate;
 mod atomic;
+mod beneath;
 pub mod cli;
 mod cmd;
 pub mod config;

@@ -3,7 +3,7 @@
 //! did; `nuke` keeps every data directory and NFS target, removing only links.
 
 use crate::host::{refuse, Host};
-use crate::{cmd, data, release, service};
+use crate::{accounts, cmd, data, service};
 use anyhow::{Context as _, Result};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -22,10 +22,6 @@ impl Done {
         self.changed = true;
         self.actions.push(what.into());
     }
-}
-
-fn exists_in(file: &str, name: &str) -> bool {
-    fs_err::read_to_string(file).is_ok_and(|t| t.lines().any(|l| l.split(':').next() == Some(name)))
 }
 
 /// Changes this machine's users and groups (`groupadd`, `useradd`, `usermod`, `groupdel`, ...),
@@ -77,46 +73,52 @@ pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
     let mut done = Done::default();
     host.layout.ensure()?;
     let group = &host.cfg.access.group;
-    if !exists_in("/etc/group", group) {
+    if !accounts::group_exists(group) {
         change_accounts(host, Command::new("groupadd").args(["--system", group]))?;
         done.did(format!("created group {group}"));
     }
     let svc = &host.cfg.service;
-    if svc.user != "root" && !exists_in("/etc/passwd", &svc.user) {
-        change_accounts(
-            host,
-            Command::new("useradd")
-                .args([
-                    "--system",
-                    "--user-group",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    "--home-dir",
-                ])
-                .arg(host.layout.data())
-                .arg(&svc.user),
-        )?;
-        done.did(format!("created service user {}", svc.user));
+    // The service user (its home is its own directory under data/, where caches such as
+    // Triton's go) and the account pre-flight checks run as, which the service cannot signal.
+    for (user, home, what) in [
+        (&svc.user, host.layout.data().join("home"), "service user"),
+        (&svc.check_user, std::path::PathBuf::from("/"), "check user"),
+    ] {
+        if user != "root" && !accounts::user_exists(user) {
+            if what == "check user" && !host.is_real_root() {
+                // Accounts are this machine's; in a --root tree checks run as `nobody`.
+                done.actions.push(format!(
+                    "check user {user} not created in a --root tree; pre-flight runs as nobody there"
+                ));
+                continue;
+            }
+            change_accounts(
+                host,
+                Command::new("useradd")
+                    .args([
+                        "--system",
+                        "--user-group",
+                        "--no-create-home",
+                        "--shell",
+                        "/usr/sbin/nologin",
+                        "--home-dir",
+                    ])
+                    .arg(home)
+                    .arg(user),
+            )?;
+            done.did(format!("created {what} {user}"));
+        }
     }
-    let mut members = host.cfg.access.users.clone();
-    if svc.user != "root" {
-        members.push(svc.user.clone());
-    }
-    for u in members {
-        if !exists_in("/etc/passwd", &u) {
+    // People only: the unit gives the service the group (SupplementaryGroups), and nothing the
+    // group can write is trusted by root.
+    for u in host.cfg.access.users.clone() {
+        if !accounts::user_exists(&u) {
             done.actions.push(format!(
                 "user {u} does not exist; create it, then run setup again"
             ));
             continue;
         }
-        let in_group = fs_err::read_to_string("/etc/group")?.lines().any(|l| {
-            l.split(':').next() == Some(group)
-                && l.rsplit(':')
-                    .next()
-                    .is_some_and(|m| m.split(',').any(|x| x == u))
-        });
-        if !in_group {
+        if !accounts::is_member(&u, group) {
             change_accounts(host, Command::new("usermod").args(["-aG", group, &u]))?;
             done.did(format!("added {u} to {group}"));
         }
@@ -163,30 +165,37 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
     let unit = service::unit_name(host);
     match action {
         Action::Install => {
+            // The same bring-up as an activation's (data, node state, the Manager's config, the
+            // database, the unit's inputs), under the same lock.
+            let _lock = host.lock()?;
             let id = need_current(host)?;
-            let m = release::manifest(&host.layout.release(&id))?;
-            data::check(host)?;
-            data::apply(host)?;
+            let p = crate::start::prepare(host, &id, None)?;
             if service::install_unit(host)? {
                 done.did(format!(
                     "wrote {} and reloaded systemd",
                     host.layout.unit(&host.cfg.service.name).display()
                 ));
             }
-            let db = data::database(host, &id, None)?;
-            service::write_env(host, &m, &id, &db)?;
-            service::systemctl(host, &["enable", "--now", &unit])?;
-            done.did(format!("enabled and started {unit}"));
+            service::systemctl(host, &["enable", &unit])?;
+            let h = crate::start::bring_up(host, &p);
+            if !h.healthy {
+                anyhow::bail!(
+                    "{unit} installed and started, but it is unhealthy: {}\n{}",
+                    h.reason.unwrap_or_default(),
+                    service::journal_note(host)
+                );
+            }
+            done.did(format!("enabled and started {unit}; healthy"));
         }
         Action::Restart => {
             // Re-applies the host config (unit, flags, data links) to the current release, then
             // checks it as an activation does: editing comfyctl.toml takes effect here.
+            let _lock = host.lock()?;
             let id = need_current(host)?;
-            data::check(host)?;
-            let h = crate::start::start_healthy(host, &id, &format!("{unit} restarted"))?;
+            let h = crate::start::restart_healthy(host, &id, &format!("{unit} restarted"))?;
             done.did(format!(
-                "restarted {unit} with the host config; healthy ({} node classes)",
-                h.node_classes
+                "restarted {unit} with the host config; healthy ({} node classes, down {:.1}s)",
+                h.node_classes, h.downtime_seconds
             ));
         }
         Action::Pause => {
@@ -243,7 +252,7 @@ pub fn nuke(host: &Host) -> Result<Done> {
         }
     }
     let group = &host.cfg.access.group;
-    if exists_in("/etc/group", group) {
+    if accounts::group_exists(group) {
         change_accounts(host, Command::new("groupdel").arg(group))?;
         done.did(format!("removed group {group}"));
     }

@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             let code = activator::exit_code(&e);
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", support::term_safe_text(&format!("{e:#}")));
             if json {
                 // Scripts (the Ansible role) read the reason from stdout, as they read success.
                 let v = serde_json::json!({ "error": format!("{e:#}"), "exit_code": code });

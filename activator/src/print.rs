@@ -24,7 +24,9 @@ pub fn emit(json: bool, r: &impl Human) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(r)?);
     } else {
-        print!("{}", r.human());
+        // Reports carry the app's and the bundle's words (node names, error messages): no
+        // terminal escape sequence gets through.
+        print!("{}", support::term_safe_text(&r.human()));
     }
     Ok(())
 }

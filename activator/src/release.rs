@@ -31,8 +31,10 @@ pub fn manifest(dir: &Path) -> Result<Manifest> {
 }
 
 /// Files of the release at `dir` whose metadata says they were written since they were unpacked
-/// (length, or the content-derived modification time): one `stat` per file, no reading. A root's
-/// in-place edit of one file of a release shows here, for every release sharing that file.
+/// (length, or the content-derived modification time: one `stat` per file, no reading), and
+/// names in it that its manifest does not list (a file planted in a release, which a rollback
+/// would otherwise serve). A root's in-place edit of one file of a release shows here, for
+/// every release sharing that file.
 pub fn changed_files(dir: &Path) -> Result<Vec<String>> {
     let m = manifest(dir)?;
     let mut out = Vec::new();
@@ -45,6 +47,42 @@ pub fn changed_files(dir: &Path) -> Result<Vec<String>> {
             }
         }
     }
+    out.extend(unlisted(dir, &m)?.into_iter().map(|(p, _)| p));
+    Ok(out)
+}
+
+/// Names below the release at `dir` that its manifest does not list (its own `.bundle/` and the
+/// `node-state` link aside), with what is wrong; a listed directory is walked, never a link.
+fn unlisted(dir: &Path, m: &Manifest) -> Result<Vec<(String, String)>> {
+    let listed: HashSet<&str> = m.files.iter().map(|e| e.path.as_str()).collect();
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for ent in fs_err::read_dir(&d)? {
+            let ent = ent?;
+            let p = ent.path();
+            let rel = p
+                .strip_prefix(dir)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".bundle" {
+                continue;
+            }
+            if rel == bundle::STATE_DIR && !m.state.is_empty() {
+                if fs_err::read_link(&p).ok().as_deref() != Some(Path::new(STATE_LINK)) {
+                    out.push((rel, format!("should be a symlink to {STATE_LINK}")));
+                }
+                continue;
+            }
+            if !listed.contains(rel.as_str()) {
+                out.push((rel, "not listed in the manifest".into()));
+            } else if ent.file_type()?.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
     Ok(out)
 }
 
@@ -198,31 +236,8 @@ pub fn verify(dir: &Path, trusted: Option<&keys::TrustedKeys>) -> Result<Vec<Pro
     for (i, why) in found {
         bad(&m.files[i].path, why);
     }
-    let listed: HashSet<&str> = m.files.iter().map(|e| e.path.as_str()).collect();
-    let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for ent in fs_err::read_dir(&d)? {
-            let p = ent?.path();
-            let rel = p
-                .strip_prefix(dir)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .into_owned();
-            if rel == ".bundle" || rel.starts_with(".bundle/") {
-                continue;
-            }
-            if rel == bundle::STATE_DIR && !m.state.is_empty() {
-                if fs_err::read_link(&p).ok().as_deref() != Some(Path::new(STATE_LINK)) {
-                    bad(&rel, format!("should be a symlink to {STATE_LINK}"));
-                }
-                continue;
-            }
-            if !listed.contains(rel.as_str()) {
-                bad(&rel, "not listed in the manifest".into());
-            } else if fs_err::symlink_metadata(&p)?.is_dir() {
-                stack.push(p);
-            }
-        }
+    for (path, why) in unlisted(dir, &m)? {
+        bad(&path, why);
     }
     Ok(problems)
 }

@@ -48,16 +48,31 @@ pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<Rollback
             health: None,
         });
     }
-    let took = switch::switch(host, &mut state, &target, "rollback")?;
-    let health = if service {
-        Some(crate::start::start_healthy(
-            host,
-            &target,
-            &format!("rolled back to {target}"),
-        )?)
-    } else {
-        None
-    };
+    if !service {
+        let took = switch::switch(host, &mut state, &target, "rollback")?;
+        return Ok(RollbackReport {
+            health: None,
+            changed: true,
+            from,
+            to: target,
+            flip_ms: took.as_secs_f64() * 1000.0,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    // Made ready while the current release still serves: a failure here changes nothing.
+    let prepared = crate::start::prepare(host, &target, None)?;
+    let s =
+        crate::start::switch_and_start(host, &mut state, &prepared, from.as_deref(), "rollback")?;
+    if !s.health.healthy {
+        anyhow::bail!(
+            "rolled back to {target}, but it is unhealthy: {}; {}\n{}",
+            s.health.reason.clone().unwrap_or_default(),
+            crate::start::describe_return(&s.returned).replacen("rolled back to", "returned to", 1),
+            crate::service::journal_note(host)
+        );
+    }
+    let took = s.flip;
+    let health = Some(s.health);
     Ok(RollbackReport {
         health,
         changed: true,

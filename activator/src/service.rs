@@ -2,6 +2,7 @@
 //! so switching releases does not change the unit), installed with `daemon-reload` only when it
 //! changed, and driven through `systemctl`. Hardening keeps releases read-only.
 
+use crate::beneath::{Dir, Owner};
 use crate::cmd;
 use crate::host::Host;
 use anyhow::{bail, Result};
@@ -10,9 +11,20 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// The environment file the unit reads: which release, and its full argument list.
+/// The unit's inputs, in [`crate::config::Layout::unit_inputs`]: the environment file the unit
+/// reads (which release, and its full argument list) and the model-paths file ComfyUI reads.
+const ENV_FILE: &str = "service.env";
+const MODEL_PATHS: &str = "extra_model_paths.yaml";
+/// The next release's inputs are written under this suffix before the unit stops, and renamed
+/// into place once it has.
+const NEXT: &str = ".next";
+
 pub fn env_path(host: &Host) -> std::path::PathBuf {
-    host.layout.state().join("service.env")
+    host.layout.unit_inputs().join(ENV_FILE)
+}
+
+pub fn model_paths_path(host: &Host) -> std::path::PathBuf {
+    host.layout.unit_inputs().join(MODEL_PATHS)
 }
 
 pub fn render_unit(host: &Host) -> String {
@@ -36,6 +48,7 @@ Type=simple\n\
 User={user}\n\
 Group={group}\n\
 {supplementary}\
+Environment=HOME={data}/home\n\
 EnvironmentFile={env}\n\
 WorkingDirectory={data}\n\
 ExecStart={install}/current/{entry} $COMFYUI_ARGS\n\
@@ -56,7 +69,7 @@ WantedBy=multi-user.target\n",
         user = s.user,
         group = s.group,
         // A group that does not exist (yet: `comfyctl setup` makes it) would stop the unit starting.
-        supplementary = if crate::data::group_exists(&host.cfg.access.group) {
+        supplementary = if crate::accounts::group_exists(&host.cfg.access.group) {
             format!("SupplementaryGroups={}\n", host.cfg.access.group)
         } else {
             String::new()
@@ -72,29 +85,74 @@ WantedBy=multi-user.target\n",
 /// The release's launch flags with the host's address and data directories.
 pub fn args(host: &Host, m: &Manifest, db: &Path) -> Result<String> {
     let s = &host.cfg.service;
-    let out = m
-        .launch
-        .run_args(&s.listen, s.port, &host.layout.data(), db);
+    let out = m.launch.run_args(
+        &s.listen,
+        s.port,
+        &host.layout.data(),
+        &model_paths_path(host),
+        db,
+    );
     if let Some(bad) = out.iter().find(|a| a.chars().any(char::is_whitespace)) {
         bail!("launch argument {bad:?} contains whitespace, which the unit's environment file cannot carry");
     }
     Ok(out.join(" "))
 }
 
-/// Writes the environment file and the model-paths file for release `id`: owned by root, readable
-/// by the service's group (the unit runs as the service user, and ComfyUI dies on a model-paths
-/// file it cannot read), by nobody else.
-pub fn write_env(host: &Host, m: &Manifest, id: &str, db: &Path) -> Result<()> {
+/// The directory of the unit's inputs: root's alone (under `state/`), readable by the service's
+/// group; one an older layout left otherwise is taken back on its descriptor.
+fn inputs_dir(host: &Host) -> Result<Dir> {
+    let install = Dir::open_root_owned(&host.layout.install)?;
+    let (state, _) = install.ensure_dir("state", Owner::ROOT, 0o755)?;
+    state.require_root_owned()?;
+    let owner = crate::accounts::root_for_service(host)?;
+    let (dir, created) = state.ensure_dir("unit", owner, 0o750)?;
+    if !created && dir.owner_mode()? != (owner, 0o750) {
+        dir.set_owner(owner, 0o750)?;
+    }
+    Ok(dir)
+}
+
+/// Writes release `id`'s environment file and model-paths file beside the ones in use, under
+/// [`NEXT`] names: root's, readable by the service's group (ComfyUI dies on a model-paths file it
+/// cannot read), by nobody else. Done before the unit stops, so a failure here changes nothing.
+pub fn stage_inputs(host: &Host, m: &Manifest, id: &str, db: &Path) -> Result<()> {
+    let dir = inputs_dir(host)?;
+    for name in [MODEL_PATHS, ENV_FILE] {
+        if dir.kind(name)? == Some(crate::beneath::Kind::Dir) {
+            return crate::host::refuse(format!(
+                "{} is a directory where comfyctl keeps a file; remove it (nothing was changed)",
+                dir.path().join(name).display()
+            ));
+        }
+    }
+    let owner = crate::accounts::root_for_service(host)?;
     let models = host.layout.data().join("models");
-    let yaml = host.layout.data().join("extra_model_paths.yaml");
-    crate::atomic::write(&yaml, bundle::model_paths_yaml(&models).as_bytes())?;
-    crate::data::share_with_service(host, &yaml, 0o640)?;
     let text = format!(
         "COMFYUI_RELEASE={id}\nCOMFYUI_ARGS={}\n",
         args(host, m, db)?
     );
-    crate::atomic::write(&env_path(host), text.as_bytes())?;
-    crate::data::share_with_service(host, &env_path(host), 0o640)
+    dir.replace_file(
+        &format!("{MODEL_PATHS}{NEXT}"),
+        bundle::model_paths_yaml(&models).as_bytes(),
+        owner,
+        0o640,
+    )?;
+    dir.replace_file(&format!("{ENV_FILE}{NEXT}"), text.as_bytes(), owner, 0o640)
+}
+
+/// Puts the inputs [`stage_inputs`] wrote in place (two renames in root's own directory).
+pub fn commit_inputs(host: &Host) -> Result<()> {
+    let dir = inputs_dir(host)?;
+    for name in [MODEL_PATHS, ENV_FILE] {
+        dir.rename_in(&format!("{name}{NEXT}"), name)?;
+    }
+    // Where an older comfyctl kept the environment file (root's own state/): gone once moved.
+    if let Some(state) = Dir::open_root_owned(&host.layout.install)?.open_dir("state")? {
+        if state.kind(ENV_FILE)? == Some(crate::beneath::Kind::File) {
+            state.remove_file(ENV_FILE)?;
+        }
+    }
+    Ok(())
 }
 
 /// The one way comfyctl drives systemd. A host tree given with `--root` is not this machine's:
@@ -165,7 +223,7 @@ pub fn journal_tail(host: &Host, lines: usize) -> String {
         "ActiveState,SubState,Result,ExecMainStatus",
         &unit,
     ]));
-    let log = run(Command::new("journalctl").args(["-u", &unit, "-n", &n, "--no-pager"]));
+    let log = run(Command::new("journalctl").args(["-u", &unit, "-n", &n, "--no-pager", "--all"]));
     format!("{state}{log}")
 }
 

@@ -642,17 +642,28 @@ fn missing_config_says_what_to_write() {
 }
 
 #[test]
-fn preflight_runs_confined_as_the_service_would() {
+fn preflight_runs_confined_as_neither_root_nor_the_service() {
     let h = TestHost::new();
-    // Not root, no new privileges, a /var/tmp of its own.
+    // Not root, not the service user (`comfyui`, where it exists: its processes could kill the
+    // check), no new privileges, no capabilities, a /var/tmp of its own, nothing of the caller's
+    // environment, `/` as its working directory.
     let mark = format!("/var/tmp/comfyctl-preflight-{}", std::process::id());
     let code = format!(
-        "sh:[ \"$(id -u)\" -ne 0 ] && grep -q '^NoNewPrivs:.*1' /proc/self/status && touch {mark} && [ -f {mark} ]"
+        "sh:[ \"$(id -u)\" -ne 0 ] && [ \"$(id -un)\" != comfyui ] && grep -q '^NoNewPrivs:.*1' /proc/self/status \
+         && grep -q '^CapEff:.*0000000000000000' /proc/self/status && [ -z \"$CALLER_SECRET\" ] && [ \"$(pwd)\" = / ] \
+         && [ -z \"$(id -G | tr ' ' '\\n' | grep -vx \"$(id -g)\")\" ] && touch {mark} && [ -f {mark} ]"
     );
     let mut t = Tree::demo("a");
     t.preflight = vec![("confined", Box::leak(code.into_boxed_str()))];
     let a = h.bundle("1.0", 1, &t);
-    h.activate_ok(&a);
+    let out: Out = h
+        .command(&["activate", a.to_str().unwrap(), "--no-service"])
+        .env("CALLER_SECRET", "x")
+        .current_dir(h.tmp.path())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         !std::path::Path::new(&mark).exists(),
         "the check's /var/tmp was the host's"
@@ -688,8 +699,10 @@ fn a_host_tree_given_with_root_never_drives_this_machines_systemd() {
     )
     .unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    // A service user this machine has, so everything before the unit is prepared.
+    h.config_tail("[service]\nuser = \"root\"\ngroup = \"root\"");
     let a = h.bundle("1.0", 1, &Tree::demo("a"));
-    // With the service: the release is switched to, and the unit is never touched.
+    // With the service: everything is prepared, and the unit is never touched.
     let out: Out = h
         .command(&["activate", a.to_str().unwrap()])
         .env("PATH", &path)

@@ -98,6 +98,8 @@ fn health_checks_device_and_expected_nodes() {
 fn a_service_that_cannot_start_is_rolled_back() {
     // No systemd runs here: starting the unit fails, and the host goes back to the previous release.
     let h = TestHost::new();
+    // A service user this machine has, so everything before the start is prepared.
+    h.config_tail("[service]\nuser = \"root\"\ngroup = \"root\"");
     let a = h.bundle("1.0", 1, &Tree::demo("a"));
     let b = h.bundle("1.1", 2, &Tree::demo("b"));
     h.activate_ok(&a);
@@ -115,4 +117,75 @@ fn a_service_that_cannot_start_is_rolled_back() {
         .unwrap()
         .iter()
         .any(|r| r["id"] == h.id_of(&b).as_str() && r["status"] == "failed"));
+}
+
+/// Answers every request with a body of `size` bytes of `{` padding, declaring its length or not.
+fn serve_huge(size: u64, declare: bool) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+            }
+            let head = if declare {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n")
+            } else {
+                "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
+            };
+            std::thread::spawn(move || {
+                if s.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 1 << 20];
+                let mut sent = 0;
+                while sent < size {
+                    if s.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    sent += chunk.len() as u64;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// An app (third-party code runs in it) answering with a gigabyte: root's comfyctl reads at most
+/// 16 MiB of it and refuses, in little memory (issue 22: a 1 GiB answer took it to about 1 GB).
+#[test]
+fn a_huge_answer_from_the_app_is_refused_in_bounded_memory() {
+    let h = TestHost::new();
+    let b = h.bundle("1.0", 1, &Tree::demo("a"));
+    h.activate_ok(&b);
+    for declare in [true, false] {
+        let port = serve_huge(1 << 30, declare);
+        let o = std::process::Command::new("/usr/bin/time")
+            .args(["-f", "maxrss-kib=%M"])
+            .arg(env!("CARGO_BIN_EXE_comfyctl"))
+            .arg("--root")
+            .arg(&h.root)
+            .args(["health", "--port", &port.to_string(), "--timeout", "20"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("/system_stats") && err.contains("16777216 byte limit"),
+            "declared length {declare}: {err}"
+        );
+        let rss: u64 = err
+            .lines()
+            .find_map(|l| l.strip_prefix("maxrss-kib="))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(rss < 96 * 1024, "peak RSS {rss} KiB reading a 1 GiB answer");
+    }
 }

@@ -9,7 +9,7 @@ fn main() -> std::process::ExitCode {
     match builder::run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", support::term_safe_text(&format!("{e:#}")));
             std::process::ExitCode::from(builder::exit_code(&e))
         }
     }

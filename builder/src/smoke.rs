@@ -53,7 +53,13 @@ fn smoke_args(launch: &[String], port: u16, data: &Path) -> Vec<String> {
         args: kept,
         ..Default::default()
     };
-    l.run_args("127.0.0.1", port, data, &data.join("comfyui.db"))
+    l.run_args(
+        "127.0.0.1",
+        port,
+        data,
+        &data.join("extra_model_paths.yaml"),
+        &data.join("comfyui.db"),
+    )
 }
 
 fn log_tail(log: &Path) -> String {

@@ -266,10 +266,18 @@ impl Launch {
     /// alike: the release's own flags without `--listen`/`--port`, then `listen` and `port`, and
     /// the host's data layout: `data/{input,output,user}`, `data/temp` (ComfyUI appends `temp` to
     /// `--temp-directory` and empties it at start and exit), the model-paths file
-    /// `data/extra_model_paths.yaml` ([`model_paths_yaml`]) and the SQLite database `db`.
+    /// `model_paths` ([`model_paths_yaml`]; on a host it lives beside the unit's environment,
+    /// where only root writes) and the SQLite database `db`.
     /// No `--base-directory`: ComfyUI would then look for custom nodes below it instead of in the
     /// release's own `ComfyUI/custom_nodes`.
-    pub fn run_args(&self, listen: &str, port: u16, data: &Path, db: &Path) -> Vec<String> {
+    pub fn run_args(
+        &self,
+        listen: &str,
+        port: u16,
+        data: &Path,
+        model_paths: &Path,
+        db: &Path,
+    ) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut it = self.args.iter().peekable();
         while let Some(a) = it.next() {
@@ -297,7 +305,7 @@ impl Launch {
             "--temp-directory".into(),
             data.display().to_string(),
             "--extra-model-paths-config".into(),
-            d("extra_model_paths.yaml"),
+            model_paths.display().to_string(),
             "--database-url".into(),
             format!("sqlite:///{}", db.display()),
         ]);
@@ -853,12 +861,13 @@ mod tests {
             "127.0.0.1",
             9000,
             Path::new("/d"),
+            Path::new("/s/unit/extra_model_paths.yaml"),
             Path::new("/d/db/x/c.db"),
         );
         assert_eq!(
             a.join(" "),
             "--cpu --listen 127.0.0.1 --port 9000 --input-directory /d/input --output-directory /d/output \
-             --user-directory /d/user --temp-directory /d --extra-model-paths-config /d/extra_model_paths.yaml \
+             --user-directory /d/user --temp-directory /d --extra-model-paths-config /s/unit/extra_model_paths.yaml \
              --database-url sqlite:////d/db/x/c.db"
         );
         assert!(!a.iter().any(|x| x == "--base-directory"));

@@ -67,9 +67,10 @@ impl Report {
                     Status::Warn => "warn",
                     Status::Fail => "FAIL",
                 };
-                println!("{tag} {:<28} {}", c.name, c.saw);
+                // What a check saw can be the app's own words (the unit's journal): escaped.
+                println!("{tag} {:<28} {}", c.name, crate::term_safe_text(&c.saw));
                 if let Some(f) = &c.fix {
-                    println!("     {:<28} fix: {f}", "");
+                    println!("     {:<28} fix: {}", "", crate::term_safe_text(f));
                 }
             }
             let (w, f) = self.checks.iter().fold((0, 0), |(w, f), c| match c.status {

@@ -29,6 +29,49 @@ pub fn term_safe(s: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
+/// `s` made safe to print on a terminal as text: like [`term_safe`], but line breaks and tabs
+/// stay as they are (multi-line errors and reports keep their shape).
+pub fn term_safe_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() && c != '\n' && c != '\t' {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The most comfyctl or the builder reads of one answer from a running ComfyUI (`/system_stats`,
+/// `/object_info`, `/prompt`, `/history`): the app runs third-party code, and a huge answer must
+/// not become root's memory. The real app's `/object_info` with five node packs is about 1 MiB.
+pub const MAX_APP_ANSWER: u64 = 16 << 20;
+
+/// The body of an answer from the app, refused past [`MAX_APP_ANSWER`] bytes.
+pub fn read_answer(resp: reqwest::blocking::Response, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    if resp.content_length().is_some_and(|n| n > MAX_APP_ANSWER) {
+        anyhow::bail!(
+            "{what} announced {} bytes, over the {MAX_APP_ANSWER} byte limit for an answer from the app",
+            resp.content_length().unwrap_or_default()
+        );
+    }
+    let mut body = Vec::new();
+    resp.take(MAX_APP_ANSWER + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| anyhow::anyhow!("reading {what}: {e}"))?;
+    if body.len() as u64 > MAX_APP_ANSWER {
+        anyhow::bail!("{what} is over the {MAX_APP_ANSWER} byte limit for an answer from the app");
+    }
+    Ok(body)
+}
+
 /// True when `e` is a refusal (a bad bundle, signature or key, or whatever `also` says is one,
 /// such as the activator's own refusals) rather than a failure of this machine (I/O, a tool).
 pub fn is_refusal(
@@ -111,7 +154,7 @@ pub fn wait_for_app(
     loop {
         let last = match client.get(format!("{base}/system_stats")).send() {
             Ok(r) if r.status().is_success() => {
-                let body = r.bytes()?;
+                let body = read_answer(r, "/system_stats")?;
                 return Ok(Started::Up(
                     serde_json::from_slice(&body).context("/system_stats is not JSON")?,
                 ));
@@ -136,16 +179,26 @@ pub fn object_info(
     base: &str,
 ) -> anyhow::Result<serde_json::Value> {
     use anyhow::Context as _;
-    let body = client
-        .get(format!("{base}/object_info"))
-        .send()?
-        .error_for_status()?
-        .bytes()?;
+    let body = read_answer(
+        client
+            .get(format!("{base}/object_info"))
+            .send()?
+            .error_for_status()?,
+        "/object_info",
+    )?;
     serde_json::from_slice(&body).context("/object_info is not JSON")
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_keeps_its_lines_but_not_its_escapes() {
+        assert_eq!(
+            super::term_safe_text("line 1\n\tline 2 \u{1b}[2J\u{9b}31m"),
+            "line 1\n\tline 2 \\u{1b}[2J\\u{9b}31m"
+        );
+    }
+
     #[test]
     fn control_characters_are_escaped() {
         assert_eq!(super::term_safe("venv/lib/ok.py"), "venv/lib/ok.py");

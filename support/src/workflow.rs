@@ -228,14 +228,16 @@ pub fn run(
         .send()
         .context("POST /prompt")?;
     let status = resp.status();
-    let answer: Value =
-        serde_json::from_slice(&resp.bytes()?).context("/prompt did not answer JSON")?;
+    let answer: Value = serde_json::from_slice(&crate::read_answer(resp, "/prompt")?)
+        .context("/prompt did not answer JSON")?;
     if !status.is_success() {
         bail!(
             "ComfyUI refused the prompt ({status}): {}",
-            answer
-                .get("error")
-                .map_or_else(|| answer.to_string(), Value::to_string)
+            crate::term_safe(
+                &answer
+                    .get("error")
+                    .map_or_else(|| answer.to_string(), Value::to_string)
+            )
         );
     }
     let id = answer["prompt_id"]
@@ -243,11 +245,13 @@ pub fn run(
         .context("/prompt gave no prompt_id")?
         .to_owned();
     loop {
-        let body = client
-            .get(format!("{base}/history/{id}"))
-            .send()?
-            .error_for_status()?
-            .bytes()?;
+        let body = crate::read_answer(
+            client
+                .get(format!("{base}/history/{id}"))
+                .send()?
+                .error_for_status()?,
+            "/history",
+        )?;
         let h: Value = serde_json::from_slice(&body).context("/history is not JSON")?;
         if let Some(entry) = h.get(&id) {
             let st = &entry["status"];
@@ -269,7 +273,9 @@ pub fn run(
                     )
                 })
                 .unwrap_or_else(|| format!("status {}", st["status_str"]));
-            bail!("the prompt failed: {err}");
+            // The app's own words (an exception message a node wrote) reach an operator's
+            // terminal: escaped.
+            bail!("the prompt failed: {}", crate::term_safe(&err));
         }
         if t0.elapsed() > timeout {
             bail!("the prompt did not finish within {}s", timeout.as_secs());

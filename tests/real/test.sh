@@ -132,22 +132,27 @@ rm -f "$b1" # installed: a 4 GB bundle less on the disk
 host "$C" health --json | json 'd["healthy"] and not d["missing_nodes"] or sys.exit("unhealthy")' >/dev/null
 main=$(host systemctl show -p MainPID --value comfyui)
 [ "$(host ps -o user= -p "$main")" = comfyui ] || fail "the unit's main process runs as $(host ps -o user= -p "$main")"
-# What comfyctl wrote for the unit: readable by the service's group, by no one else.
-for f in /opt/comfyui/data/extra_model_paths.yaml /opt/comfyui/state/service.env; do
+# What comfyctl wrote for the unit: in root's own directory, readable by the service's group, by
+# no one else; root's directories in data/ are root's alone.
+for f in /opt/comfyui/state/unit/extra_model_paths.yaml /opt/comfyui/state/unit/service.env; do
   m=$(host stat -c '%a %U %G' "$f")
   [ "$m" = "640 root comfyui" ] || fail "$f is $m, expected 640 root comfyui"
+done
+[ "$(host stat -c '%a %U %G' /opt/comfyui/state/unit)" = "750 root comfyui" ] || fail "state/unit is not root's, 0750"
+for d in /opt/comfyui/data /opt/comfyui/data/db /opt/comfyui/data/node-state; do
+  [ "$(host stat -c '%a %U' "$d")" = "755 root" ] || fail "$d is $(host stat -c '%a %U' "$d"), expected root's alone (755 root)"
 done
 st=/opt/comfyui/data/node-state/ComfyUI-Custom-Scripts/pysssss.json
 host test -f "$st" || fail "Custom-Scripts' pysssss.json is not in data/node-state"
 [ "$(host stat -c %U "$st")" = comfyui ] || fail "$st is not the service user's"
 [ "$(host readlink -f /opt/comfyui/current/ComfyUI/custom_nodes/ComfyUI-Custom-Scripts/pysssss.json)" = "$st" ] \
   || fail "the release's pysssss.json does not lead to data/node-state"
-host su -s /bin/sh nobody -c "cat /opt/comfyui/data/extra_model_paths.yaml" 2>/dev/null && fail "another user can read the model-paths file"
-# The database ComfyUI migrated at start, and the node-state folders: the service user's, nobody else's.
+host su -s /bin/sh nobody -c "cat /opt/comfyui/state/unit/extra_model_paths.yaml" 2>/dev/null && fail "another user can read the model-paths file"
+# The database ComfyUI migrated at start, and a node's state folder: the service user's, nobody else's.
 db=$(host find /opt/comfyui/data/db -name comfyui.db)
 [ -n "$db" ] || fail "no database under data/db"
 [ "$(host stat -c %U "$db")" = comfyui ] || fail "$db is not the service user's"
-for f in "$(dirname "$db")" /opt/comfyui/data/node-state /opt/comfyui/data/node-state/ComfyUI-Custom-Scripts; do
+for f in "$(dirname "$db")" /opt/comfyui/data/node-state/ComfyUI-Custom-Scripts; do
   m=$(host stat -c '%U %A' "$f")
   case "$m" in "comfyui drwxrwx---" | "comfyui drwxrws---") ;; *) fail "$f is $m, expected the service user's, 0770" ;; esac
 done

@@ -8,9 +8,10 @@ use std::process::{Command, Output};
 
 pub const TARGET: &str = "linux-x86_64-cpu";
 
-/// A release's `venv/bin/python`: `-c ok` passes, `-c 'sh:CODE'` runs CODE with sh, anything
-/// else fails (pre-flight without Python).
-const FAKE_PYTHON: &str = "#!/bin/sh\n[ \"$1\" = -c ] && [ \"$2\" = ok ] && exit 0\ncase \"$2\" in sh:*) exec sh -c \"${2#sh:}\" ;; esac\necho \"check failed: $2\" >&2\nexit 1\n";
+/// A release's `venv/bin/python`: options before `-c` are skipped (comfyctl runs `python -I -B
+/// -c CODE`), `-c ok` passes, `-c 'sh:CODE'` runs CODE with sh, anything else fails (pre-flight
+/// without Python).
+const FAKE_PYTHON: &str = "#!/bin/sh\nwhile [ $# -gt 0 ] && [ \"$1\" != -c ]; do shift; done\n[ \"$2\" = ok ] && exit 0\ncase \"$2\" in sh:*) exec sh -c \"${2#sh:}\" ;; esac\necho \"check failed: $2\" >&2\nexit 1\n";
 
 pub struct TestHost {
     pub tmp: tempfile::TempDir,
@@ -109,6 +110,13 @@ impl TestHost {
         let cfg = self.root.join("etc/comfyui/comfyctl.toml");
         let text = fs_err::read_to_string(&cfg).unwrap();
         fs_err::write(&cfg, format!("{line}\n{text}")).unwrap();
+    }
+
+    /// Appends `text` (tables such as `[service]`) to this host's comfyctl.toml.
+    pub fn config_tail(&self, text: &str) {
+        let cfg = self.root.join("etc/comfyui/comfyctl.toml");
+        let old = fs_err::read_to_string(&cfg).unwrap();
+        fs_err::write(&cfg, format!("{old}{text}\n")).unwrap();
     }
 
     pub fn install(&self) -> PathBuf {
