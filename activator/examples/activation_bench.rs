@@ -85,6 +85,7 @@ fn main() {
         allow_downgrade: false,
         service: false,
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        drain: Default::default(),
     };
 
     let x = work.join("x-stock");
@@ -136,7 +137,7 @@ fn main() {
     let mut whole = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
-        let r = activator::rollback(&host, None, false).unwrap();
+        let r = activator::rollback(&host, None, false, &Default::default()).unwrap();
         whole.push(t.elapsed().as_secs_f64() * 1000.0);
         flips.push(r.flip_ms);
     }

@@ -21,6 +21,17 @@ pub struct ActivateOptions {
     pub jobs: usize,
     /// Restart the systemd unit, health-check, and roll back by itself if unhealthy.
     pub service: bool,
+    /// What the stop waits for first.
+    pub drain: crate::drain::Options,
+}
+
+impl Default for crate::drain::Options {
+    fn default() -> Self {
+        crate::drain::Options {
+            policy: crate::drain::Policy::Off,
+            timeout: std::time::Duration::ZERO,
+        }
+    }
 }
 
 /// What an activation did, printed for people and as JSON for Ansible.
@@ -46,6 +57,9 @@ pub struct ActivateReport {
     pub seconds: f64,
     pub gc: Option<GcReport>,
     pub health: Option<crate::health::Health>,
+    /// The running app's jobs waited for before the unit stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<crate::drain::Drained>,
     /// Store objects found written since they were stored: moved to `store/.quarantine/`, their
     /// files written from this bundle instead.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -263,7 +277,9 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
                 p,
                 previous.as_deref(),
                 "activate",
+                &opts.drain,
             )?;
+            report.drain = Some(s.drained.clone());
             if !s.health.healthy {
                 let reason = s.health.reason.clone().unwrap_or_default();
                 let journal = crate::service::journal_note(host);

@@ -67,15 +67,27 @@ pub struct SetupArgs {
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Write the unit for the current release, enable and start it.
-    Install,
+    Install(DrainArgs),
     /// Restart the unit with the host config re-applied (unit, flags, data links), then check health.
-    Restart,
+    Restart(DrainArgs),
     /// Stop and disable it (maintenance).
-    Pause,
+    Pause(DrainArgs),
     /// Enable and start it again.
     Start,
     /// Stop, disable and remove it.
-    Remove,
+    Remove(DrainArgs),
+}
+
+/// Every verb that stops the unit first waits for the app's queue to drain (`[service] drain`,
+/// `drain_timeout_secs`).
+#[derive(Debug, Args, Default, Clone, Copy)]
+pub struct DrainArgs {
+    /// Stop the unit without waiting for running or pending jobs.
+    #[arg(long)]
+    pub no_drain: bool,
+    /// Wait at most this many seconds for the app's jobs (instead of the host config's).
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +95,8 @@ pub struct NukeArgs {
     /// Required: this removes every release.
     #[arg(long)]
     pub yes: bool,
+    #[command(flatten)]
+    pub drain: DrainArgs,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +122,8 @@ pub struct ActivateArgs {
     /// Do not restart or health-check the service.
     #[arg(long)]
     pub no_service: bool,
+    #[command(flatten)]
+    pub drain: DrainArgs,
     /// Check everything that needs no change (signature, target, sequence, host libraries, data
     /// targets, free space, the store's share) and print the plan and the diff; change nothing.
     #[arg(long)]
@@ -132,6 +148,8 @@ pub struct RollbackArgs {
     /// Do not restart or health-check the service.
     #[arg(long)]
     pub no_service: bool,
+    #[command(flatten)]
+    pub drain: DrainArgs,
 }
 
 #[derive(Debug, Args)]

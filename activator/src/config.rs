@@ -62,6 +62,13 @@ pub struct ServiceConfig {
     /// stands in until then).
     #[serde(default = "default_check_user")]
     pub check_user: String,
+    /// Before the unit stops: wait for the app's running and pending jobs (`queue`), the
+    /// running one only (`running`), or none (`off`).
+    #[serde(default)]
+    pub drain: crate::drain::Policy,
+    /// How long a stop waits for them before it is refused (nothing changed).
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ServiceConfig {
@@ -73,6 +80,8 @@ impl Default for ServiceConfig {
             port: default_port(),
             listen: default_listen(),
             check_user: default_check_user(),
+            drain: crate::drain::Policy::default(),
+            drain_timeout_secs: default_drain_timeout(),
         }
     }
 }
@@ -173,6 +182,9 @@ fn default_listen() -> String {
 }
 fn default_check_user() -> String {
     "comfyui-check".into()
+}
+fn default_drain_timeout() -> u64 {
+    1800
 }
 fn default_max_database() -> u64 {
     4 << 30

@@ -11,6 +11,7 @@ mod data;
 mod delta;
 mod diff;
 mod doctor;
+pub mod drain;
 mod failpoint;
 mod gc;
 mod health;

@@ -160,7 +160,7 @@ pub enum Action {
     Remove,
 }
 
-pub fn service(host: &Host, action: Action) -> Result<Done> {
+pub fn service(host: &Host, action: Action, drain: &crate::drain::Options) -> Result<Done> {
     let mut done = Done::default();
     let unit = service::unit_name(host);
     match action {
@@ -177,6 +177,7 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
                 ));
             }
             service::systemctl(host, &["enable", &unit])?;
+            crate::drain::drain(host, drain)?;
             let h = crate::start::bring_up(host, &p);
             if !h.healthy {
                 anyhow::bail!(
@@ -192,13 +193,15 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
             // checks it as an activation does: editing comfyctl.toml takes effect here.
             let _lock = host.lock()?;
             let id = need_current(host)?;
-            let h = crate::start::restart_healthy(host, &id, &format!("{unit} restarted"))?;
+            let h = crate::start::restart_healthy(host, &id, &format!("{unit} restarted"), drain)?;
             done.did(format!(
                 "restarted {unit} with the host config; healthy ({} node classes, down {:.1}s)",
                 h.node_classes, h.downtime_seconds
             ));
         }
         Action::Pause => {
+            let _lock = host.lock()?;
+            crate::drain::drain(host, drain)?;
             service::systemctl(host, &["disable", "--now", &unit])?;
             done.did(format!("stopped and disabled {unit}"));
         }
@@ -210,6 +213,7 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
         Action::Remove => {
             let path = host.layout.unit(&host.cfg.service.name);
             if path.exists() {
+                crate::drain::drain(host, drain)?;
                 let _ = service::systemctl(host, &["disable", "--now", &unit]);
                 fs_err::remove_file(&path)?;
                 service::systemctl(host, &["daemon-reload"])?;
@@ -221,8 +225,8 @@ pub fn service(host: &Host, action: Action) -> Result<Done> {
 }
 
 /// Everything comfyctl installed goes; data directories, their files and NFS targets stay.
-pub fn nuke(host: &Host) -> Result<Done> {
-    let mut done = service(host, Action::Remove)?;
+pub fn nuke(host: &Host, drain: &crate::drain::Options) -> Result<Done> {
+    let mut done = service(host, Action::Remove, drain)?;
     let l = &host.layout;
     for (name, _) in data::mapped(&host.cfg.data) {
         let p = l.data().join(name);

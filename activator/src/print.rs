@@ -79,13 +79,17 @@ impl Human for ActivateReport {
                 r.quarantined_objects.len()
             );
         }
+        if let Some(d) = &r.drain {
+            drain_line(&mut s, d);
+        }
         if let Some(h) = &r.health {
             line!(
                 s,
-                "service restarted and healthy: device {}, {} node classes ({:.1}s)",
+                "service restarted and healthy: device {}, {} node classes ({:.1}s); down {:.1}s from stop to healthy",
                 h.device_type.as_deref().unwrap_or("?"),
                 h.node_classes,
-                h.seconds
+                h.seconds,
+                h.downtime_seconds
             );
         }
         match &r.fetch {
@@ -180,6 +184,19 @@ impl Human for ReleaseDiff {
     }
 }
 
+/// What the stop waited for, when it waited.
+fn drain_line(s: &mut String, d: &crate::drain::Drained) {
+    if d.running_at_start + d.pending_at_start > 0 {
+        line!(
+            s,
+            "waited {:.1}s for {} running and {} pending job(s) before stopping the service",
+            d.waited_seconds,
+            d.running_at_start,
+            d.pending_at_start
+        );
+    }
+}
+
 impl Human for RollbackReport {
     fn human(&self) -> String {
         let mut s = String::new();
@@ -191,6 +208,17 @@ impl Human for RollbackReport {
                 self.from.as_deref().map_or("none", short),
                 self.flip_ms
             );
+            if let Some(d) = &self.drain {
+                drain_line(&mut s, d);
+            }
+            if let Some(h) = &self.health {
+                line!(
+                    s,
+                    "healthy: {} node classes; down {:.1}s from stop to healthy",
+                    h.node_classes,
+                    h.downtime_seconds
+                );
+            }
         } else {
             line!(s, "{} is already current", short(&self.to));
         }

@@ -15,9 +15,17 @@ pub struct RollbackReport {
     pub flip_ms: f64,
     pub seconds: f64,
     pub health: Option<crate::health::Health>,
+    /// The running app's jobs waited for before the unit stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<crate::drain::Drained>,
 }
 
-pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<RollbackReport> {
+pub fn rollback(
+    host: &Host,
+    to: Option<&str>,
+    service: bool,
+    drain: &crate::drain::Options,
+) -> Result<RollbackReport> {
     let t0 = Instant::now();
     let _lock = host.lock()?;
     let mut state = load_state(host)?;
@@ -46,6 +54,7 @@ pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<Rollback
             flip_ms: 0.0,
             seconds: t0.elapsed().as_secs_f64(),
             health: None,
+            drain: None,
         });
     }
     if !service {
@@ -57,12 +66,19 @@ pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<Rollback
             to: target,
             flip_ms: took.as_secs_f64() * 1000.0,
             seconds: t0.elapsed().as_secs_f64(),
+            drain: None,
         });
     }
     // Made ready while the current release still serves: a failure here changes nothing.
     let prepared = crate::start::prepare(host, &target, None)?;
-    let s =
-        crate::start::switch_and_start(host, &mut state, &prepared, from.as_deref(), "rollback")?;
+    let s = crate::start::switch_and_start(
+        host,
+        &mut state,
+        &prepared,
+        from.as_deref(),
+        "rollback",
+        drain,
+    )?;
     if !s.health.healthy {
         anyhow::bail!(
             "rolled back to {target}, but it is unhealthy: {}; {}\n{}",
@@ -72,9 +88,11 @@ pub fn rollback(host: &Host, to: Option<&str>, service: bool) -> Result<Rollback
         );
     }
     let took = s.flip;
+    let drained = Some(s.drained);
     let health = Some(s.health);
     Ok(RollbackReport {
         health,
+        drain: drained,
         changed: true,
         from,
         to: target,

@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 allow_downgrade: a.allow_downgrade,
                 jobs,
                 service: !a.no_service,
+                drain: drain_opts(&host, a.drain),
             };
             emit(json, &activate::activate(&host, &a.source, &opts)?)?;
         }
@@ -40,7 +41,12 @@ pub fn run(cli: Cli) -> Result<u8> {
         )?,
         Command::Rollback(a) => emit(
             json,
-            &rollback::rollback(&host, a.to.as_deref(), !a.no_service)?,
+            &rollback::rollback(
+                &host,
+                a.to.as_deref(),
+                !a.no_service,
+                &drain_opts(&host, a.drain),
+            )?,
         )?,
         Command::Releases => emit(json, &inventory::releases(&host)?)?,
         Command::Status => emit(json, &inventory::status(&host)?)?,
@@ -63,21 +69,27 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Service(c) => {
             use crate::cli::ServiceCommand as S;
             use crate::lifecycle::Action;
-            let action = match c {
-                S::Install => Action::Install,
-                S::Restart => Action::Restart,
-                S::Pause => Action::Pause,
-                S::Start => Action::Start,
-                S::Remove => Action::Remove,
+            let (action, d) = match c {
+                S::Install(d) => (Action::Install, d),
+                S::Restart(d) => (Action::Restart, d),
+                S::Pause(d) => (Action::Pause, d),
+                S::Start => (Action::Start, Default::default()),
+                S::Remove(d) => (Action::Remove, d),
             };
-            emit(json, &crate::lifecycle::service(&host, action)?)?;
+            emit(
+                json,
+                &crate::lifecycle::service(&host, action, &drain_opts(&host, d))?,
+            )?;
         }
         Command::Nuke(a) => {
             if !a.yes {
                 return crate::host::refuse("nuke removes every release and the service; pass --yes (data directories are kept)");
             }
             let _lock = host.lock()?;
-            emit(json, &crate::lifecycle::nuke(&host)?)?;
+            emit(
+                json,
+                &crate::lifecycle::nuke(&host, &drain_opts(&host, a.drain))?,
+            )?;
         }
         Command::Doctor => return Ok(crate::doctor::doctor(&host).print(json)),
         Command::Gc => {
@@ -87,6 +99,10 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+fn drain_opts(host: &Host, a: crate::cli::DrainArgs) -> crate::drain::Options {
+    crate::drain::Options::for_host(host, a.no_drain, a.drain_timeout)
 }
 
 /// 2 when the input or request was refused, 1 when something failed.

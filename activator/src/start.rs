@@ -95,6 +95,8 @@ fn try_bring_up(host: &Host, p: &Prepared) -> Result<Health> {
 
 /// How a switch under the service ended.
 pub struct Switched {
+    /// What the app was still doing when the switch began, and how long it was waited for.
+    pub drained: crate::drain::Drained,
     /// The flip of `current` itself.
     pub flip: Duration,
     /// The release switched to, brought up and checked.
@@ -104,20 +106,24 @@ pub struct Switched {
     pub returned: Option<(String, std::result::Result<Health, String>)>,
 }
 
-/// Flips `current` to the prepared release and brings it up; when it is unhealthy, flips back to
-/// `back` (after the same intact and unchanged checks a rollback makes) and brings that up again
-/// with its own inputs. `action` is the journal's word for the switch.
+/// Waits for the running app's jobs (`drain`; a refusal past its timeout changes nothing), flips
+/// `current` to the prepared release and brings it up; when it is unhealthy, flips back to `back`
+/// (after the same intact and unchanged checks a rollback makes) and brings that up again with
+/// its own inputs. `action` is the journal's word for the switch.
 pub fn switch_and_start(
     host: &Host,
     state: &mut State,
     next: &Prepared,
     back: Option<&str>,
     action: &str,
+    drain: &crate::drain::Options,
 ) -> Result<Switched> {
+    let drained = crate::drain::drain(host, drain)?;
     let flip = switch::switch(host, state, next.id(), action)?;
     let health = bring_up(host, next);
     if health.healthy {
         return Ok(Switched {
+            drained,
             flip,
             health,
             returned: None,
@@ -125,6 +131,7 @@ pub fn switch_and_start(
     }
     let returned = back.map(|b| (b.to_owned(), return_to(host, state, b)));
     Ok(Switched {
+        drained,
         flip,
         health,
         returned,
@@ -169,10 +176,17 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-/// Re-applies the host config to release `id` (current) and restarts it; an unhealthy start is
-/// an error saying what was done (`did`), why, and the unit's last journal lines.
-pub fn restart_healthy(host: &Host, id: &str, did: &str) -> Result<Health> {
+/// Re-applies the host config to release `id` (current) and restarts it once the app's jobs are
+/// done (`drain`); an unhealthy start is an error saying what was done (`did`), why, and the
+/// unit's last journal lines.
+pub fn restart_healthy(
+    host: &Host,
+    id: &str,
+    did: &str,
+    drain: &crate::drain::Options,
+) -> Result<Health> {
     let p = prepare(host, id, None)?;
+    crate::drain::drain(host, drain)?;
     let h = bring_up(host, &p);
     if !h.healthy {
         anyhow::bail!(

@@ -202,3 +202,99 @@ fn lifecycle_verbs_nfs_links_and_nuke() {
         );
     }
 }
+
+/// Every verb that stops the unit waits for the app's jobs first (issue 26), saying what it waits
+/// for; past the timeout it refuses and the old release keeps serving.
+#[test]
+fn a_stop_waits_for_the_apps_jobs() {
+    let sb = Sandbox::boot("");
+    let a = sb.bundle("a", 1, 1, &["NodeA"], &["NodeA"], false);
+    let b = sb.bundle("b", 2, 1, &["NodeA"], &["NodeA"], false);
+    assert_eq!(sb.ctl(&format!("activate {}", a.display())).code, 0);
+    let q = "/opt/comfyui/data/output/queue.json";
+    let jobs = |running: usize, pending: usize| {
+        let job = "[1, \"id\", {}, {}, []]";
+        let list = |n: usize| vec![job; n].join(", ");
+        let o = sb.sh(&format!(
+            "echo '{{\"queue_running\": [{}], \"queue_pending\": [{}]}}' > {q}",
+            list(running),
+            list(pending)
+        ));
+        assert_eq!(o.code, 0, "{}", o.text);
+    };
+    jobs(1, 1);
+    let pid = sb.main_pid();
+    let o = sb.ctl(&format!("activate {} --drain-timeout 2", b.display()));
+    assert_eq!(o.code, 2, "{}", o.text);
+    assert!(
+        o.text.contains("still has 1 running and 1 pending job(s)"),
+        "{}",
+        o.text
+    );
+    assert_eq!(sb.current(), id(&a));
+    assert_eq!(sb.main_pid(), pid, "a refused drain stopped the service");
+    let o = sb.ctl("service pause --drain-timeout 1");
+    assert_eq!(o.code, 2, "{}", o.text);
+    assert_eq!(sb.sh("systemctl is-active comfyui").text.trim(), "active");
+
+    // Waits while jobs run, then goes on by itself once they are done.
+    let dir = sb.share.path().display().to_string();
+    let o = sb.sh(&format!(
+        "({dir}/comfyctl activate {} --json > {dir}/act.json 2> {dir}/act.err; echo $? > {dir}/act.code) >/dev/null 2>&1 &",
+        b.display()
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sb.current(), id(&a), "switched while a job ran");
+    assert_eq!(sb.main_pid(), pid);
+    let err = fs_err::read_to_string(sb.share.path().join("act.err")).unwrap();
+    assert!(
+        err.contains("draining: waiting for 1 running and 1 pending job(s)"),
+        "{err}"
+    );
+    jobs(0, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        sb.current(),
+        id(&a),
+        "the queue policy waits for pending jobs too"
+    );
+    jobs(0, 0);
+    let t = Instant::now();
+    while !sb.share.path().join("act.code").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the activation did not go on"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let code = fs_err::read_to_string(sb.share.path().join("act.code")).unwrap();
+    assert_eq!(
+        code.trim(),
+        "0",
+        "{}",
+        fs_err::read_to_string(sb.share.path().join("act.err")).unwrap()
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(sb.share.path().join("act.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["drain"]["running_at_start"], 1, "{v}");
+    assert_eq!(v["drain"]["pending_at_start"], 1, "{v}");
+    assert!(v["drain"]["waited_seconds"].as_f64().unwrap() >= 5.0, "{v}");
+    let down = v["health"]["downtime_seconds"].as_f64().unwrap();
+    assert!(down > 0.0 && down < 20.0, "{v}");
+    assert_eq!(sb.current(), id(&b));
+
+    // `running`: pending jobs are not waited for; --no-drain: nothing is.
+    sb.write_config("[service]\nuser = \"root\"\ngroup = \"root\"\ndrain = \"running\"\n[health]\ntimeout_secs = 20\n");
+    jobs(0, 3);
+    let o = sb.ctl("rollback --json");
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(o.text.contains("\"waited_seconds\": 0."), "{}", o.text);
+    jobs(1, 0);
+    let t = Instant::now();
+    let o = sb.ctl("service restart --no-drain");
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert!(sb.healthy());
+}
