@@ -183,6 +183,21 @@ impl Dir {
             )
         })?;
         if created {
+            // Between mkdirat and the open, whoever may write this directory could rename another
+            // folder over the new one: only root's own, fresh, empty 0700 folder is handed over.
+            let st = d.stat()?;
+            let fresh = st.st_mode & 0o7777 == 0o700
+                && st.st_nlink == 2
+                && (st.st_uid == 0 || !rustix::process::getuid().is_root());
+            if !fresh {
+                crate::host::refuse(format!(
+                    "{} was replaced while comfyctl created it (uid {}, mode {:o}); refusing to \
+                     hand it over",
+                    self.child(name).display(),
+                    st.st_uid,
+                    st.st_mode & 0o7777
+                ))?;
+            }
             d.set_owner(owner, mode)?;
         }
         Ok((d, created))
@@ -401,6 +416,27 @@ impl Dir {
             .with_context(|| format!("removing {}", self.child(name).display()))
     }
 
+    /// Whether this directory holds no entry (reads at most one past `.` and `..`).
+    pub fn is_empty(&self) -> Result<bool> {
+        let fd = rfs::openat(
+            &self.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening {}", self.path.display()))?;
+        let mut dir =
+            rfs::Dir::read_from(&fd).with_context(|| format!("reading {}", self.path.display()))?;
+        while let Some(e) = dir.read() {
+            let e = e.with_context(|| format!("reading {}", self.path.display()))?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// The names in this directory (without `.` and `..`), in no particular order.
     pub fn names(&self) -> Result<Vec<String>> {
         let fd = rfs::openat(
@@ -437,7 +473,7 @@ fn describe(k: Kind) -> &'static str {
 /// names the path.
 fn not_followed(e: Errno, path: &Path, want: &str) -> anyhow::Error {
     match e {
-        Errno::LOOP | Errno::XDEV | Errno::NOTDIR | Errno::AGAIN => crate::host::Refusal(format!(
+        Errno::LOOP | Errno::XDEV | Errno::NOTDIR => crate::host::Refusal(format!(
             "{} is not a {want} reached without symbolic links ({e}); comfyctl never follows a \
              link below a directory the service or its group can write: remove it or move it away",
             path.display()

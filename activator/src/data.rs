@@ -4,8 +4,8 @@
 //! opens a database a newer release migrated), and the custom nodes' state (`node-state/`).
 //!
 //! Who owns what (README, "Security model"): `data/`, `data/db` and `data/node-state` are root's
-//! alone; `home/`, `db/<id>/` and `node-state/<node>/` are the service's; the shared directories belong to
-//! the access group, the service included. Everything here goes through [`crate::beneath`], so
+//! alone; `home/`, `user/`, `temp/`, `db/<id>/` and `node-state/<node>/` are the service's;
+//! `models`, `input` and `output` belong to the access group, the service included. Everything here goes through [`crate::beneath`], so
 //! no link, FIFO or swap the service or the group plants steers a root write. Nothing here
 //! deletes, moves or chowns user data.
 
@@ -28,8 +28,9 @@ pub fn mapped(cfg: &DataConfig) -> [(&'static str, &str); 3] {
 
 /// Root's own directories inside `data/`: nobody else may rename what is in them.
 const ROOT_DIRS: [&str; 2] = ["db", bundle::STATE_DIR];
-/// The access group's local directories (the service is a member through the unit).
-const GROUP_DIRS: [&str; 2] = ["user", "temp"];
+/// ComfyUI's own local directories: the service's alone (a group member who could rename
+/// `user/default` could make root's Manager config refuse, and so block upgrades).
+const SERVICE_DIRS: [&str; 2] = ["user", "temp"];
 /// A shared directory: group-writable, setgid so new files keep the group.
 const GROUP_MODE: u32 = 0o2775;
 /// What the service alone writes (its database folders, node state).
@@ -105,7 +106,7 @@ pub fn check(host: &Host) -> Result<()> {
         let Some(data) = &data else { continue };
         if data.kind(name)? == Some(Kind::Dir) {
             let local = data.open_dir(name)?.context("vanished")?;
-            if !local.names()?.is_empty() {
+            if !local.is_empty()? {
                 return refuse(format!(
                     "{} is a local directory with files where the link to {target} belongs; move its contents to {target} (nothing is deleted automatically)",
                     local.path().display()
@@ -124,18 +125,30 @@ pub fn apply(host: &Host) -> Result<Vec<String>> {
     for name in ROOT_DIRS {
         root_dir(&data, name, &mut changed)?;
     }
-    // The service's home (caches: Triton's kernels, Hugging Face, matplotlib), its alone.
-    if let Ok(svc) = accounts::service(host) {
-        if data.ensure_dir("home", svc, 0o750)?.1 {
-            changed.push(format!("created {}", data.path().join("home").display()));
+    // The service's home (caches: Triton's kernels, Hugging Face, matplotlib), its user and temp
+    // folders: its alone. An older layout's root:<group> 2775 user/ and temp/ are handed over.
+    let svc = accounts::service(host)?;
+    if data.ensure_dir("home", svc, 0o750)?.1 {
+        changed.push(format!("created {}", data.path().join("home").display()));
+    }
+    for name in SERVICE_DIRS {
+        let (d, created) = data.ensure_dir(name, svc, SERVICE_DIR_MODE)?;
+        if created {
+            changed.push(format!("created {}", d.path().display()));
+            continue;
+        }
+        let (o, mode) = d.owner_mode()?;
+        let others_write = mode & 0o002 != 0 || (mode & 0o020 != 0 && o.gid != svc.gid);
+        if rustix::process::getuid().is_root() && (o.uid != svc.uid || others_write) {
+            d.set_owner(svc, SERVICE_DIR_MODE)?;
+            changed.push(format!(
+                "{} is the service's alone now (was uid {} mode {mode:o})",
+                d.path().display(),
+                o.uid
+            ));
         }
     }
     let shared = accounts::root_for_group(host);
-    for name in GROUP_DIRS {
-        if data.ensure_dir(name, shared, GROUP_MODE)?.1 {
-            changed.push(format!("created {}", data.path().join(name).display()));
-        }
-    }
     for (name, target) in mapped(&host.cfg.data) {
         let link = data.path().join(name);
         let kind = data.kind(name)?;
@@ -310,6 +323,7 @@ pub struct DatabasePlan {
 /// of the service's, each under `[data] max_database_bytes` (checked here and again when copied).
 pub fn plan_database(host: &Host, id: &str, from: Option<&str>) -> Result<DatabasePlan> {
     let db = existing_root_dir(host, "db")?;
+    remove_partials(&db)?;
     let path = db.path().join(id).join("comfyui.db");
     let plan = |copy_from| DatabasePlan {
         path: path.clone(),
@@ -355,7 +369,6 @@ pub fn make_database(host: &Host, plan: &DatabasePlan) -> Result<()> {
     }
     let svc = accounts::service(host)?;
     let partial = format!(".partial-{}-{}", plan.id, std::process::id());
-    remove_partials(&db)?;
     let (new, _) = db.ensure_dir(&partial, Owner::ROOT, 0o700)?;
     if let Some(prev) = &plan.copy_from {
         if let Some(src) = db.open_dir(prev)? {
@@ -375,21 +388,46 @@ pub fn make_database(host: &Host, plan: &DatabasePlan) -> Result<()> {
     db.rename_in(&partial, &plan.id)
 }
 
-/// Copies a killed activation left (root's folders of root's files: nobody else could enter).
+/// Copies a killed activation left: root's own `.partial-<id>-<pid>` folders (0700, nobody else
+/// could enter them) holding only database files. Anything else with such a name is left alone,
+/// with a warning: it is not root's to delete.
 fn remove_partials(db: &Dir) -> Result<()> {
     for name in db.names()? {
-        if !name.starts_with(".partial-") {
+        let Some(rest) = name.strip_prefix(".partial-") else {
             continue;
-        }
-        if let Some(d) = db.open_dir(&name)? {
-            if d.owner_mode()?.0.uid != 0 {
+        };
+        let ours = rest.split_once('-').is_some_and(|(id, pid)| {
+            id.len() == 64
+                && id.bytes().all(|b| b.is_ascii_hexdigit())
+                && !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+        });
+        let d = match db.open_dir(&name) {
+            Ok(Some(d)) if ours => d,
+            _ => {
+                tracing::warn!(
+                    "leaving {} alone: not a copy comfyctl made",
+                    db.path().join(&name).display()
+                );
                 continue;
             }
-            for f in d.names()? {
-                d.remove_file(&f)?;
-            }
-            db.remove_dir(&name)?;
+        };
+        let (o, mode) = d.owner_mode()?;
+        let names = d.names()?;
+        if o.uid != 0
+            || mode != 0o700
+            || names.iter().any(|n| !DATABASE_FILES.contains(&n.as_str()))
+        {
+            tracing::warn!(
+                "leaving {} alone: not a copy comfyctl made",
+                d.path().display()
+            );
+            continue;
         }
+        for f in names {
+            d.remove_file(&f)?;
+        }
+        db.remove_dir(&name)?;
     }
     Ok(())
 }

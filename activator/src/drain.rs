@@ -7,7 +7,7 @@
 //! it is as short as it can be.
 
 use crate::host::{refuse, Host};
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use std::time::{Duration, Instant};
 
 /// Which jobs a stop waits for (`[service] drain`).
@@ -64,8 +64,7 @@ fn queue(client: &reqwest::blocking::Client, port: u16) -> Result<(usize, usize)
         .get(format!("http://127.0.0.1:{port}/queue"))
         .send()?
         .error_for_status()?;
-    let v: serde_json::Value = serde_json::from_slice(&support::read_answer(resp, "/queue")?)
-        .context("/queue is not JSON")?;
+    let v = support::read_json(resp, "/queue")?;
     let n = |k: &str| v[k].as_array().map_or(0, Vec::len);
     Ok((n("queue_running"), n("queue_pending")))
 }

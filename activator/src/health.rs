@@ -50,12 +50,14 @@ impl Health {
 /// included: `models_fail` makes a missing one unhealthy), running those marked `run`.
 /// `device_override` replaces the manifest's expected device type (host config).
 /// `gone` is asked while waiting; a reason from it (the service died) ends the wait early.
+/// `service_uid`: who must hold the port; an answer from anyone else's socket is not the app's.
 pub fn check(
     port: u16,
     m: &Manifest,
     device_override: Option<&str>,
     timeout: Duration,
     models_fail: bool,
+    service_uid: Option<u32>,
     gone: &dyn Fn() -> Option<String>,
 ) -> Result<Health> {
     let t0 = Instant::now();
@@ -97,6 +99,22 @@ pub fn check(
             ))
         }
     };
+    // Any local user can bind the port while the unit is down and answer in the app's place: the
+    // answer counts only if every listener on the port is the service's.
+    if let Some(uid) = service_uid {
+        let others: Vec<u32> = listeners(port).into_iter().filter(|u| *u != uid).collect();
+        if !others.is_empty() {
+            return Ok(unhealthy(
+                format!(
+                    "port {port} is held by uid {others:?}, not by the service user (uid {uid}): \
+                     another program answers in the app's place"
+                ),
+                None,
+                0,
+                vec![],
+            ));
+        }
+    }
     let device = stats["devices"][0]["type"].as_str().map(str::to_owned);
     if !want.is_empty() && device.as_deref() != Some(want.as_str()) {
         return Ok(unhealthy(
@@ -198,6 +216,29 @@ pub fn check(
         seconds: t0.elapsed().as_secs_f64(),
         downtime_seconds: 0.0,
     })
+}
+
+/// The uids owning a listening TCP socket on `port`, IPv4 and IPv6 (`/proc/net/tcp{,6}`: local
+/// address `HEX:PORT`, state `0A` is LISTEN, the eighth column the uid).
+fn listeners(port: u16) -> Vec<u32> {
+    let want = format!(":{port:04X}");
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs_err::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 7 && f[1].ends_with(&want) && f[3] == "0A" {
+                if let Ok(uid) = f[7].parse() {
+                    out.push(uid);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// One clause per custom node that lost classes, naming the node first (the operator looks for
@@ -302,6 +343,7 @@ pub fn check_current(
         device,
         timeout,
         cfg.missing_models == crate::config::MissingModels::Fail,
+        crate::accounts::service(host).ok().map(|o| o.uid),
         &|| None,
     )?;
     Ok(HealthReport {

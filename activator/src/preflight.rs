@@ -3,8 +3,9 @@
 //! check too). A release is third-party code, so it never runs as root and never as the service
 //! user (whose processes could kill, signal or trace it and so block every upgrade): it runs as
 //! the check account ([`crate::accounts::checker`]) with no supplementary groups, no new
-//! privileges, no capabilities, private `/tmp`, `/var/tmp` and `/dev/shm` (util-linux's `unshare`
-//! and `setpriv`), a cleared environment, `/` as its working directory and `python -I` (no
+//! privileges, no capabilities, private `/tmp`, `/var/tmp` and `/dev/shm`, a pid namespace that
+//! ends every process it started when it ends (util-linux's `unshare` and `setpriv`), a cleared
+//! environment, `/` as its working directory and `python -I` (no
 //! `PYTHON*` variables, no user site, no script or working directory on `sys.path`).
 
 use crate::cmd;
@@ -34,7 +35,21 @@ fn confined(release: &Path, python: &Path, code: &str, who: Option<(u32, u32)>) 
         }
         Some((uid, gid)) => {
             let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            // A pid namespace of its own: when the check ends (or is killed at its deadline,
+            // `--kill-child`), every process it started ends with it, so nothing it leaves
+            // behind can hold its output open, signal the next check or bind the app's port.
+            c.args([
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+            ])
                 .arg(
                     "for d in $4; do mount -t tmpfs -o size=256m,mode=1777 tmpfs \"$d\" || exit 1; done; \
                      exec setpriv --reuid \"$0\" --regid \"$1\" --clear-groups --no-new-privs \

@@ -32,12 +32,24 @@ impl Prepared {
 /// Readies release `id` to start; `from`: the release serving now, whose database a first
 /// activation copies. Changes nothing the running release uses.
 pub fn prepare(host: &Host, id: &str, from: Option<&str>) -> Result<Prepared> {
+    prepare_as(host, id, from, true)
+}
+
+/// [`prepare`]; `strict` false (returning to a release that served before) lets node state and
+/// the Manager's config that cannot be made be a warning: they were made when it last ran, and
+/// a link the service planted there must not keep the old release from coming back.
+fn prepare_as(host: &Host, id: &str, from: Option<&str>, strict: bool) -> Result<Prepared> {
     let dir = host.layout.release(id);
     let m = release::manifest(&dir)?;
     data::check(host)?;
     data::apply(host)?;
-    data::node_state(host, &dir, &m)?;
-    data::manager_config(host, &m)?;
+    let extras = data::node_state(host, &dir, &m)
+        .and_then(|_| data::manager_config(host, &m))
+        .map(|_| ());
+    match extras {
+        Err(e) if !strict => tracing::warn!("returning to {} without it: {e:#}", short(id)),
+        other => other?,
+    }
     let db = data::plan_database(host, id, from)?;
     service::stage_inputs(host, &m, id, &db.path)?;
     Ok(Prepared {
@@ -89,6 +101,7 @@ fn try_bring_up(host: &Host, p: &Prepared) -> Result<Health> {
         device,
         Duration::from_secs(host.cfg.health.timeout_secs),
         host.cfg.health.missing_models == crate::config::MissingModels::Fail,
+        Some(crate::accounts::service(host)?.uid),
         &gone,
     )
 }
@@ -101,9 +114,8 @@ pub struct Switched {
     pub flip: Duration,
     /// The release switched to, brought up and checked.
     pub health: Health,
-    /// When it was unhealthy: the release returned to and how it came back (or why it could
-    /// not be returned to).
-    pub returned: Option<(String, std::result::Result<Health, String>)>,
+    /// When it was unhealthy: the release returned to and how that went.
+    pub returned: Option<(String, Returned)>,
 }
 
 /// Waits for the running app's jobs (`drain`; a refusal past its timeout changes nothing), flips
@@ -138,34 +150,59 @@ pub fn switch_and_start(
     })
 }
 
-fn return_to(host: &Host, state: &mut State, id: &str) -> std::result::Result<Health, String> {
+/// How going back to the release that served before ended.
+pub enum Returned {
+    /// Switched back, started and healthy.
+    Healthy(Health),
+    /// Switched back and started, but unhealthy too.
+    Unhealthy(String),
+    /// Not switched back (it is damaged, or could not be made ready): the unhealthy release
+    /// stays current.
+    Stayed(String),
+}
+
+fn return_to(host: &Host, state: &mut State, id: &str) -> Returned {
     let dir = host.layout.release(id);
-    let checked = if release::is_intact(&dir) {
+    let ready = if release::is_intact(&dir) {
         release::refuse_changed(&dir, id, "not returning to it")
     } else {
         refuse(format!(
             "release {id} is damaged; run `comfyctl verify {id}`"
         ))
+    }
+    .and_then(|()| prepare_as(host, id, None, false));
+    let p = match ready {
+        Ok(p) => p,
+        Err(e) => return Returned::Stayed(format!("{e:#}")),
     };
-    let back = checked
-        .and_then(|()| prepare(host, id, None))
-        .and_then(|p| {
-            switch::switch(host, state, id, "auto-rollback")?;
-            Ok(bring_up(host, &p))
-        });
-    match back {
-        Ok(h) if h.healthy => Ok(h),
-        Ok(h) => Err(h.reason.unwrap_or_default()),
-        Err(e) => Err(format!("{e:#}")),
+    if let Err(e) = switch::switch(host, state, id, "auto-rollback") {
+        return Returned::Stayed(format!("{e:#}"));
+    }
+    let h = bring_up(host, &p);
+    if h.healthy {
+        Returned::Healthy(h)
+    } else {
+        Returned::Unhealthy(h.reason.unwrap_or_default())
     }
 }
 
 /// "rolled back to X (healthy again)" and the like, for an error message.
-pub fn describe_return(returned: &Option<(String, std::result::Result<Health, String>)>) -> String {
+pub fn describe_return(returned: &Option<(String, Returned)>) -> String {
     match returned {
-        Some((id, Ok(_))) => format!("rolled back to {} (healthy again)", short(id)),
-        Some((id, Err(why))) => format!(
-            "rolled back to {}, which is unhealthy too: {why}",
+        Some((id, Returned::Healthy(h))) => format!(
+            "rolled back to {} (healthy again, down {:.1}s)",
+            short(id),
+            h.downtime_seconds
+        ),
+        Some((id, Returned::Unhealthy(why))) => {
+            format!(
+                "rolled back to {}, which is unhealthy too: {why}",
+                short(id)
+            )
+        }
+        Some((id, Returned::Stayed(why))) => format!(
+            "could not return to {} ({why}); the unhealthy release stays current: fix that, then \
+             `comfyctl rollback`",
             short(id)
         ),
         None => "there was no previous release to roll back to".to_owned(),

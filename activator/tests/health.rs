@@ -189,3 +189,57 @@ fn a_huge_answer_from_the_app_is_refused_in_bounded_memory() {
         assert!(rss < 96 * 1024, "peak RSS {rss} KiB reading a 1 GiB answer");
     }
 }
+
+/// 15 MiB of tiny JSON objects: under the byte limit, but parsed they would take gigabytes; the
+/// answer is refused by its count of values, in little memory.
+#[test]
+fn an_answer_of_millions_of_tiny_values_is_refused_in_bounded_memory() {
+    let h = TestHost::new();
+    let b = h.bundle("1.0", 1, &Tree::demo("a"));
+    h.activate_ok(&b);
+    let mut body = b"{\"devices\": [".to_vec();
+    while body.len() < 15 << 20 {
+        body.extend_from_slice(b"{\"\":0},");
+    }
+    body.extend_from_slice(b"{}]}");
+    let body: &'static [u8] = Box::leak(body.into_boxed_slice());
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(body);
+        }
+    });
+    let o = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "maxrss-kib=%M"])
+        .arg(env!("CARGO_BIN_EXE_comfyctl"))
+        .arg("--root")
+        .arg(&h.root)
+        .args(["health", "--port", &port.to_string(), "--timeout", "20"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("JSON values"), "{err}");
+    let rss: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss-kib="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rss < 96 * 1024, "peak RSS {rss} KiB");
+}

@@ -698,3 +698,249 @@ fn every_verb_completes_amid_links_fifos_odd_names_and_many_entries() {
         "100000"
     );
 }
+
+/// A racer as the service renames a group member's folder over the one root just made below a
+/// node's state, hoping root hands it over (it won within seconds before root checked what it
+/// opened): root must refuse every time it opens a folder that is not its own fresh one.
+#[test]
+fn a_folder_renamed_over_a_new_one_is_never_handed_over() {
+    let h = host("");
+    let dir = h.sb.share.path().display().to_string();
+    let st = std::process::Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(h.sb.share.path().join("swap_racer"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/swap_racer.c"
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success(), "compiling the racer");
+    let o = h.as_alice(&format!(
+        "umask 002 && mkdir {DATA}/output/alicedir && echo mine > {DATA}/output/alicedir/notes"
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    let alice_before =
+        h.sb.sh(&format!("stat -c '%i %U %G %a' {DATA}/output/alicedir"))
+            .text;
+    // Each restart now stops at the Manager's config, right after making node state: a fast loop
+    // with no stop.
+    let o = h.as_service(&format!(
+        "cd {DATA}/user/default && mv ComfyUI-Manager m.real && ln -s /nonexistent ComfyUI-Manager \
+         && rm -r {DATA}/node-state/node_a/sub"
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    let o = h.sb.sh(&format!(
+        "setpriv --reuid comfyui --regid comfyui --groups comfyui,comfyui-users -- {dir}/swap_racer \
+         {DATA}/node-state/node_a {DATA}/output/alicedir {DATA}/output/racer-stop {DATA}/output/racer-result >/dev/null 2>&1 &"
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    let mut tries = 0;
+    while t.elapsed() < Duration::from_secs(60) && tries < 400 {
+        let o = h.sb.sh(&format!(
+            "for i in $(seq 1 25); do {dir}/comfyctl service restart >/dev/null 2>&1; echo $?; done"
+        ));
+        for c in o.text.split_whitespace() {
+            // Refused (2), or failed when the racer took a folder away mid-walk (1); never done.
+            assert!(c == "2" || c == "1", "a restart went through: {}", o.text);
+            tries += 1;
+        }
+        if h.sb.sh(&format!("test -e {DATA}/output/racer-result")).code == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        h.sb.sh(&format!("touch {DATA}/output/racer-stop; sleep 2"))
+            .code,
+        0
+    );
+    let result = h.sb.sh(&format!("cat {DATA}/output/racer-result")).text;
+    assert!(!result.contains("WON"), "after {tries} restarts: {result}");
+    // The racer ran and swapped: it says how often it found root's new folder and renamed over it.
+    let swaps: u64 = result
+        .split_whitespace()
+        .skip_while(|w| *w != "tries")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        result.starts_with("lost: ") && swaps > 0,
+        "the racer did not race: {result:?}"
+    );
+    // Wherever alice's folder is now, it is hers as it was.
+    let now = h.sb.sh(&format!(
+        "stat -c '%i %U %G %a' {DATA}/output/alicedir 2>/dev/null || stat -c '%i %U %G %a' {DATA}/node-state/node_a/sub"
+    ));
+    assert_eq!(now.text, alice_before, "after {tries} restarts ({result})");
+    assert!(tries >= 100, "only {tries} restarts ran");
+    eprintln!("{tries} restarts against the racer: {}", result.trim());
+}
+
+/// Release code run by pre-flight cannot outlive its check: a daemon it forks cannot hold
+/// comfyctl (and its lock) with its output, kill the next release's check, or write without end.
+#[test]
+fn a_checks_processes_end_with_it_and_its_output_is_bounded() {
+    let h = host("");
+    let daemon = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(3600)\n";
+    let p = h.sb.release(&Release {
+        preflight: Some(daemon),
+        ..Release::new("p", 2)
+    });
+    let t = Instant::now();
+    let o = h.sb.ctl(&format!("activate {}", p.display()));
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "held {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        h.sb.sh("pgrep -u comfyui-check").text.trim(),
+        "",
+        "a check's process outlived it"
+    );
+    // A killer left behind would kill every later check (and its release be recorded failed).
+    let killer = "import os, time, signal\nif os.fork() == 0:\n    os.setsid()\n    os.closerange(0, 256)\n    while True:\n        try: os.kill(-1, signal.SIGKILL)\n        except OSError: pass\n        time.sleep(0.05)\n";
+    let k = h.sb.release(&Release {
+        preflight: Some(killer),
+        ..Release::new("k", 3)
+    });
+    let o = h.sb.ctl(&format!("activate {}", k.display()));
+    assert_eq!(o.code, 0, "{}", o.text);
+    let slow = "import time; time.sleep(2)";
+    let b = h.sb.release(&Release {
+        preflight: Some(slow),
+        ..Release::new("b", 4)
+    });
+    let o = h.sb.ctl(&format!("activate {}", b.display()));
+    assert_eq!(
+        o.code, 0,
+        "a leftover of the previous check killed this one: {}",
+        o.text
+    );
+    // 768 MiB of output: comfyctl keeps a bounded part of it.
+    let loud = "import sys\nb = b'x' * (1 << 20)\nfor _ in range(768): sys.stdout.buffer.write(b)\nsys.exit(1)\n";
+    let l = h.sb.release(&Release {
+        preflight: Some(loud),
+        ..Release::new("l", 5)
+    });
+    let o = h.sb.sh(&format!(
+        "/usr/bin/time -f maxrss-kib=%M {}/comfyctl activate {} 2>&1",
+        h.sb.share.path().display(),
+        l.display()
+    ));
+    let rss: u64 = o
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss-kib="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        o.text.contains("pre-flight check \"check\" failed"),
+        "{}",
+        o.text
+    );
+    assert!(
+        rss < 128 * 1024,
+        "peak RSS {rss} KiB for 768 MiB of check output"
+    );
+    assert_eq!(h.sb.current(), id(&b));
+}
+
+/// Someone else's program on the app's port answers in its place: not healthy, and an
+/// activation is not recorded good on its word.
+#[test]
+fn an_answer_from_someone_elses_socket_on_the_port_is_not_the_app() {
+    let h = host("");
+    assert_eq!(h.sb.ctl("service pause --no-drain").code, 0);
+    let squat = "import http.server, json\n\
+class H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        b = {'devices': [{'type': 'cpu'}]} if self.path == '/system_stats' else {'NodeA': {'python_module': 'custom_nodes.node_a'}, 'KSampler': {'python_module': 'nodes'}}\n        d = json.dumps(b).encode()\n        self.send_response(200); self.send_header('Content-Length', str(len(d))); self.end_headers(); self.wfile.write(d)\n    def log_message(self, *a): pass\n\
+http.server.HTTPServer(('0.0.0.0', 8188), H).serve_forever()\n";
+    fs_err::write(h.sb.share.path().join("squat.py"), squat).unwrap();
+    let o = h.sb.sh(&format!(
+        "setpriv --reuid alice --regid alice --init-groups -- /usr/bin/python3 {}/squat.py >/dev/null 2>&1 & sleep 1",
+        h.sb.share.path().display()
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    let o = h.sb.ctl("health --timeout 5");
+    assert_eq!(o.code, 1, "{}", o.text);
+    assert!(o.text.contains("not by the service user"), "{}", o.text);
+    let broken = h.sb.release(&Release {
+        broken: true,
+        ..Release::new("broken", 2)
+    });
+    let o = h.sb.ctl(&format!("activate {}", broken.display()));
+    assert_eq!(o.code, 1, "{}", o.text);
+    let st = h.sb.ctl("releases --json").text;
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let b = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id(&broken).as_str())
+        .unwrap();
+    assert_eq!(b["status"], "failed", "{st}");
+}
+
+/// A release that fails after the stop, while the service planted a link where the previous
+/// release's Manager config goes: the way back does not depend on it.
+#[test]
+fn the_way_back_does_not_depend_on_state_the_service_can_break() {
+    let h = host("");
+    let broken = h.sb.release(&Release {
+        broken: true,
+        ..Release::new("broken", 2)
+    });
+    let o = h.as_service(&format!(
+        "cd {DATA}/user/default && mv ComfyUI-Manager m.real && ln -s /root ComfyUI-Manager"
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    let o = h.sb.ctl(&format!("activate {}", broken.display()));
+    assert_eq!(o.code, 1, "{}", o.text);
+    assert!(o.text.contains("healthy again"), "{}", o.text);
+    assert_eq!(h.sb.current(), h.a_id);
+    assert!(h.sb.healthy());
+    // And group members cannot touch the service's folders at all.
+    for a in [
+        format!("mv {DATA}/user/default {DATA}/user/d2"),
+        format!("touch {DATA}/user/x"),
+        format!("touch {DATA}/temp/x"),
+    ] {
+        assert_ne!(h.as_alice(&a).code, 0, "alice could `{a}`");
+    }
+}
+
+/// What an older layout let someone leave in root's db/ (a folder named like root's partial
+/// copies) is left alone, and blocks nothing.
+#[test]
+fn leftovers_named_like_roots_partial_copies_are_left_alone() {
+    let h = host("");
+    let o = h.sb.sh(&format!(
+        "mkdir -p {DATA}/db/.partial-x/default && echo mine > {DATA}/db/.partial-x/top.txt \
+         && mkdir -m 700 {DATA}/db/.partial-{}-1 && mkdir {DATA}/db/.partial-{}-1/sub",
+        "a".repeat(64),
+        "a".repeat(64)
+    ));
+    assert_eq!(o.code, 0, "{}", o.text);
+    let b = h.sb.release(&Release::new("b", 2));
+    let o = h.sb.ctl(&format!("activate {}", b.display()));
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert_eq!(
+        h.sb.sh(&format!("cat {DATA}/db/.partial-x/top.txt"))
+            .text
+            .trim(),
+        "mine"
+    );
+    assert_eq!(
+        h.sb.sh(&format!(
+            "test -d {DATA}/db/.partial-{}-1/sub",
+            "a".repeat(64)
+        ))
+        .code,
+        0
+    );
+}

@@ -2,7 +2,6 @@
 //! limit, output collected whatever the exit status; [`last_kib`] for error messages.
 
 use anyhow::{bail, Context as _, Result};
-use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,30 @@ fn tail(s: &str) -> &str {
     &s[start..]
 }
 
-/// Runs `cmd` to completion within `limit`, whatever its exit status.
+/// The most kept of each of a child's output streams; the rest is read and dropped, so a child
+/// that writes without end (a release's pre-flight check is third-party code) costs bounded
+/// memory.
+pub const MAX_OUTPUT: usize = 8 << 20;
+
+/// Reads `r` to its end, keeping the first [`MAX_OUTPUT`] bytes.
+fn drain_capped(mut r: impl std::io::Read) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    kept
+}
+
+/// Runs `cmd` to completion within `limit`, whatever its exit status. The output is read until
+/// the child exits and its streams close, within the same limit: a grandchild that keeps them
+/// open (a daemon a check started) does not hold the caller past it.
 pub fn output(cmd: &mut Command, limit: Duration) -> Result<Output> {
     tracing::debug!(?cmd, "running");
     let mut child = cmd
@@ -30,18 +52,12 @@ pub fn output(cmd: &mut Command, limit: Duration) -> Result<Output> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-    let mut out = child.stdout.take().context("no stdout pipe")?;
-    let mut err = child.stderr.take().context("no stderr pipe")?;
-    let t_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
+    let out = child.stdout.take().context("no stdout pipe")?;
+    let err = child.stderr.take().context("no stderr pipe")?;
+    let (tx_out, rx_out) = std::sync::mpsc::channel();
+    let (tx_err, rx_err) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx_out.send(drain_capped(out)));
+    std::thread::spawn(move || tx_err.send(drain_capped(err)));
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -58,16 +74,55 @@ pub fn output(cmd: &mut Command, limit: Duration) -> Result<Output> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+    let left = || {
+        limit
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_secs(1))
+    };
+    let (Ok(stdout), Ok(stderr)) = (rx_out.recv_timeout(left()), rx_err.recv_timeout(left()))
+    else {
+        bail!(
+            "{:?} exited ({status}), but something it started kept its output open past {}s",
+            cmd.get_program(),
+            limit.as_secs()
+        );
+    };
     Ok(Output {
         status,
-        stdout,
-        stderr,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
     })
 }
 
 /// The last KiB of a text, for error messages.
 pub fn last_kib(s: &str) -> &str {
     tail(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grandchild_holding_the_output_open_does_not_hold_the_caller() {
+        let t = Instant::now();
+        let e = output(
+            Command::new("sh").args(["-c", "sleep 30 & echo started"]),
+            Duration::from_secs(2),
+        );
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let e = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("kept its output open"), "{e}");
+    }
+
+    #[test]
+    fn endless_output_is_kept_to_a_bound() {
+        let o = output(
+            Command::new("sh").args(["-c", "head -c 40000000 /dev/zero"]),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(o.status.success());
+        assert_eq!(o.stdout.len(), MAX_OUTPUT);
+    }
 }

@@ -53,8 +53,40 @@ pub fn term_safe_text(s: &str) -> std::borrow::Cow<'_, str> {
 /// not become root's memory. The real app's `/object_info` with five node packs is about 1 MiB.
 pub const MAX_APP_ANSWER: u64 = 16 << 20;
 
-/// The body of an answer from the app, refused past [`MAX_APP_ANSWER`] bytes.
-pub fn read_answer(resp: reqwest::blocking::Response, what: &str) -> anyhow::Result<Vec<u8>> {
+/// The most JSON values (objects, arrays, and each element or member of them) an answer from
+/// the app may hold: parsed, each costs tens of bytes, so 16 MiB of `{}` would take gigabytes.
+/// The real app's `/object_info` with five node packs holds about 60,000.
+pub const MAX_APP_VALUES: usize = 1_000_000;
+
+/// Counts the values in a JSON text without parsing it: `{`, `[` and `,` outside strings.
+fn json_values(body: &[u8]) -> usize {
+    let (mut n, mut in_str, mut esc) = (0usize, false, false);
+    for &b in body {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_str = true,
+                b'{' | b'[' | b',' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
+/// The JSON body of an answer from the app, refused past [`MAX_APP_ANSWER`] bytes or
+/// [`MAX_APP_VALUES`] values, so root's memory stays bounded whatever the app sends.
+pub fn read_json(
+    resp: reqwest::blocking::Response,
+    what: &str,
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context as _;
     use std::io::Read as _;
     if resp.content_length().is_some_and(|n| n > MAX_APP_ANSWER) {
         anyhow::bail!(
@@ -69,7 +101,12 @@ pub fn read_answer(resp: reqwest::blocking::Response, what: &str) -> anyhow::Res
     if body.len() as u64 > MAX_APP_ANSWER {
         anyhow::bail!("{what} is over the {MAX_APP_ANSWER} byte limit for an answer from the app");
     }
-    Ok(body)
+    if json_values(&body) > MAX_APP_VALUES {
+        anyhow::bail!(
+            "{what} holds over {MAX_APP_VALUES} JSON values, more than an answer from the app may"
+        );
+    }
+    serde_json::from_slice(&body).with_context(|| format!("{what} is not JSON"))
 }
 
 /// True when `e` is a refusal (a bad bundle, signature or key, or whatever `also` says is one,
@@ -149,15 +186,11 @@ pub fn wait_for_app(
     timeout: std::time::Duration,
     gone: &mut dyn FnMut() -> Option<String>,
 ) -> anyhow::Result<Started> {
-    use anyhow::Context as _;
     let t0 = std::time::Instant::now();
     loop {
         let last = match client.get(format!("{base}/system_stats")).send() {
             Ok(r) if r.status().is_success() => {
-                let body = read_answer(r, "/system_stats")?;
-                return Ok(Started::Up(
-                    serde_json::from_slice(&body).context("/system_stats is not JSON")?,
-                ));
+                return Ok(Started::Up(read_json(r, "/system_stats")?));
             }
             Ok(r) => format!("/system_stats answered {}", r.status()),
             Err(e) => format!("nothing answers on {base} ({e})"),
@@ -178,19 +211,23 @@ pub fn object_info(
     client: &reqwest::blocking::Client,
     base: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    use anyhow::Context as _;
-    let body = read_answer(
+    read_json(
         client
             .get(format!("{base}/object_info"))
             .send()?
             .error_for_status()?,
         "/object_info",
-    )?;
-    serde_json::from_slice(&body).context("/object_info is not JSON")
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_values_are_counted_outside_strings() {
+        assert_eq!(super::json_values(br#"{"a": [1, 2, {"b": "x,{[\"y"}]}"#), 5);
+        assert_eq!(super::json_values(b"{}"), 1);
+    }
+
     #[test]
     fn text_keeps_its_lines_but_not_its_escapes() {
         assert_eq!(

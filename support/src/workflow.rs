@@ -228,8 +228,7 @@ pub fn run(
         .send()
         .context("POST /prompt")?;
     let status = resp.status();
-    let answer: Value = serde_json::from_slice(&crate::read_answer(resp, "/prompt")?)
-        .context("/prompt did not answer JSON")?;
+    let answer: Value = crate::read_json(resp, "/prompt")?;
     if !status.is_success() {
         bail!(
             "ComfyUI refused the prompt ({status}): {}",
@@ -245,14 +244,13 @@ pub fn run(
         .context("/prompt gave no prompt_id")?
         .to_owned();
     loop {
-        let body = crate::read_answer(
+        let h: Value = crate::read_json(
             client
                 .get(format!("{base}/history/{id}"))
                 .send()?
                 .error_for_status()?,
             "/history",
         )?;
-        let h: Value = serde_json::from_slice(&body).context("/history is not JSON")?;
         if let Some(entry) = h.get(&id) {
             let st = &entry["status"];
             if st["status_str"] == "success" && st["completed"] == true {
