@@ -8,8 +8,10 @@
 # - activates 1: healthy with every class checked, the unit runs as `comfyui`, the files comfyctl
 #   wrote for it are readable by its group only, Custom-Scripts' state lives under data/;
 # - ComfyUI-Manager serves but refuses to install, update or uninstall; the release is intact;
-# - activates 2, rolls back, activates the bad release (rolled back by itself, node named); node
-#   state survives all of it and gc.
+# - queues a render (about 20 s on the CPU) and activates 2 while it runs: the activation waits for
+#   it (drain), the render finishes in release 1 and its image is in data/output;
+# - rolls back, activates the bad release (rolled back by itself, node named); node state survives
+#   all of it and gc.
 # Builds share .cache/build with the demo; everything else lives in a scratch directory that is
 # removed at the end. Needs root. Usage: tests/real/test.sh   (scripts/test.sh runs it)
 set -euo pipefail
@@ -172,8 +174,51 @@ host "$C" verify >/dev/null || fail "the release changed"
 say "node state is the host's: kept across activation, rollback and gc"
 host python3 -c "
 import json; p='$st'; d=json.load(open(p)); d['kept-by-test']=1; json.dump(d, open(p, 'w'))"
-host "$C" activate "$b2" --json >"$work/a2.json" || fail "release 2 did not activate"
-json '"release 2: %d files written, %d reused; healthy in %.1fs" % (d["files_written"], d["files_reused"], d["health"]["seconds"])' <"$work/a2.json"
+
+say "a render running on the CPU survives the activation of release 2, which waits for it"
+# Five 31-pixel blurs of a 2048x2048 image (about 20 s on 2 cores), saved to the output folder.
+cat >"$work/long.py" <<'PY'
+import json, sys, time, urllib.request
+wf = {"1": {"class_type": "EmptyImage", "inputs": {"width": 2048, "height": 2048, "batch_size": 1, "color": int(time.time()) % 16777215}}}
+prev = "1"
+for i in range(5):
+    wf[str(10 + i)] = {"class_type": "ImageBlur", "inputs": {"image": [prev, 0], "blur_radius": 31, "sigma": 10.0}}
+    prev = str(10 + i)
+wf["99"] = {"class_type": "SaveImage", "inputs": {"images": [prev, 0], "filename_prefix": "drain-test"}}
+req = urllib.request.Request("http://127.0.0.1:8188/prompt", data=json.dumps({"prompt": wf}).encode(), headers={"Content-Type": "application/json"})
+print(json.load(urllib.request.urlopen(req))["prompt_id"])
+PY
+cat >"$work/watch.py" <<'PY'
+# Polls the job's history until it succeeds; prints when, and the unit's main pid at that moment.
+import json, subprocess, sys, time, urllib.request
+pid, t0 = sys.argv[1], time.time()
+while time.time() - t0 < 600:
+    try:
+        h = json.load(urllib.request.urlopen(f"http://127.0.0.1:8188/history/{pid}", timeout=5))
+    except Exception:
+        h = {}
+    if pid in h:
+        main = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", "comfyui"], capture_output=True, text=True).stdout.strip()
+        print(h[pid]["status"]["status_str"], round(time.time() - t0, 1), main)
+        sys.exit(0)
+    time.sleep(0.2)
+print("never", round(time.time() - t0, 1), "-")
+PY
+main1=$(host systemctl show -p MainPID --value comfyui)
+job=$(host python3 "$work/long.py") || fail "queueing the long workflow"
+host sh -c "python3 $work/watch.py $job > $work/watch.out 2>&1 &"
+t_act=$SECONDS
+host sh -c "$C activate $b2 --json > $work/a2.json 2> $work/a2.err" || { cat "$work/a2.err" >&2; fail "release 2 did not activate"; }
+for _ in $(seq 1 50); do [ -s "$work/watch.out" ] && break; sleep 0.2; done
+read -r st_job t_job main_at_done <"$work/watch.out" || true
+echo "job $job: $st_job after ${t_job}s (unit main pid then $main_at_done, before the activation $main1); activation took $((SECONDS - t_act))s"
+grep "^draining:" "$work/a2.err" | head -2
+[ "$st_job" = success ] || fail "the render did not finish in the old release ($st_job)"
+[ "$main_at_done" = "$main1" ] || fail "the render finished after the unit was restarted (pid $main_at_done, was $main1)"
+grep -q "^draining: waiting for 1 running" "$work/a2.err" || fail "the activation did not say it waited for the render"
+host sh -c 'ls /opt/comfyui/data/output/drain-test_*.png' || fail "the render's output is missing"
+json '"release 2: %d files written, %d reused; waited %.1fs for %d running job(s); healthy in %.1fs; down %.1fs from stop to healthy" % (d["files_written"], d["files_reused"], d["drain"]["waited_seconds"], d["drain"]["running_at_start"], d["health"]["seconds"], d["health"]["downtime_seconds"])' <"$work/a2.json"
+json 'int(d["drain"]["running_at_start"] == 1 and d["drain"]["waited_seconds"] > 3)' <"$work/a2.json" | grep -qx 1 || fail "the activation's JSON does not show the drain"
 rm -f "$b2"
 host "$C" rollback
 [ "$(host "$C" status --json | json 'd["current"]["id"]')" = "$id1" ] || fail "rollback did not return to release 1"
