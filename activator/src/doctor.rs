@@ -247,6 +247,7 @@ pub fn doctor(host: &Host) -> Report {
             }
         }
         host_libs_check(&mut r, m);
+        ptxas_check(&mut r, &host.layout.release(id), m);
         match crate::preflight::run(
             &host.layout.release(id),
             m,
@@ -395,5 +396,41 @@ fn data_ownership(r: &mut Report, host: &Host) {
             bad.join(", "),
             "`comfyctl setup` (or the next activation) makes root's directories root's alone",
         );
+    }
+}
+
+/// Triton's own ptxas rejects `sm_121a` (thu-ml/SageAttention #297, triton-lang/triton #9181): a
+/// release for sm_121 points `TRITON_PTXAS_PATH` at a CUDA 13 ptxas, its own copy
+/// (`@release/...`) or the host's toolkit. It must be there and run.
+fn ptxas_check(r: &mut Report, release: &std::path::Path, m: &bundle::Manifest) {
+    let needs = m.target.contains("sm_121");
+    let Some(v) = m.launch.env.get("TRITON_PTXAS_PATH") else {
+        if needs {
+            r.warn(
+                "ptxas for Triton",
+                "the release sets no TRITON_PTXAS_PATH; Triton's own ptxas rejects sm_121a",
+                "set TRITON_PTXAS_PATH in the recipe's [launch] env to CUDA 13's ptxas",
+            );
+        }
+        return;
+    };
+    let path = match v.strip_prefix("@release/") {
+        Some(rel) => release.join(rel),
+        None => std::path::PathBuf::from(v),
+    };
+    match run(Command::new(&path).arg("--version")) {
+        Some(o) if o.status.success() => r.ok(
+            "ptxas for Triton",
+            format!(
+                "{} ({})",
+                path.display(),
+                o.stdout.lines().last().unwrap_or_default().trim()
+            ),
+        ),
+        _ => r.fail(
+            "ptxas for Triton",
+            format!("TRITON_PTXAS_PATH={} does not run", path.display()),
+            "install the CUDA 13 toolkit there, or build the release with [toolkit] in_release = true",
+        ),
     }
 }

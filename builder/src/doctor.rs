@@ -3,7 +3,7 @@
 //! spelling, free disk, RAM against MAX_JOBS, reachability of the torch index and git remotes).
 
 use crate::recipe::Recipe;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use support::doctor::{gib, Report};
@@ -130,7 +130,9 @@ pub fn doctor(recipe: Option<(&Recipe, &Path)>, cache: &Path) -> Report {
     }
     let needs_cuda = !recipe.torch.cuda.is_empty();
     let nvcc = Path::new(&recipe.target.cuda_home).join("bin/nvcc");
-    if needs_cuda {
+    if let Some(t) = &recipe.toolkit {
+        toolkit_checks(&mut r, recipe, t, path, cache);
+    } else if needs_cuda {
         let release_line = crate::process::stdout(Command::new(&nvcc).arg("--version"))
             .ok()
             .map(|o| {
@@ -252,4 +254,118 @@ pub fn doctor(recipe: Option<(&Recipe, &Path)>, cache: &Path) -> Report {
         }
     }
     r
+}
+
+/// The version a pin asks for (`nvidia-cuda-nvcc==13.0.88` -> `13.0.88`).
+fn pinned<'a>(packages: &'a [String], name: &str) -> Option<&'a str> {
+    packages
+        .iter()
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix("=="))
+}
+
+/// A toolkit from wheels, checked as a system one is: the compiler's release against torch's
+/// CUDA, its companions at the compiler's release (a newer crt or nvvm beside it makes ptxas refuse
+/// the compiler's output: `Unsupported .version`), the lock, and, once the build cache holds it,
+/// `nvcc` itself and the architectures it knows.
+fn toolkit_checks(
+    r: &mut Report,
+    recipe: &Recipe,
+    t: &crate::recipe::ToolkitSection,
+    recipe_path: &Path,
+    cache: &Path,
+) {
+    let Some(nvcc) = pinned(&t.packages, "nvidia-cuda-nvcc") else {
+        r.fail(
+            "nvcc",
+            "[toolkit] has no nvidia-cuda-nvcc",
+            "pin nvidia-cuda-nvcc==<CUDA release>",
+        );
+        return;
+    };
+    if !recipe.torch.cuda.is_empty() && !nvcc.starts_with(&format!("{}.", recipe.torch.cuda)) {
+        r.fail(
+            "nvcc",
+            format!(
+                "nvidia-cuda-nvcc=={nvcc} beside torch's CUDA {}",
+                recipe.torch.cuda
+            ),
+            format!("pin the CUDA {} compiler", recipe.torch.cuda),
+        );
+    } else {
+        r.ok(
+            "nvcc",
+            format!("nvidia-cuda-nvcc=={nvcc} from PyPI (build cache only)"),
+        );
+    }
+    let mismatched: Vec<String> = ["nvidia-cuda-crt", "nvidia-nvvm"]
+        .iter()
+        .filter_map(|n| {
+            pinned(&t.packages, n)
+                .filter(|v| *v != nvcc)
+                .map(|v| format!("{n}=={v}"))
+        })
+        .collect();
+    let missing: Vec<&str> = [
+        "nvidia-cuda-crt",
+        "nvidia-nvvm",
+        "nvidia-cuda-cccl",
+        "nvidia-cuda-cuobjdump",
+    ]
+    .into_iter()
+    .filter(|n| pinned(&t.packages, n).is_none())
+    .collect();
+    if !mismatched.is_empty() {
+        r.fail(
+            "toolkit wheels",
+            format!("{} beside nvcc {nvcc}", mismatched.join(", ")),
+            format!("pin them at {nvcc}: ptxas refuses a newer crt's or nvvm's output (`Unsupported .version`)"),
+        );
+    } else if !missing.is_empty() {
+        r.fail(
+            "toolkit wheels",
+            format!("[toolkit] lacks {}", missing.join(", ")),
+            "add them (cuobjdump checks the kernels' architectures)",
+        );
+    } else {
+        r.ok(
+            "toolkit wheels",
+            format!("{} pinned at the compiler's release", t.packages.join(" ")),
+        );
+    }
+    let plan_lock = recipe_path.with_extension("toml.lock");
+    match crate::lock::Lock::load(&plan_lock) {
+        Ok(Some(l)) if !l.toolkit.is_empty() => {
+            r.ok("toolkit lock", format!("hashed in {}", plan_lock.display()))
+        }
+        _ => r.warn(
+            "toolkit lock",
+            format!("{} holds no [toolkit] pins", plan_lock.display()),
+            format!("comfy-build lock {}", recipe_path.display()),
+        ),
+    }
+    // Once a build installed it: the compiler itself.
+    let homes: Vec<PathBuf> = fs_err::read_dir(cache.join("toolkit"))
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.path().join("cuda-home")))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    for home in homes {
+        match crate::toolkit::nvcc_report(&home, &recipe.target.arch_list) {
+            Ok((release, missing)) if missing.is_empty() => {
+                r.ok("toolkit nvcc", format!("{release} ({})", home.display()))
+            }
+            Ok((release, missing)) => r.fail(
+                "toolkit nvcc",
+                format!("{release} does not know {}", missing.join(" ")),
+                "pin a newer nvidia-cuda-nvcc",
+            ),
+            Err(e) => r.fail(
+                "toolkit nvcc",
+                format!("{e:#}"),
+                "remove it from the build cache; the next build installs it again",
+            ),
+        }
+    }
 }

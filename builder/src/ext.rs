@@ -12,6 +12,7 @@ pub fn wheel(
     ext: &ExtensionSection,
     src: Option<&Path>,
     venv_python: &Path,
+    extra_env: &[(String, String)],
     digest: &str,
     cache: &Path,
     epoch: u64,
@@ -80,13 +81,31 @@ pub fn wheel(
         (None, None) => bail!("extension {} has no source", ext.name),
     }
     // Paths must not leak into objects: the same inputs give the same wheel contents, and the
-    // release's relocation lint finds no build path.
-    let map = format!("-g0 -ffile-prefix-map={}=/src", copy.display());
-    c.arg(&copy).env("CFLAGS", &map).env("CXXFLAGS", &map);
+    // release's relocation lint finds no build path. The source copy and everything else in the
+    // cache (torch's headers in the env or the toolkit: `__FILE__` in their asserts, debug
+    // directories) are mapped away, for the host compiler and, through nvcc, for CUDA sources
+    // too. The most specific map comes last (GCC takes the last that matches).
+    let maps = format!(
+        "-ffile-prefix-map={}=/build -ffile-prefix-map={}=/src",
+        cache.display(),
+        copy.display()
+    );
+    let cflags = format!("-g0 {maps}");
+    c.arg(&copy).env("CFLAGS", &cflags).env("CXXFLAGS", &cflags);
     c.env("SOURCE_DATE_EPOCH", epoch.to_string());
+    // The toolkit's CUDA_HOME and PATH first; the recipe's own settings after.
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
     for (k, v) in &ext.env {
         c.env(k, v);
     }
+    let nvcc_maps: Vec<String> = maps.split(' ').map(|m| format!("-Xcompiler {m}")).collect();
+    let nvcc_flags = match ext.env.get("NVCC_APPEND_FLAGS") {
+        Some(own) => format!("{own} {}", nvcc_maps.join(" ")),
+        None => nvcc_maps.join(" "),
+    };
+    c.env("NVCC_APPEND_FLAGS", nvcc_flags);
     process::run_logged(&mut c, &log)
         .with_context(|| format!("compiling extension {}", ext.name))?;
     let built = find_wheel(&tmp)?.with_context(|| {
@@ -132,6 +151,31 @@ pub fn install(wheel: &Path, venv_python: &Path, cache: &Path) -> Result<()> {
             ])
             .arg(venv_python)
             .arg(wheel),
+    )?;
+    Ok(())
+}
+
+/// Installs hashed, pinned requirements (`locked`, uv's `pip compile` output) into the stage's
+/// venv, copied (the `[toolkit]` wheels when the recipe wants them in the release).
+pub fn install_locked(locked: &str, venv_python: &Path, cache: &Path) -> Result<()> {
+    let tmp = tempfile::tempdir_in(cache)?;
+    let req = tmp.path().join("locked.txt");
+    fs_err::write(&req, locked)?;
+    process::run(
+        crate::uv::command(cache)
+            .args([
+                "pip",
+                "install",
+                "--quiet",
+                "--require-hashes",
+                "--no-deps",
+                "--link-mode",
+                "copy",
+                "--python",
+            ])
+            .arg(venv_python)
+            .arg("-r")
+            .arg(&req),
     )?;
     Ok(())
 }

@@ -18,6 +18,7 @@ mod reqs;
 mod smoke;
 mod snapshot;
 mod state;
+mod toolkit;
 mod uv;
 
 pub use commands::run;

@@ -19,6 +19,9 @@ pub struct Lock {
     pub requirements: String,
     /// Digest of what they were resolved from (requirement files, torch pins, platform).
     pub requirements_input_sha256: String,
+    /// The `[toolkit]` wheels, pinned with their hashes (build-only unless the recipe says).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub toolkit: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -130,6 +130,34 @@ impl Plan {
             );
         }
         check_arch_list(&r.target.arch_list)?;
+        if let Some(t) = &r.toolkit {
+            if !r.target.cuda_home.is_empty() {
+                bail!("target.cuda_home and [toolkit] both give a CUDA toolkit; keep one");
+            }
+            if t.packages.is_empty() || t.packages.iter().any(|p| !p.contains("==")) {
+                bail!(
+                    "toolkit.packages must be exact pins (`nvidia-cuda-nvcc==13.0.88`), got {:?}",
+                    t.packages
+                );
+            }
+            if !t
+                .packages
+                .iter()
+                .any(|p| p.starts_with("nvidia-cuda-nvcc=="))
+            {
+                bail!("toolkit.packages has no nvidia-cuda-nvcc: it is the compiler");
+            }
+            if let Some(e) = r
+                .extensions
+                .iter()
+                .find(|e| e.env.contains_key("CUDA_HOME"))
+            {
+                bail!(
+                    "extension {} sets CUDA_HOME, but [toolkit] makes it; drop it from its env",
+                    e.name
+                );
+            }
+        }
         if r.torch.pins.iter().any(|p| !p.contains("==")) {
             bail!(
                 "torch.pins must be exact (`name==version`), got {:?}",

@@ -14,6 +14,9 @@ pub struct Recipe {
     pub python: PythonSection,
     pub torch: TorchSection,
     pub target: TargetSection,
+    /// A CUDA toolkit from pinned PyPI wheels instead of `target.cuda_home`.
+    #[serde(default)]
+    pub toolkit: Option<ToolkitSection>,
     #[serde(default)]
     pub packages: PackagesSection,
     #[serde(default)]
@@ -98,6 +101,21 @@ pub struct TargetSection {
     /// TORCH_CUDA_ARCH_LIST spelling: `12.1`, `12.1a`, `12.1+PTX` (never `121` or `sm_121`).
     #[serde(default)]
     pub arch_list: String,
+}
+
+/// The CUDA compiler and its companions as pinned PyPI wheels (`nvidia-cuda-nvcc`, `-crt`,
+/// `nvidia-nvvm`, `nvidia-cuda-cccl`, `nvidia-cuda-cuobjdump`): installed into the build cache from
+/// the lock's hashes beside the env (whose `nvidia/cu13` torch's own dependencies fill with headers
+/// and libraries), which together make `CUDA_HOME` for the extensions.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolkitSection {
+    /// Exact pins (`name==version`); the compiler's companions at the compiler's release.
+    pub packages: Vec<String>,
+    /// Also install them into the release (the unit can then point `TRITON_PTXAS_PATH` at the
+    /// release's own ptxas); by default they are build-only.
+    #[serde(default)]
+    pub in_release: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -34,6 +34,20 @@ pub(super) fn env_digest(
     ])
 }
 
+/// The toolkit stage's digest: the env it extends and the locked toolkit wheels.
+pub(super) fn toolkit_digest(env_digest: &str, locked: &str) -> String {
+    digest(&["toolkit-v1", env_digest, locked])
+}
+
+/// What an extension is compiled against: the env, and the toolkit where the recipe has one
+/// (another compiler, another wheel).
+pub(super) fn ext_base(env_digest: &str, toolkit_digest: Option<&str>) -> String {
+    match toolkit_digest {
+        None => env_digest.to_owned(),
+        Some(t) => digest(&["env+toolkit", env_digest, t]),
+    }
+}
+
 pub(super) fn ext_digest(
     e: &crate::recipe::ExtensionSection,
     commit: &str,
@@ -41,7 +55,8 @@ pub(super) fn ext_digest(
 ) -> String {
     let envs: Vec<String> = e.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     digest(&[
-        "ext-v1",
+        // v2: build paths mapped away for nvcc too.
+        "ext-v2",
         &e.name,
         commit,
         e.pypi.as_deref().unwrap_or(""),

@@ -77,6 +77,37 @@ fn compile(plan: &Plan, input: &str, cache: &Path) -> Result<String> {
     Ok(fs_err::read_to_string(&out)?)
 }
 
+/// The toolkit wheels with their hashes: exactly the recipe's pins, no dependencies (the env
+/// holds the runtime libraries and headers torch needs).
+fn compile_toolkit(plan: &Plan, cache: &Path) -> Result<String> {
+    let Some(t) = &plan.recipe.toolkit else {
+        return Ok(String::new());
+    };
+    let r = &plan.recipe;
+    let tmp = tempfile::tempdir_in(cache)?;
+    let (inp, out) = (tmp.path().join("in.txt"), tmp.path().join("out.txt"));
+    fs_err::write(&inp, t.packages.join("\n") + "\n")?;
+    let mut c = crate::uv::command(cache);
+    c.args([
+        "pip",
+        "compile",
+        "--quiet",
+        "--no-deps",
+        "--generate-hashes",
+        "--no-header",
+        "--no-annotate",
+        "--python-version",
+    ])
+    .arg(&r.python.version)
+    .arg("--python-platform")
+    .arg(env::python_platform(&r.target.platform)?)
+    .arg("-o")
+    .arg(&out)
+    .arg(&inp);
+    process::run(&mut c).context("resolving the [toolkit] wheels")?;
+    Ok(fs_err::read_to_string(&out)?)
+}
+
 /// `comfy-build lock`: resolves every source to a commit and every package to a hashed pin. When the
 /// requirement inputs are those `previous` was resolved from, its pins are kept (no resolver run).
 pub fn lock(plan: &Plan, cache: &Path, previous: Option<&Lock>) -> Result<Lock> {
@@ -111,6 +142,16 @@ pub fn lock(plan: &Plan, cache: &Path, previous: Option<&Lock>) -> Result<Lock> 
             compile(plan, &input, cache)?
         }
     };
+    let toolkit = match (previous, &r.toolkit) {
+        (_, None) => String::new(),
+        (Some(p), Some(_)) if !p.toolkit.is_empty() && p.recipe_sha256 == plan.recipe_sha256 => {
+            p.toolkit.clone()
+        }
+        _ => {
+            step("resolve", "the [toolkit] wheels");
+            compile_toolkit(plan, cache)?
+        }
+    };
     let comfy = &trees[0];
     let source_date_epoch = git::commit_time(cache, &comfy.source.fetch_url, &comfy.commit)?;
     Ok(Lock {
@@ -128,5 +169,6 @@ pub fn lock(plan: &Plan, cache: &Path, previous: Option<&Lock>) -> Result<Lock> 
             .collect(),
         requirements,
         requirements_input_sha256: input_sha,
+        toolkit,
     })
 }

@@ -46,6 +46,7 @@ pub(super) fn manifest(
         ext: e,
         commit,
         wheel: w,
+        ..
     } in wheels
     {
         extensions.push(bundle::Extension {

@@ -14,14 +14,14 @@ mod sources;
 pub use dry_run::{dry_run, DryRun, PlannedSource, PlannedStage};
 pub use lock::lock;
 
-use digest::{digest, env_digest, ext_digest};
+use digest::{digest, env_digest, ext_base, ext_digest, toolkit_digest};
 use manifest::manifest;
 use sources::{checkout, fetch};
 
 use crate::env;
 use crate::lock::Lock;
 use crate::plan::{Checkout, Plan, Role};
-use crate::{ext, freeze, hostlibs, launch, process, smoke, state};
+use crate::{ext, freeze, hostlibs, launch, process, smoke, state, toolkit};
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -84,6 +84,9 @@ struct StageRecord {
     state: Vec<bundle::StatePath>,
     /// Shared libraries the stage's ELF files need from the host.
     host_libs: Vec<String>,
+    /// The extensions' compiled modules that imported from the frozen release.
+    #[serde(default)]
+    imports: Vec<String>,
 }
 
 /// Prints what the stage's checks found, from its record: a stage taken from the cache reports
@@ -95,6 +98,16 @@ fn report_stage_checks(plan: &Plan, record: &StageRecord, cached: bool) {
     } else {
         ""
     };
+    if !record.imports.is_empty() {
+        step(
+            "imports",
+            format!(
+                "{} compiled module(s) import from the frozen release: {}{when}",
+                record.imports.len(),
+                record.imports.join(", ")
+            ),
+        );
+    }
     if let Some(smoke) = &record.smoke {
         step(
             "nodes",
@@ -164,6 +177,24 @@ fn check_smoke(plan: &Plan, report: &smoke::SmokeReport, log: &Path) -> Result<(
             "the app removed {p} from the release during the smoke start; on the host the release is read-only"
         ));
     }
+    // `--use-sage-attention` makes ComfyUI import sageattention at start (no GPU needed) and say
+    // so; a release that asks for it must show it did.
+    if plan
+        .recipe
+        .launch
+        .args
+        .iter()
+        .any(|a| a == "--use-sage-attention")
+        && !fs_err::read_to_string(log)
+            .unwrap_or_default()
+            .contains("Using sage attention")
+    {
+        problems.push(
+            "the release starts with --use-sage-attention, but the smoke start did not log \
+             `Using sage attention`"
+                .to_owned(),
+        );
+    }
     if !problems.is_empty() {
         bail!(
             "the smoke start found {} problem(s) (log {}):\n  {}",
@@ -180,6 +211,8 @@ struct BuiltWheel {
     ext: crate::recipe::ExtensionSection,
     commit: String,
     wheel: PathBuf,
+    /// Its compiled modules, by import name (checked to import from the frozen release).
+    modules: Vec<String>,
 }
 
 /// What a build produced.
@@ -282,10 +315,57 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         drop(scratch);
     }
 
+    // A CUDA toolkit from wheels: the env with the compiler beside it, in the cache only.
+    let toolkit = match &r.toolkit {
+        None => None,
+        Some(_) => {
+            if lock.toolkit.is_empty() {
+                bail!(
+                    "{} has no [toolkit] pins; run `comfy-build lock {}`",
+                    lock_path.display(),
+                    plan.recipe_path.display()
+                );
+            }
+            let d = toolkit_digest(&env_d, &lock.toolkit);
+            let exists = cache.join("toolkit").join(&d).join("cuda-home").is_dir();
+            step(
+                "toolkit",
+                format!(
+                    "{} {}",
+                    &d[..12],
+                    if exists {
+                        "cached"
+                    } else {
+                        "installing the CUDA toolkit wheels beside the env"
+                    }
+                ),
+            );
+            let (tk, _) = toolkit::ensure(&env_dir, &lock.toolkit, &d, &cache)?;
+            let (release, missing) = toolkit::nvcc_report(&tk.cuda_home(), &r.target.arch_list)?;
+            if !missing.is_empty() {
+                bail!(
+                    "the toolkit's nvcc ({release}) does not know {}; pin a newer nvidia-cuda-nvcc",
+                    missing.join(", ")
+                );
+            }
+            step("toolkit", format!("nvcc: {release}"));
+            Some((tk, d))
+        }
+    };
+    let ext_base = ext_base(&env_d, toolkit.as_ref().map(|(_, d)| d.as_str()));
+    // What reads the kernels' architectures: the toolkit's cuobjdump, or the system toolkit's.
+    let cuobjdump = |e: &crate::recipe::ExtensionSection| -> Option<PathBuf> {
+        let home = match &toolkit {
+            Some((tk, _)) => tk.cuda_home(),
+            None if !r.target.cuda_home.is_empty() => PathBuf::from(&r.target.cuda_home),
+            None => PathBuf::from(e.env.get("CUDA_HOME")?),
+        };
+        Some(home.join("bin/cuobjdump")).filter(|p| p.exists())
+    };
     let mut wheels = Vec::new();
     for e in &r.extensions {
         let commit = lock.commit(Role::Extension, &e.name).unwrap_or("");
-        let d = ext_digest(e, commit, &env_d);
+        let d = ext_digest(e, commit, &ext_base);
         let src = trees
             .iter()
             .find(|t| t.source.role == Role::Extension && t.source.name == e.name)
@@ -306,25 +386,89 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 e,
                 src.as_deref(),
                 Path::new("/nonexistent"),
+                &[],
                 &d,
                 &cache,
                 lock.source_date_epoch,
             )
         } else {
-            ext::wheel(
+            let (python, extra) = match &toolkit {
+                Some((tk, _)) => {
+                    let home = tk.cuda_home();
+                    let path = format!(
+                        "{}:{}",
+                        home.join("bin").display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    );
+                    (
+                        tk.python(),
+                        vec![
+                            ("CUDA_HOME".to_owned(), home.display().to_string()),
+                            ("PATH".to_owned(), path),
+                        ],
+                    )
+                }
+                None => (env_dir.join("venv/bin/python"), Vec::new()),
+            };
+            let t = Instant::now();
+            let w = ext::wheel(
                 e,
                 src.as_deref(),
-                &env_dir.join("venv/bin/python"),
+                &python,
+                &extra,
                 &d,
                 &cache,
                 lock.source_date_epoch,
-            )
+            );
+            if w.is_ok() {
+                step(
+                    "extension",
+                    format!("{} compiled in {:.0}s", e.name, t.elapsed().as_secs_f64()),
+                );
+            }
+            w
         };
+        // The kernels must be built for the recipe's GPU: `cuobjdump --list-elf` names them.
+        let built = built.and_then(|wheel| {
+            let modules = if r.target.arch_list.is_empty() {
+                Vec::new()
+            } else {
+                let Some(dump) = cuobjdump(e) else {
+                    bail!(
+                        "no cuobjdump in the CUDA toolkit to check {}'s kernels are built for {}",
+                        e.name,
+                        r.target.arch_list
+                    );
+                };
+                let found = toolkit::wheel_sass(
+                    &wheel,
+                    &dump,
+                    &cache.join("tmp").join(format!("sass-{}", &d[..12])),
+                )?;
+                for (m, arches) in &found {
+                    step(
+                        "sass",
+                        format!(
+                            "{m}: {}",
+                            if arches.is_empty() {
+                                "no device code".to_owned()
+                            } else {
+                                arches.join(" ")
+                            }
+                        ),
+                    );
+                }
+                toolkit::check_sass(&e.name, &found, &r.target.arch_list)?;
+                toolkit::module_names(&found)
+            };
+            Ok((wheel, modules))
+        });
         match built {
-            Ok(wheel) => wheels.push(BuiltWheel {
+            Ok((wheel, modules)) => wheels.push(BuiltWheel {
                 ext: e.clone(),
                 commit: commit.to_owned(),
                 wheel,
+                modules,
             }),
             Err(err) if e.required => {
                 return Err(err.context(format!("required extension {} failed to build", e.name)))
@@ -345,16 +489,28 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 .into_owned()
         })
         .collect();
-    let stage_d = digest(&[
+    let workflows = serde_json::to_string(&plan.workflows)?;
+    let smoke_flag = opts.smoke.to_string();
+    let wheel_list = wheel_keys.join("\n");
+    let toolkit_part = r
+        .toolkit
+        .as_ref()
+        .map(|t| format!("toolkit in_release={} {}", t.in_release, lock.toolkit));
+    let mut parts: Vec<&str> = vec![
         "stage-v6",
         &env_d,
         &lock_sha,
         &plan.recipe_sha256,
-        &wheel_keys.join("\n"),
-        &opts.smoke.to_string(),
+        &wheel_list,
+        &smoke_flag,
         // The workflows are checked (and run) by the smoke start: another workflow, another check.
-        &serde_json::to_string(&plan.workflows)?,
-    ]);
+        &workflows,
+    ];
+    // The toolkit only where a recipe has one: other recipes keep their stages' digests.
+    if let Some(t) = &toolkit_part {
+        parts.push(t);
+    }
+    let stage_d = digest(&parts);
     let stage = cache.join("stage").join(&stage_d);
     let smoke_file = cache.join("stage").join(format!("{stage_d}.nodes.json"));
     let stage_cached = stage.exists();
@@ -380,6 +536,11 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         )?;
         for BuiltWheel { wheel: w, .. } in &wheels {
             ext::install(w, &tmp.join("venv/bin/python"), &cache)?;
+        }
+        if let (Some(t), Some(_)) = (&r.toolkit, &toolkit) {
+            if t.in_release {
+                ext::install_locked(&lock.toolkit, &tmp.join("venv/bin/python"), &cache)?;
+            }
         }
         process::run(
             Command::new("cp")
@@ -417,6 +578,25 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
             ],
             true,
         )?;
+        // Every compiled module of every extension imports from the frozen release with its own
+        // interpreter (no GPU needed to import), not only the packages' top modules.
+        let imports: Vec<String> = wheels.iter().flat_map(|w| w.modules.clone()).collect();
+        if !imports.is_empty() {
+            let home = tempfile::tempdir()?;
+            process::run(
+                Command::new(tmp.join("venv/bin/python"))
+                    .args([
+                        "-I",
+                        "-B",
+                        "-c",
+                        "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)",
+                    ])
+                    .args(&imports)
+                    .env("HOME", home.path())
+                    .env("CUDA_VISIBLE_DEVICES", ""),
+            )
+            .context("importing the extensions' compiled modules from the frozen release")?;
+        }
         let smoke = if opts.smoke {
             step(
                 "smoke",
@@ -461,6 +641,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 smoke,
                 state,
                 host_libs,
+                imports,
             })?,
         )?;
         fs_err::rename(&tmp, &stage)?;
