@@ -251,7 +251,7 @@ fn build_doctor_reports_missing_nvcc_and_a_bad_arch_spelling() {
 
 #[test]
 fn committed_locks_match_their_recipes() {
-    for name in ["demo.toml", "comfyui-cpu.toml"] {
+    for name in ["demo.toml", "comfyui-cpu.toml", "comfyui-cu130-sage.toml"] {
         let p = repo().join("recipes").join(name);
         let (r, bytes) = builder::recipe::Recipe::load(&p).unwrap();
         let plan = builder::plan::Plan::new(r, &p, &bytes).unwrap();
@@ -260,4 +260,40 @@ fn committed_locks_match_their_recipes() {
             .unwrap_or_else(|| panic!("{name} has no lock"));
         assert_eq!(lock.stale_reason(&plan), None, "{name}");
     }
+}
+
+/// A toolkit from wheels is checked like a system one: the compiler against torch's CUDA, its
+/// companions at the compiler's release (a newer crt beside nvcc 13.0 makes ptxas refuse its
+/// output), and the lock.
+#[test]
+fn build_doctor_checks_a_toolkit_from_wheels() {
+    let sage = fs_err::read_to_string(repo().join("recipes/comfyui-cu130-sage.toml")).unwrap();
+    let (_, v) = doctor(&sage);
+    assert_eq!(check(&v, "nvcc")["status"], "ok", "{v}");
+    assert_eq!(check(&v, "toolkit wheels")["status"], "ok", "{v}");
+    let newer_crt = sage.replace("nvidia-cuda-crt==13.0.88", "nvidia-cuda-crt==13.5.37");
+    let (code, v) = doctor(&newer_crt);
+    assert_eq!(code, 1);
+    let t = check(&v, "toolkit wheels");
+    assert_eq!(t["status"], "fail", "{t}");
+    assert!(
+        t["fix"].as_str().unwrap().contains("Unsupported .version"),
+        "{t}"
+    );
+    let other_cuda = sage.replace("nvidia-cuda-nvcc==13.0.88", "nvidia-cuda-nvcc==12.9.86");
+    let (_, v) = doctor(&other_cuda);
+    assert_eq!(check(&v, "nvcc")["status"], "fail", "{v}");
+    // Both toolkits at once is refused by name.
+    let both = sage.replace(
+        "arch_list = \"12.1\"",
+        "arch_list = \"12.1\"\ncuda_home = \"/usr/local/cuda-13.0\"",
+    );
+    let p = tempfile::tempdir().unwrap();
+    let f = p.path().join("r.toml");
+    fs_err::write(&f, both).unwrap();
+    let (r, bytes) = builder::recipe::Recipe::load(&f).unwrap();
+    let e = builder::plan::Plan::new(r, &f, &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("target.cuda_home and [toolkit]"), "{e}");
 }

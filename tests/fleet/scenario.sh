@@ -134,7 +134,7 @@ before3=$(on 3 comfyctl releases --json)
 if play bad.log site.yml -e "comfyui_bundle_url=$url/bad.bundle"; then fail "the bad rollout succeeded"; fi
 grep -q "spark1: comfyui-demo 0.1.1 was unhealthy" "$log" || fail "the play output lacks spark1's reason"
 grep -q "rolled back to ${id1:0:12}" "$log" || fail "the play output does not say spark1 rolled back"
-grep -q "No module named 'sageattention'" "$log" || fail "the play output lacks the unit's journal (the cause)"
+grep -q "libcuda.so.1" "$log" || fail "the play output lacks the unit's journal (the cause)"
 grep -Eo "spark1: comfyui-demo 0.1.1 was unhealthy[^;]*" "$log" | head -1 >&2
 [ "$(current 1)" = "$id1" ] || fail "spark1 is not back on release 1"
 [ "$(on 1 systemctl is-active comfyui)" = active ] || fail "spark1's service is not running release 1"

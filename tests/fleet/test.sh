@@ -2,8 +2,9 @@
 # The fleet test: three Sparks (real systemds with sshd, each in its own network namespace on a
 # private bridge, tests/fleet/world.sh) driven by ansible-playbook over ssh with ansible/site.yml and
 # ansible/rollback.yml, the bundles served by nginx. Builds the demo release, a second one that
-# changes one custom node, and a bad one (asks for sage attention, which it lacks: fine in the
-# builder's CPU smoke test, dead on a host). Needs root and scripts/install-deps.sh's tools.
+# changes one custom node, and a bad one (adds a node that imports in the builder's smoke start,
+# where every GPU is hidden, but opens the NVIDIA driver on a host, which has none). Needs root
+# and scripts/install-deps.sh's tools.
 # Usage: tests/fleet/test.sh   (scripts/test.sh runs it)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -46,19 +47,21 @@ s = re.sub(r'^version = ".*"$', f'version = "{version}"', s, count=1, flags=re.M
 s = re.sub(r'^sequence = \d+$', f"sequence = {seq}", s, count=1, flags=re.M)
 s = re.sub(r'(git = "[^"]*/node-hello"\nrev = )"main"', rf'\1"{rev}"', s)
 if extra:
-    s = s.replace('"--cpu"]', f'"--cpu", "{extra}"]')
+    # A custom node fixture to add.
+    s += f'\n[[custom_nodes]]\ngit = "{sys.argv[6]}/{extra}"\nrev = "main"\n'
+
 open(sys.argv[7], "w").write(s)
 PY
 }
 mkdir -p "$work/www"
 $B keygen --out "$work/release" >/dev/null
-build() { # NAME VERSION SEQUENCE NODE_REV EXTRA_LAUNCH_ARG
+build() { # NAME VERSION SEQUENCE NODE_REV EXTRA_NODE
   recipe "$@" "$fx" "$work/$1.toml"
   $B build "$work/$1.toml" --key "$work/release.key" --out "$work/out-$1" --cache "$work/cache" --json \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])' | xargs -I{} mv {} "$work/www/$1.bundle"
 }
 build r1 0.1.0 1 "$c1" ""
-build bad 0.1.1 2 "$c1" --use-sage-attention
+build bad 0.1.1 2 "$c1" node-needs-driver
 build r2 0.1.2 3 main ""
 ls -l "$work/www" >&2
 
