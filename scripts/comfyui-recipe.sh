@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Writes the recipe (and its lock) of release N of the real ComfyUI demo into DIR:
-#   1: recipes/comfyui-cpu.toml as committed (ComfyUI v0.3.64 and five custom nodes);
+#   1: recipes/comfyui-cpu.toml as committed (ComfyUI v0.3.64 and six custom nodes, one with a
+#      nested source and declared models);
 #   2: the same with ComfyUI-KJNodes moved to its next upstream commit (an update of one node).
 # Sources: the git bundles in ../shared/upstream (default), or with COMFY_SOURCES=github the
 # upstream repositories on GitHub at the same upstream commits (../shared/upstream/README.md maps
@@ -32,6 +33,10 @@ github = {
         "13a2a883727baaf4f284142cc37b73183bb0edce": "f2838ed5e59de4d73cde5c98354b87a8d3200190"}),
     "ComfyUI_essentials": ("https://github.com/cubiq/ComfyUI_essentials", {
         "cc11925f908c96c6abeee1cd60fad868c06bbe8d": "33ff89fd354d8ec3ab6affb605a79a931b445d99"}),
+    "ComfyUI-Impact-Pack": ("https://github.com/ltdrdata/ComfyUI-Impact-Pack", {
+        "ee633c6517962838ab29a5a0aa679440c5930af0": "727295b52e5f7b5429e81ca2179172865aa83b99"}),
+    "ComfyUI-Impact-Subpack": ("https://github.com/ltdrdata/ComfyUI-Impact-Subpack", {
+        "7ebcc51c0d420243ad72b7c02ba3b3e8b693d17a": "bd4dedc4ea514dda9cfa333a0f42e296e32b8c10"}),
 }
 if n == "2":
     text = text.replace("ba6533debb2b0eaf46c0e098605842a12d22ea78", "1ddf5d4e24fcfea30ec3316125661f13d9d584d1")
@@ -47,11 +52,12 @@ def source(m):
     return f'git = "{upstream}/{name}.git.bundle"\nrev = "{rev}" # upstream {revs[rev][:8]}'
 
 text, count = re.subn(r'git = "\.\./\.\./shared/upstream/([^"]+)\.git\.bundle"\nrev = "([0-9a-f]{40})"[^\n]*', source, text)
-assert count == 6, f"expected 6 sources in {src}, found {count}"
+assert count == 8, f"expected 8 sources in {src}, found {count}"
 if mode not in ("bundles", "github"):
     sys.exit(f"COMFY_SOURCES={mode}: use bundles or github")
-# Workflow files are named relative to the committed recipe.
+# Workflow files and model mirrors are named relative to the committed recipe.
 text = text.replace('file = "workflows/', f'file = "{os.path.dirname(src)}/workflows/')
+text = text.replace('mirror = "../', f'mirror = "{os.path.dirname(os.path.dirname(src))}/')
 for repo in extra:
     text += f'\n[[custom_nodes]]\ngit = "{repo}"\nrev = "main"\n'
 open(out, "w").write(text)

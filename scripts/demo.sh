@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on one machine, with the real ComfyUI v0.3.64 and five real custom nodes
-# (ComfyUI-Manager, KJNodes, rgthree, Custom-Scripts, essentials) on PyPI's torch 2.9.1 (`--cpu`):
+# (ComfyUI-Manager, KJNodes, rgthree, Custom-Scripts, essentials) and ComfyUI-Impact-Pack with its
+# pinned subpack on PyPI's torch 2.9.1 (`--cpu`):
 # build release 1 and a release 2 that moves KJNodes to its next upstream commit; then, on a real
 # systemd booted in a sandbox (this machine has no systemd as PID 1; the host is untouched), set
 # the host up, activate release 1 (the unit starts as the service user; every node's classes are
@@ -71,6 +72,12 @@ host /usr/sbin/nginx -c "$work/nginx.conf"
 
 say "comfyctl setup: config, group, service user, data directories, trusted key"
 host "$C" setup --target linux-x86_64-cpu --key "$work/release.pub"
+
+say "the model files release 1 declares (Impact-Subpack's detectors; stand-ins), fetched once"
+mkdir -p "$work/www/models"
+cp -r tests/fixtures/models/. "$work/www/models/"
+host sh -c 'printf "\n[models]\nbase_url = \"http://127.0.0.1:8080/models\"\n" >>/etc/comfyui/comfyctl.toml'
+host "$C" models "$b1" --fetch
 
 say "activate release 1: verify, unpack, switch, start comfyui.service, health check"
 host "$C" activate "$b1"

@@ -60,6 +60,9 @@ pub struct ActivateReport {
     /// The running app's jobs waited for before the unit stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain: Option<crate::drain::Drained>,
+    /// Declared model files this host lacks or holds with other content (a warning by policy).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_warnings: Vec<String>,
     /// Store objects found written since they were stored: moved to `store/.quarantine/`, their
     /// files written from this bundle instead.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -256,6 +259,23 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
             state.save(&host.layout.state())?;
             return Err(e.context(format!("{} {} did not become current", m.name, m.version)));
         }
+    }
+    // Its declared model files on this host's model store: a warning, or a refusal where the
+    // host's policy says `fail` (nothing changed; `comfyctl models --fetch` gets them).
+    let model_problems = crate::models::problems_of(host, m)?;
+    if !model_problems.is_empty() {
+        if host.cfg.health.missing_models == crate::config::MissingModels::Fail {
+            return refuse(format!(
+                "pre-flight: {} {} declares model files this host lacks: {}; run `comfyctl models {src} --fetch` first",
+                m.name,
+                m.version,
+                model_problems.join("; ")
+            ));
+        }
+        for p in &model_problems {
+            tracing::warn!("pre-flight: declared model file {p}");
+        }
+        report.model_warnings = model_problems;
     }
     let previous = host.current();
     // Everything the new release needs that can be made while the old one serves: a failure

@@ -90,6 +90,43 @@ impl Dir {
         Ok(d)
     }
 
+    /// Opens a directory named by root's own configuration (an NFS share the host config maps
+    /// `data/models` to) by its path; unlike [`Dir::open_root_owned`] it may belong to the group:
+    /// only what lies below it is then walked without links.
+    pub fn open_configured(path: &Path) -> Result<Dir> {
+        let fd = rfs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Dir {
+            fd,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Renames `from` to `to` in this directory unless `to` exists (`RENAME_NOREPLACE`): false
+    /// when it does, and nothing changed.
+    pub fn rename_no_replace(&self, from: &str, to: &str) -> Result<bool> {
+        check_name(from)?;
+        check_name(to)?;
+        match rfs::renameat_with(&self.fd, from, &self.fd, to, rfs::RenameFlags::NOREPLACE) {
+            Ok(()) => {
+                rfs::fsync(&self.fd).with_context(|| format!("syncing {}", self.path.display()))?;
+                Ok(true)
+            }
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "renaming {} to {}",
+                    self.child(from).display(),
+                    self.child(to).display()
+                )
+            }),
+        }
+    }
+
     /// The path this directory was reached by (for messages).
     pub fn path(&self) -> &Path {
         &self.path
@@ -186,7 +223,8 @@ impl Dir {
             // Between mkdirat and the open, whoever may write this directory could rename another
             // folder over the new one: only root's own, fresh, empty 0700 folder is handed over.
             let st = d.stat()?;
-            let fresh = st.st_mode & 0o7777 == 0o700
+            // (A setgid parent passes its bit on: only the permission bits are ours to check.)
+            let fresh = st.st_mode & 0o777 == 0o700
                 && st.st_nlink == 2
                 && (st.st_uid == 0 || !rustix::process::getuid().is_root());
             if !fresh {
@@ -222,7 +260,8 @@ impl Dir {
         }
     }
 
-    fn try_clone(&self) -> Result<Dir> {
+    /// Another descriptor of this directory.
+    pub fn try_clone(&self) -> Result<Dir> {
         Ok(Dir {
             fd: self.fd.try_clone()?,
             path: self.path.clone(),

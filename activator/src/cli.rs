@@ -50,8 +50,21 @@ pub enum Command {
     Service(ServiceCommand),
     /// Remove the unit, every release, the store, the state and the group; keep all data (playbook 99).
     Nuke(NukeArgs),
+    /// The model files a release declares (default: current; or an id, a bundle, a URL) on this
+    /// host's model store; `--fetch` downloads the missing ones. Exit 1 while any is missing.
+    Models(ModelsArgs),
     /// Check this host: driver and GPU, the unit, the port, the current release, data links, keys, disk.
     Doctor,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// An installed release id (or prefix), a .bundle file or an http(s) URL; default: current.
+    pub source: Option<String>,
+    /// Download the missing ones (resumable; each checked by size and sha256 before it is put in
+    /// place; a file of the same name is never replaced).
+    #[arg(long)]
+    pub fetch: bool,
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,18 @@ pub struct HostConfig {
     pub health: HealthConfig,
     #[serde(default)]
     pub access: AccessConfig,
+    #[serde(default)]
+    pub models: ModelsConfig,
+}
+
+/// Where `comfyctl models --fetch` gets the model files a release declares.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// A mirror to fetch from instead of each file's own URL: `<base_url>/<path>` (a fleet's
+    /// file server; the releases' URLs otherwise).
+    #[serde(default)]
+    pub base_url: String,
 }
 
 /// The systemd unit (the seed's `service_*` variables).

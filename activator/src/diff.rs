@@ -24,9 +24,9 @@ impl Drop for Scratch {
 }
 
 /// A release to compare or plan, opened the way activation opens it.
-struct Opened {
-    id: String,
-    manifest: Manifest,
+pub(crate) struct Opened {
+    pub(crate) id: String,
+    pub(crate) manifest: Manifest,
     bundle: Option<bundle::Bundle>,
     /// For a URL: the bytes the activation would download to this host.
     download: Option<u64>,
@@ -35,7 +35,7 @@ struct Opened {
 
 /// An installed id (or unique prefix), a bundle file or a URL; bundles must carry a trusted
 /// signature, as for an activation.
-fn open(host: &Host, src: &str, store: &Store) -> Result<Opened> {
+pub(crate) fn open(host: &Host, src: &str, store: &Store) -> Result<Opened> {
     if source::is_url(src) {
         let t = host.trusted_keys()?;
         fs_err::create_dir_all(host.layout.downloads())?;

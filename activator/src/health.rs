@@ -241,6 +241,34 @@ fn listeners(port: u16) -> Vec<u32> {
     out
 }
 
+/// Adds the release's declared model files that this host lacks (or holds with other content) to
+/// a healthy result: reported, and unhealthy when the host's policy says `fail`.
+pub fn with_declared_models(host: &crate::host::Host, m: &Manifest, h: &mut Health) {
+    if !h.healthy || m.models.is_empty() {
+        return;
+    }
+    let problems = match crate::models::problems_of(host, m) {
+        Ok(p) => p,
+        Err(e) => vec![format!("cannot check the declared model files: {e:#}")],
+    };
+    if problems.is_empty() {
+        return;
+    }
+    h.missing_models
+        .extend(problems.iter().map(|p| format!("declared {p}")));
+    if host.cfg.health.missing_models == crate::config::MissingModels::Fail {
+        h.healthy = false;
+        h.reason = Some(format!(
+            "declared model files missing or different: {}; run `comfyctl models --fetch`",
+            problems.join("; ")
+        ));
+    } else {
+        for p in &problems {
+            tracing::warn!("declared model file {p}");
+        }
+    }
+}
+
 /// One clause per custom node that lost classes, naming the node first (the operator looks for
 /// the node, not for one of its 194 classes): `custom node X: 3 of 12 classes missing (A, B, C)`.
 fn missing_by_node(
@@ -337,7 +365,7 @@ pub fn check_current(
     let port = port.unwrap_or(host.cfg.service.port);
     let cfg = &host.cfg.health;
     let device = device.or((!cfg.device_type.is_empty()).then_some(cfg.device_type.as_str()));
-    let health = check(
+    let mut health = check(
         port,
         &m,
         device,
@@ -346,6 +374,7 @@ pub fn check_current(
         crate::accounts::service(host).ok().map(|o| o.uid),
         &|| None,
     )?;
+    with_declared_models(host, &m, &mut health);
     Ok(HealthReport {
         health,
         release: format!("{} {}", m.name, m.version),

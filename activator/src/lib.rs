@@ -20,6 +20,7 @@ mod hostlibs;
 mod inventory;
 mod lifecycle;
 mod lock;
+mod models;
 mod preflight;
 mod print;
 mod release;

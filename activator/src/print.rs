@@ -79,6 +79,14 @@ impl Human for ActivateReport {
                 r.quarantined_objects.len()
             );
         }
+        if !r.model_warnings.is_empty() {
+            line!(
+                s,
+                "warning: {} declared model file(s) missing or different: {}; `comfyctl models --fetch` gets them",
+                r.model_warnings.len(),
+                t(&r.model_warnings.join("; "))
+            );
+        }
         if let Some(d) = &r.drain {
             drain_line(&mut s, d);
         }
@@ -181,6 +189,41 @@ impl Human for Plan {
 impl Human for ReleaseDiff {
     fn human(&self) -> String {
         self.render()
+    }
+}
+
+impl Human for crate::models::ModelsReport {
+    fn human(&self) -> String {
+        let mut s = String::new();
+        for m in &self.models {
+            line!(
+                s,
+                "{:<9} models/{} ({} bytes){}",
+                m.state,
+                t(&m.path),
+                m.size,
+                m.detail
+                    .as_deref()
+                    .map_or(String::new(), |d| format!(": {}", t(d)))
+            );
+        }
+        let p = self.problems();
+        line!(
+            s,
+            "{} ({}): {} model file(s) declared, {}",
+            t(&self.release),
+            short(&self.id),
+            self.models.len(),
+            if p.is_empty() {
+                "all present".to_owned()
+            } else {
+                format!(
+                    "{} missing or different (`comfyctl models --fetch`)",
+                    p.len()
+                )
+            }
+        );
+        s
     }
 }
 

@@ -92,6 +92,11 @@ pub fn run(cli: Cli) -> Result<u8> {
             )?;
         }
         Command::Doctor => return Ok(crate::doctor::doctor(&host).print(json)),
+        Command::Models(a) => {
+            let r = crate::models::models(&host, a.source.as_deref(), a.fetch)?;
+            emit(json, &r)?;
+            return Ok(if r.problems().is_empty() { 0 } else { 1 });
+        }
         Command::Gc => {
             let _lock = host.lock()?;
             let mut state = activate::load_state(&host)?;

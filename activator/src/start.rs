@@ -95,7 +95,7 @@ fn try_bring_up(host: &Host, p: &Prepared) -> Result<Health> {
             )
         })
     };
-    health::check(
+    let mut h = health::check(
         host.cfg.service.port,
         &p.m,
         device,
@@ -103,7 +103,9 @@ fn try_bring_up(host: &Host, p: &Prepared) -> Result<Health> {
         host.cfg.health.missing_models == crate::config::MissingModels::Fail,
         Some(crate::accounts::service(host)?.uid),
         &gone,
-    )
+    )?;
+    health::with_declared_models(host, &p.m, &mut h);
+    Ok(h)
 }
 
 /// How a switch under the service ended.

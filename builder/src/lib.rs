@@ -9,6 +9,7 @@ mod ext;
 mod freeze;
 mod git;
 mod hostlibs;
+mod install;
 mod launch;
 pub mod lock;
 pub mod plan;

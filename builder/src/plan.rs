@@ -13,6 +13,8 @@ pub enum Role {
     Comfyui,
     Node,
     Extension,
+    /// A git source inside a custom node's folder (`custom_nodes.nested`).
+    Nested,
 }
 
 /// One git source of the build.
@@ -31,6 +33,12 @@ pub struct Source {
     /// without `/object_info` describing them (recipe `broken_classes`).
     pub state: Vec<String>,
     pub broken_classes: Vec<String>,
+    /// Nested sources: the node's directory name and the path inside it (the source's `name` is
+    /// `<node>/<path>`).
+    pub nested_in: Option<(String, String)>,
+    /// Run its `install.py` at build time, and whether with network.
+    pub install_script: crate::recipe::InstallScript,
+    pub install_network: bool,
 }
 
 /// A source checked out at its locked commit: what a build assembles the release from.
@@ -178,6 +186,9 @@ impl Plan {
             disabled: false,
             state: Vec::new(),
             broken_classes: Vec::new(),
+            nested_in: None,
+            install_script: Default::default(),
+            install_network: false,
         }];
         let mut names = std::collections::HashSet::new();
         for n in &r.custom_nodes {
@@ -197,14 +208,44 @@ impl Plan {
             }
             sources.push(Source {
                 role: Role::Node,
-                name,
+                name: name.clone(),
                 url: n.git.clone(),
                 fetch_url: resolve_url(&dir, &n.git),
                 rev: n.rev.clone(),
                 disabled: n.disabled,
                 state: n.state.clone(),
                 broken_classes: n.broken_classes.clone(),
+                nested_in: None,
+                install_script: n.install_script,
+                install_network: n.install_network,
             });
+            let mut inner = std::collections::HashSet::new();
+            for x in &n.nested {
+                let p = x.path.trim_end_matches('/');
+                if p.is_empty()
+                    || p.starts_with('/')
+                    || p.split('/')
+                        .any(|c| c.is_empty() || c == "." || c == ".." || c == ".git")
+                {
+                    bail!("custom node {name}: nested path {:?} must be a plain relative path inside the node", x.path);
+                }
+                if !inner.insert(p.to_owned()) {
+                    bail!("custom node {name}: two nested sources at {p}");
+                }
+                sources.push(Source {
+                    role: Role::Nested,
+                    name: format!("{name}/{p}"),
+                    url: x.git.clone(),
+                    fetch_url: resolve_url(&dir, &x.git),
+                    rev: x.rev.clone(),
+                    disabled: n.disabled,
+                    state: Vec::new(),
+                    broken_classes: Vec::new(),
+                    nested_in: Some((name.clone(), p.to_owned())),
+                    install_script: x.install_script,
+                    install_network: x.install_network,
+                });
+            }
         }
         for e in &r.extensions {
             check_name("extension name", &e.name)?;
@@ -218,12 +259,36 @@ impl Plan {
                     disabled: false,
                     state: Vec::new(),
                     broken_classes: Vec::new(),
+                    nested_in: None,
+                    install_script: Default::default(),
+                    install_network: false,
                 }),
                 (None, None, Some(p)) if p.contains("==") => {}
                 _ => bail!(
                     "extension {}: give either `git` and `rev`, or `pypi = \"name==version\"`",
                     e.name
                 ),
+            }
+        }
+        let mut model_paths = std::collections::HashSet::new();
+        for m in &r.models {
+            bundle::paths::check_path(&m.path)
+                .map_err(|e| anyhow::anyhow!("model {:?}: {e}", m.path))?;
+            if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("model {}: sha256 must be 64 hex digits", m.path);
+            }
+            if m.url.is_empty() && m.mirror.is_empty() {
+                bail!(
+                    "model {}: give `url` (https) or `mirror` (a local copy) to fetch it from",
+                    m.path
+                );
+            }
+            if !m.url.is_empty() && !m.url.starts_with("https://") && !m.url.starts_with("http://")
+            {
+                bail!("model {}: url must be https", m.path);
+            }
+            if !model_paths.insert(m.path.clone()) {
+                bail!("model {} is declared twice", m.path);
             }
         }
         for k in r.launch.env.keys() {

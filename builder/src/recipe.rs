@@ -30,6 +30,51 @@ pub struct Recipe {
     /// The operator's workflows, checked against the built app (and on the host).
     #[serde(default)]
     pub workflows: Vec<WorkflowSection>,
+    /// Model files nodes or their install scripts need: on the host's model store, not in the
+    /// bundle.
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Below the models tree (`ultralytics/bbox/face_yolov8m.pt`).
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Where to fetch it (https): recorded in the manifest for hosts.
+    #[serde(default)]
+    pub url: String,
+    /// A local copy the build takes instead of fetching (relative to the recipe).
+    #[serde(default)]
+    pub mirror: String,
+}
+
+/// What the build does with a custom node's `install.py`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallScript {
+    /// Not run (the build says so, and what the script would do is the recipe's to pin).
+    #[default]
+    Skip,
+    /// Run at build time, in the stage, without network unless `install_network`.
+    Run,
+}
+
+/// A pinned git source placed inside a custom node's folder (what its install script would
+/// clone, unpinned, from the network).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NestedSection {
+    /// Inside the node's folder, e.g. `impact_subpack`.
+    pub path: String,
+    pub git: String,
+    pub rev: String,
+    #[serde(default)]
+    pub install_script: InstallScript,
+    #[serde(default)]
+    pub install_network: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -169,6 +214,15 @@ pub struct NodeSection {
     /// build (by name).
     #[serde(default)]
     pub broken_classes: Vec<String>,
+    /// Run the node's `install.py` at build time, or not (the default).
+    #[serde(default)]
+    pub install_script: InstallScript,
+    /// Let that script reach the network (default: none).
+    #[serde(default)]
+    pub install_network: bool,
+    /// Pinned git sources inside the node's folder.
+    #[serde(default)]
+    pub nested: Vec<NestedSection>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -64,15 +64,15 @@ fn log_tail(log: &Path) -> String {
 
 /// One entry of a tree snapshot.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dir: bool,
+pub(crate) struct Stamp {
+    pub(crate) dir: bool,
     size: u64,
     mtime: (i64, i64),
     ino: u64,
 }
 
 /// Every path below `root` (not following links), with what identifies its content.
-fn snapshot(root: &Path) -> Result<HashMap<String, Stamp>> {
+pub(crate) fn snapshot(root: &Path) -> Result<HashMap<String, Stamp>> {
     let mut out = HashMap::new();
     let mut stack = vec![root.to_owned()];
     while let Some(d) = stack.pop() {
@@ -114,7 +114,7 @@ fn is_bytecode(rel: &str) -> bool {
 }
 
 /// Paths created or changed between two snapshots, folded to the shallowest, and paths removed.
-fn written(
+pub(crate) fn written(
     before: &HashMap<String, Stamp>,
     after: &HashMap<String, Stamp>,
 ) -> (Vec<(String, bool)>, Vec<String>) {

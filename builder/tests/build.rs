@@ -625,3 +625,109 @@ fn committed_recipes_build_from_their_committed_locks() {
         .unwrap();
     assert!(plan.status.success(), "{}", stderr(&plan));
 }
+
+/// A node's install.py and a nested source, as real nodes need them: the script is named and
+/// left alone by default; when the recipe runs it, it runs without network, what it writes in
+/// its node ships, and a model it writes must be declared, a package it installs is refused by
+/// name, a write outside its node fails; the nested source lands inside its node.
+#[test]
+fn install_scripts_run_confined_and_nested_sources_are_placed() {
+    let d = Demo::new();
+    let with_script = |name: &str, script: &str| {
+        d.variant("node-hello", name, "install.py", script)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let ext = d
+        .fixtures
+        .join("ext-fastmath")
+        .to_string_lossy()
+        .into_owned();
+    let node = |repo: &str, extra: &str| {
+        format!(
+            "\n[[custom_nodes]]\ngit = \"{repo}\"\nrev = \"main\"\nname = \"scripted\"\n{extra}"
+        )
+    };
+    // What it writes: a file in its node (shipped), and whether it reached the network.
+    let good = with_script(
+        "scripted-good",
+        "import os, socket\n\
+         try:\n    socket.create_connection(('1.1.1.1', 80), timeout=3); net = 'online'\n\
+         except OSError:\n    net = 'offline'\n\
+         open('generated.txt', 'w').write(net + ' ' + os.environ['COMFYUI_PATH'].rsplit('/', 1)[-1])\n\
+         assert os.path.exists(os.path.join(os.environ['COMFYUI_MODEL_PATH'], 'detectors/face.pt'))\n",
+    );
+    let face = repo().join("tests/fixtures/models/ultralytics/bbox/face_yolov8m.pt");
+    let model = format!(
+        "\n[[models]]\npath = \"detectors/face.pt\"\nsha256 = \"5fe3065c215319492ac3852d3411287bf566b6acce0550a101a888041450ccbe\"\nsize = 109\nmirror = \"{}\"\n",
+        face.display()
+    );
+    // The default: named, not run.
+    let recipe = d.recipe("skip", |t| format!("{t}{}", node(&good, "")));
+    let out = d.build(&recipe, "skip", "cache", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("scripted: install.py not run (install_script = \"skip\")"),
+        "{}",
+        stderr(&out)
+    );
+    // Run, with a nested source and the model it looks for.
+    let recipe = d.recipe("run", |t| {
+        format!(
+            "{t}{}{model}",
+            node(
+                &good,
+                &format!("install_script = \"run\"\n\n[[custom_nodes.nested]]\npath = \"vendored/fastmath\"\ngit = \"{ext}\"\nrev = \"main\"\n")
+            )
+        )
+    });
+    let out = d.build(&recipe, "run", "cache", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("scripted: install.py ran (no network); in the release: custom_nodes/scripted/generated.txt"),
+        "{}",
+        stderr(&out)
+    );
+    let x = d.tmp.path().join("x-run");
+    untar(&PathBuf::from(id_path(&out)), &x);
+    assert_eq!(
+        fs_err::read_to_string(x.join("ComfyUI/custom_nodes/scripted/generated.txt")).unwrap(),
+        "offline ComfyUI"
+    );
+    assert!(x
+        .join("ComfyUI/custom_nodes/scripted/vendored/fastmath/setup.py")
+        .exists());
+    assert!(
+        !x.join("ComfyUI/models/detectors/face.pt").exists(),
+        "a model shipped in the bundle"
+    );
+    // What it must not do.
+    for (name, script, want) in [
+        (
+            "scripted-model",
+            "import os\nos.makedirs(os.environ['COMFYUI_MODEL_PATH'] + '/sams', exist_ok=True)\nopen(os.environ['COMFYUI_MODEL_PATH'] + '/sams/sam.pth', 'w').write('x')\n",
+            "wrote model files the recipe does not declare: sams/sam.pth",
+        ),
+        (
+            "scripted-pkg",
+            "import os, sysconfig\nos.makedirs(os.path.join(sysconfig.get_paths()['purelib'], 'evil-1.0.dist-info'))\n",
+            "installed or changed packages in the locked env (evil-1.0)",
+        ),
+        (
+            "scripted-outside",
+            "import os\nopen(os.path.join(os.environ['COMFYUI_PATH'], 'main.py'), 'a').write('# hi')\n",
+            "changed the app outside its own folder (main.py)",
+        ),
+    ] {
+        let repo = with_script(name, script);
+        let recipe = d.recipe(name, |t| format!("{t}{}{model}", node(&repo, "install_script = \"run\"\n")));
+        let out = d.build(&recipe, name, "cache", &[]);
+        assert!(!out.status.success(), "{name} built");
+        assert!(stderr(&out).contains(want), "{name}: {}", stderr(&out));
+    }
+}
+
+fn id_path(out: &std::process::Output) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["path"].as_str().unwrap().to_owned()
+}

@@ -23,8 +23,8 @@ pub use extract::{
 };
 pub use manifest::{
     bundle_id, has_manager, model_paths_yaml, rfc3339, Check, Entry, Extension, GitSource, Kind,
-    Launch, Limits, Manifest, Provenance, StatePath, Workflow, FORMAT_VERSION, LAUNCH_ENTRY,
-    MANAGER_CONFIG, MANAGER_CONFIG_PATH, MAX_ENTRIES, MAX_MANIFEST_BYTES, STATE_DIR,
+    Launch, Limits, Manifest, ModelFile, Provenance, StatePath, Workflow, FORMAT_VERSION,
+    LAUNCH_ENTRY, MANAGER_CONFIG, MANAGER_CONFIG_PATH, MAX_ENTRIES, MAX_MANIFEST_BYTES, STATE_DIR,
 };
 pub use reader::{Bundle, MAX_FRAME_RAW};
 pub use stream::{NullSink, Sink};

@@ -72,6 +72,10 @@ pub struct Manifest {
     /// under its data directory, so the release itself stays read-only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub state: Vec<StatePath>,
+    /// Model files the release's nodes (or their install scripts) need, which live on the
+    /// host's model store, not in the bundle: checked (and fetched) by the host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelFile>,
     pub files: Vec<Entry>,
 }
 
@@ -103,6 +107,8 @@ struct Head {
     workflows: Vec<Workflow>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     state: Vec<StatePath>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    models: Vec<ModelFile>,
 }
 
 impl Manifest {
@@ -124,6 +130,7 @@ impl Manifest {
             host_libs: self.host_libs.clone(),
             workflows: self.workflows.clone(),
             state: self.state.clone(),
+            models: self.models.clone(),
         }
     }
 
@@ -145,6 +152,7 @@ impl Manifest {
             host_libs: h.host_libs,
             workflows: h.workflows,
             state: h.state,
+            models: h.models,
             files,
         }
     }
@@ -153,6 +161,20 @@ impl Manifest {
 /// The directory at the release root that the host turns into a link to its node state
 /// (`data/node-state`); no bundle may ship an entry there.
 pub const STATE_DIR: &str = "node-state";
+
+/// A model file the release needs on the host's model store (`models/<path>`), by content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// Below the models tree, e.g. `ultralytics/bbox/face_yolov8m.pt`.
+    pub path: String,
+    /// Lowercase hex SHA-256 of the file.
+    pub sha256: String,
+    pub size: u64,
+    /// Where a host fetches it (https), when it has no copy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+}
 
 /// One workflow of the operator's, carried by the release.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -672,6 +694,27 @@ impl Manifest {
                 .checked_add(e.size())
                 .ok_or_else(|| Error::LimitExceeded("total size overflows".into()))?;
         }
+        for m in &self.models {
+            check_path(&m.path)?;
+            if m.sha256.len() != 64
+                || !m
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                return Err(Error::BadManifest(format!(
+                    "model {:?}: sha256 must be 64 lowercase hex digits",
+                    m.path
+                )));
+            }
+            if !(m.url.is_empty() || m.url.starts_with("https://") || m.url.starts_with("http://"))
+            {
+                return Err(Error::BadManifest(format!(
+                    "model {:?}: url must be http(s)",
+                    m.path
+                )));
+            }
+        }
         for st in &self.state {
             check_path(&st.target)?;
             let owner = st.target.split('/').next().unwrap_or_default();
@@ -828,6 +871,7 @@ mod tests {
             host_libs: Vec::new(),
             workflows: Vec::new(),
             state: Vec::new(),
+            models: Vec::new(),
             files: vec![
                 Entry {
                     path: "a".into(),

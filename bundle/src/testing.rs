@@ -27,6 +27,7 @@ pub fn template() -> Manifest {
         host_libs: Vec::new(),
         workflows: Vec::new(),
         state: Vec::new(),
+        models: Vec::new(),
         files: Vec::new(),
     }
 }

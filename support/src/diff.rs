@@ -80,6 +80,11 @@ pub struct ReleaseDiff {
     pub launch_env: Vec<EnvChange>,
     pub host_libs_added: Vec<String>,
     pub host_libs_removed: Vec<String>,
+    /// Model files the release needs on the host's model store (`path sha256-prefix`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models_added: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models_removed: Vec<String>,
     pub files: Files,
     /// For a URL: the bytes a delta fetch would download to this host (set by the caller).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -284,6 +289,12 @@ pub fn diff(old_id: &str, old: &Manifest, new_id: &str, new: &Manifest) -> Relea
         }
     }
     let (host_libs_added, host_libs_removed) = set_diff(&old.host_libs, &new.host_libs);
+    let model =
+        |m: &bundle::ModelFile| format!("{} {}", m.path, &m.sha256[..m.sha256.len().min(12)]);
+    let (models_added, models_removed) = set_diff(
+        &old.models.iter().map(model).collect::<Vec<_>>(),
+        &new.models.iter().map(model).collect::<Vec<_>>(),
+    );
     ReleaseDiff {
         old: side(old_id, old),
         new: side(new_id, new),
@@ -305,6 +316,8 @@ pub fn diff(old_id: &str, old: &Manifest, new_id: &str, new: &Manifest) -> Relea
         launch_env,
         host_libs_added,
         host_libs_removed,
+        models_added,
+        models_removed,
         files: files(old, new),
         download_bytes: None,
     }
@@ -459,6 +472,14 @@ impl ReleaseDiff {
                 "host libraries: + {} - {}",
                 self.host_libs_added.join(" "),
                 self.host_libs_removed.join(" ")
+            );
+        }
+        if !self.models_added.is_empty() || !self.models_removed.is_empty() {
+            let _ = writeln!(
+                s,
+                "model files: + {} - {}",
+                t(&self.models_added.join(", ")),
+                t(&self.models_removed.join(", "))
             );
         }
         let f = &self.files;

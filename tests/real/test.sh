@@ -53,8 +53,13 @@ m = json.load(open(sys.argv[1]))
 n = {k: len(v) for k, v in m["expected_nodes"].items()}
 print("classes per node:", n)
 # ComfyUI-Manager registers no class; the others were all seen in /object_info at build.
-for node, least in [("ComfyUI-KJNodes", 150), ("ComfyUI_essentials", 50), ("rgthree-comfy", 10), ("ComfyUI-Custom-Scripts", 5)]:
+for node, least in [("ComfyUI-KJNodes", 150), ("ComfyUI_essentials", 50), ("rgthree-comfy", 10), ("ComfyUI-Custom-Scripts", 5), ("ComfyUI-Impact-Pack", 150)]:
     assert n.get(node, 0) >= least, f"{node}: {n.get(node)} classes recorded, expected at least {least}"
+# Impact-Pack imports the pinned subpack's nodes from impact_subpack/ (before: IMPORT FAILED).
+assert "UltralyticsDetectorProvider" in m["expected_nodes"]["ComfyUI-Impact-Pack"], "the subpack's classes are missing"
+names = [g["name"] for g in m["provenance"]["custom_nodes"]]
+assert "ComfyUI-Impact-Pack/impact_subpack" in names, names
+assert sorted(x["path"] for x in m["models"]) == ["ultralytics/bbox/face_yolov8m.pt", "ultralytics/bbox/hand_yolov8s.pt", "ultralytics/segm/person_yolov8m-seg.pt"], m["models"]
 state = {s["path"]: s for s in m["state"]}
 print("node state:", sorted(state))
 cs = state.get("ComfyUI/custom_nodes/ComfyUI-Custom-Scripts/pysssss.json")
@@ -111,6 +116,18 @@ host() { nsenter -t "$pid" -a "$@"; }
 host mkdir -p /opt/comfyui
 host mount --bind "$work/opt" /opt/comfyui
 host "$C" setup --target linux-x86_64-cpu --key "$work/release.pub"
+
+say "the model files release 1 declares (Impact-Subpack's detectors), fetched from a local server"
+# Stand-ins with the real names (no Hugging Face here), served over HTTP inside the sandbox.
+mkdir -p "$work/models-www/models"
+cp -r tests/fixtures/models/. "$work/models-www/models/"
+host sh -c "cd $work/models-www && python3 -m http.server 8090 --bind 127.0.0.1 >/dev/null 2>&1 &"
+host sh -c 'printf "\n[models]\nbase_url = \"http://127.0.0.1:8090/models\"\n" >>/etc/comfyui/comfyctl.toml'
+host "$C" models "$b1" && fail "comfyctl models says the missing models are there"
+for _ in $(seq 1 50); do host curl -sf -o /dev/null http://127.0.0.1:8090/models/ultralytics/bbox/face_yolov8m.pt && break; sleep 0.1; done
+host "$C" models "$b1" --fetch || fail "the declared models were not fetched"
+[ "$(host stat -c '%U %G %a' /opt/comfyui/data/models/ultralytics/bbox/face_yolov8m.pt)" = "root comfyui-users 644" ] \
+  || fail "a fetched model's owner and mode"
 
 say "activate release 1 (the unit runs as the default service user)"
 host "$C" activate "$b1" --json >"$work/a1.json" || { host journalctl -u comfyui --no-pager | tail -40; fail "release 1 did not activate"; }

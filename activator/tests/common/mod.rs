@@ -49,6 +49,8 @@ pub struct Tree {
     pub device_type: &'static str,
     /// The manifest's `host_libs`.
     pub host_libs: Vec<&'static str>,
+    /// Model files the release declares.
+    pub models: Vec<bundle::ModelFile>,
 }
 
 impl Tree {
@@ -82,6 +84,7 @@ impl Tree {
             expected_nodes: vec![("node_a", vec!["NodeA"])],
             device_type: "cpu",
             host_libs: Vec::new(),
+            models: Vec::new(),
         }
     }
 }
@@ -180,6 +183,7 @@ impl TestHost {
             .collect();
         m.launch.device_type = tree.device_type.into();
         m.host_libs = tree.host_libs.iter().map(|l| (*l).to_owned()).collect();
+        m.models = tree.models.clone();
         let out = self.tmp.path().join(format!("{name}.bundle"));
         let opts = bundle::PackOptions {
             frame_size: 64 << 10,

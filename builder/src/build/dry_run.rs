@@ -239,6 +239,45 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
         });
     }
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let mut install = Vec::new();
+    for src in plan.sources.iter().filter(|x| x.role == Role::Nested) {
+        if let Some((node, path)) = &src.nested_in {
+            install.push(format!(
+                "place {} @ {} in custom_nodes/{node}/{path}",
+                src.url, src.rev
+            ));
+        }
+    }
+    for m in &r.models {
+        install.push(format!(
+            "model models/{} ({} bytes, sha256 {}) from {}: checked, not in the bundle",
+            m.path,
+            m.size,
+            &m.sha256[..m.sha256.len().min(12)],
+            if m.mirror.is_empty() {
+                &m.url
+            } else {
+                &m.mirror
+            }
+        ));
+    }
+    for src in plan
+        .sources
+        .iter()
+        .filter(|x| matches!(x.role, Role::Node | Role::Nested) && !x.disabled)
+    {
+        install.push(match src.install_script {
+            crate::recipe::InstallScript::Run => format!(
+                "run {}/install.py ({}network, env behind an overlay; writes outside the node fail)",
+                src.name,
+                if src.install_network { "" } else { "no " }
+            ),
+            crate::recipe::InstallScript::Skip => {
+                format!("{}/install.py, if any: named, not run", src.name)
+            }
+        });
+    }
+    stages.push(PlannedStage::plain("install", install));
     stages.push(PlannedStage::plain(
         "stage",
         s(&[

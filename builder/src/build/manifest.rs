@@ -72,9 +72,10 @@ pub(super) fn manifest(
             lock_sha256: lock_sha.to_owned(),
             smoke: if nodes.is_some() { "passed" } else { "skipped" }.into(),
             comfyui: trees.first().map(|t| git_src(&t.source, &t.commit)),
+            // Nested sources as `<node>/<path>`, after their node: diff and inspect show them.
             custom_nodes: trees
                 .iter()
-                .filter(|t| t.source.role == Role::Node)
+                .filter(|t| matches!(t.source.role, Role::Node | Role::Nested))
                 .map(|t| git_src(&t.source, &t.commit))
                 .collect(),
             extensions,
@@ -96,6 +97,16 @@ pub(super) fn manifest(
         host_libs: record.host_libs,
         workflows: plan.workflows.clone(),
         state: record.state,
+        models: r
+            .models
+            .iter()
+            .map(|m| bundle::ModelFile {
+                path: m.path.clone(),
+                sha256: m.sha256.to_ascii_lowercase(),
+                size: m.size,
+                url: m.url.clone(),
+            })
+            .collect(),
         files: Vec::new(),
     })
 }

@@ -21,7 +21,7 @@ use sources::{checkout, fetch};
 use crate::env;
 use crate::lock::Lock;
 use crate::plan::{Checkout, Plan, Role};
-use crate::{ext, freeze, hostlibs, launch, process, smoke, state, toolkit};
+use crate::{ext, freeze, hostlibs, install, launch, process, smoke, state, toolkit};
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -87,6 +87,9 @@ struct StageRecord {
     /// The extensions' compiled modules that imported from the frozen release.
     #[serde(default)]
     imports: Vec<String>,
+    /// What the install step did: declared models, each install script run or named.
+    #[serde(default)]
+    install: Vec<String>,
 }
 
 /// Prints what the stage's checks found, from its record: a stage taken from the cache reports
@@ -98,6 +101,9 @@ fn report_stage_checks(plan: &Plan, record: &StageRecord, cached: bool) {
     } else {
         ""
     };
+    for l in &record.install {
+        step("install", format!("{l}{when}"));
+    }
     if !record.imports.is_empty() {
         step(
             "imports",
@@ -565,6 +571,28 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                     .arg(tmp.join("ComfyUI/custom_nodes").join(name)),
             )?;
         }
+        // What nodes' install scripts would fetch, pinned: nested sources, declared models;
+        // then each script named, or run with its writes checked.
+        install::place_nested(&tmp, &trees)?;
+        let recipe_dir = plan
+            .recipe_path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        let mut install_lines = Vec::new();
+        if !r.models.is_empty() {
+            let mut bytes = 0;
+            for m in &r.models {
+                install::fetch_model(m, &recipe_dir, &cache)?;
+                bytes += m.size;
+            }
+            install_lines.push(format!(
+                "{} model file(s) declared ({bytes} bytes), each checked by sha256; not in the \
+                 bundle: hosts fetch them (`comfyctl models --fetch`)",
+                r.models.len()
+            ));
+        }
+        install_lines
+            .extend(install::run_scripts(&tmp, &trees, &r.models, &recipe_dir, &cache)?.lines);
         let launch_sh = tmp.join(bundle::LAUNCH_ENTRY);
         fs_err::write(&launch_sh, launch::render(&r.launch.env))?;
         fs_err::set_permissions(&launch_sh, std::fs::Permissions::from_mode(0o755))?;
@@ -642,6 +670,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 state,
                 host_libs,
                 imports,
+                install: install_lines,
             })?,
         )?;
         fs_err::rename(&tmp, &stage)?;

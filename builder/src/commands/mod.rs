@@ -98,6 +98,7 @@ pub(crate) fn summary(b: &bundle::Bundle) -> serde_json::Value {
         "state": m.state,
         "preflight": m.preflight.iter().map(|c| &c.name).collect::<Vec<_>>(),
         "host_libs": m.host_libs,
+        "models": m.models,
     })
 }
 
@@ -137,6 +138,19 @@ pub(crate) fn print_summary(b: &bundle::Bundle) {
             t(&n.url),
             t(&n.commit),
             if n.disabled { " (disabled)" } else { "" }
+        );
+    }
+    for x in &m.models {
+        println!(
+            "model:     models/{} ({} bytes, sha256 {}){}",
+            t(&x.path),
+            x.size,
+            t(&x.sha256),
+            if x.url.is_empty() {
+                String::new()
+            } else {
+                format!(" from {}", t(&x.url))
+            }
         );
     }
     for x in &p.extensions {

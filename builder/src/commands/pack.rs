@@ -34,6 +34,7 @@ pub fn run(a: PackArgs) -> Result<()> {
         host_libs: Vec::new(),
         workflows: Vec::new(),
         state: Vec::new(),
+        models: Vec::new(),
         files: Vec::new(),
     };
     let packed = pack_tree(&a.dir, template, &key, &a.out, a.level)?;
