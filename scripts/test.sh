@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 . scripts/env.sh
 python3.12 -V >/dev/null || { echo "Python 3.12 is needed (recipes/demo.toml builds with it)" >&2; exit 1; }
-cargo test --workspace --locked "$@"
+# Every test, the root and network ones included (plain `cargo test` lists those as ignored).
+cargo test --workspace --locked --all-features "$@"
 # The real ComfyUI v0.3.64 and five real custom nodes, built and run as the service user under a
 # sandboxed systemd (shares .cache/build with the demo).
 bash tests/real/test.sh

@@ -642,6 +642,10 @@ fn missing_config_says_what_to_write() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root (unshare, setpriv); scripts/test.sh runs it"
+)]
 fn preflight_runs_confined_as_neither_root_nor_the_service() {
     let h = TestHost::new();
     // Not root, not the service user (`comfyui`, where it exists: its processes could kill the

@@ -112,6 +112,10 @@ impl Host {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn the_database_copy_refuses_links_fifos_oversize_and_hardlinks_and_keeps_holes() {
     let h = host("");
     let before = h.victims();
@@ -207,6 +211,10 @@ fn the_database_copy_refuses_links_fifos_oversize_and_hardlinks_and_keeps_holes(
 /// Racers as the service and as an access-group member keep swapping links and directories in
 /// every place root writes while activations and rollbacks go on; no try may win.
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn racers_that_keep_swapping_links_never_steer_a_root_write() {
     let h = host("");
     let before = h.victims();
@@ -316,6 +324,10 @@ fn racers_that_keep_swapping_links_never_steer_a_root_write() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn node_state_and_the_managers_config_are_never_made_through_a_link() {
     let h = host("");
     let before = h.victims();
@@ -449,6 +461,10 @@ fn node_state_and_the_managers_config_are_never_made_through_a_link() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn roots_directories_are_roots_alone_and_an_older_layout_is_taken_back() {
     let h = host("");
     let before = h.victims();
@@ -509,6 +525,10 @@ fn roots_directories_are_roots_alone_and_an_older_layout_is_taken_back() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn unit_inputs_that_cannot_be_written_leave_the_old_release_serving() {
     let h = host("");
     let b = h.sb.release(&Release::new("b", 2));
@@ -564,6 +584,10 @@ fn unit_inputs_that_cannot_be_written_leave_the_old_release_serving() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn checks_run_where_the_service_cannot_reach_them() {
     let h = host("");
     // doctor runs the release's interpreter for its torch check: a torch.py the service wrote
@@ -643,6 +667,10 @@ fn checks_run_where_the_service_cannot_reach_them() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn every_verb_completes_amid_links_fifos_odd_names_and_many_entries() {
     let h = host("");
     let fill = format!(
@@ -703,6 +731,10 @@ fn every_verb_completes_amid_links_fifos_odd_names_and_many_entries() {
 /// node's state, hoping root hands it over (it won within seconds before root checked what it
 /// opened): root must refuse every time it opens a folder that is not its own fresh one.
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn a_folder_renamed_over_a_new_one_is_never_handed_over() {
     let h = host("");
     let dir = h.sb.share.path().display().to_string();
@@ -781,6 +813,10 @@ fn a_folder_renamed_over_a_new_one_is_never_handed_over() {
 /// Release code run by pre-flight cannot outlive its check: a daemon it forks cannot hold
 /// comfyctl (and its lock) with its output, kill the next release's check, or write without end.
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn a_checks_processes_end_with_it_and_its_output_is_bounded() {
     let h = host("");
     let daemon = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(3600)\n";
@@ -854,6 +890,10 @@ fn a_checks_processes_end_with_it_and_its_output_is_bounded() {
 /// Someone else's program on the app's port answers in its place: not healthy, and an
 /// activation is not recorded good on its word.
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn an_answer_from_someone_elses_socket_on_the_port_is_not_the_app() {
     let h = host("");
     assert_eq!(h.sb.ctl("service pause --no-drain").code, 0);
@@ -889,6 +929,10 @@ http.server.HTTPServer(('0.0.0.0', 8188), H).serve_forever()\n";
 /// A release that fails after the stop, while the service planted a link where the previous
 /// release's Manager config goes: the way back does not depend on it.
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn the_way_back_does_not_depend_on_state_the_service_can_break() {
     let h = host("");
     let broken = h.sb.release(&Release {
@@ -917,6 +961,10 @@ fn the_way_back_does_not_depend_on_state_the_service_can_break() {
 /// What an older layout let someone leave in root's db/ (a folder named like root's partial
 /// copies) is left alone, and blocks nothing.
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn leftovers_named_like_roots_partial_copies_are_left_alone() {
     let h = host("");
     let o = h.sb.sh(&format!(

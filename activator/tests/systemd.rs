@@ -9,6 +9,10 @@ use sandbox::*;
 use std::time::{Duration, Instant};
 
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn activation_health_rollback_and_restarts_under_systemd() {
     let sb = Sandbox::boot("");
     let a = sb.bundle("a", 1, 1, &["NodeA"], &["NodeA"], false);
@@ -115,6 +119,10 @@ fn activation_health_rollback_and_restarts_under_systemd() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn lifecycle_verbs_nfs_links_and_nuke() {
     let sb = Sandbox::boot("[data]\nmodels = \"/srv/nfs/models\"\n");
     let a = sb.bundle("a", 1, 1, &["NodeA"], &["NodeA"], false);
@@ -206,6 +214,10 @@ fn lifecycle_verbs_nfs_links_and_nuke() {
 /// Every verb that stops the unit waits for the app's jobs first (issue 26), saying what it waits
 /// for; past the timeout it refuses and the old release keeps serving.
 #[test]
+#[cfg_attr(
+    not(feature = "host-privileged"),
+    ignore = "needs root and a sandboxed systemd; scripts/test.sh runs it"
+)]
 fn a_stop_waits_for_the_apps_jobs() {
     let sb = Sandbox::boot("");
     let a = sb.bundle("a", 1, 1, &["NodeA"], &["NodeA"], false);

@@ -153,6 +153,10 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
 fn demo_builds_runs_elsewhere_and_is_reproducible() {
     let d = Demo::new();
     let recipe = d.recipe("demo", |t| t);
@@ -315,6 +319,10 @@ fn demo_builds_runs_elsewhere_and_is_reproducible() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
 fn smoke_catches_a_node_that_fails_to_import() {
     let d = Demo::new();
     let broken = d
@@ -345,6 +353,10 @@ fn smoke_catches_a_node_that_fails_to_import() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
 fn smoke_catches_a_missing_runtime_dependency() {
     let d = Demo::new();
     let main =
@@ -368,6 +380,10 @@ fn smoke_catches_a_missing_runtime_dependency() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
 fn a_node_asking_for_another_torch_fails_by_name() {
     let d = Demo::new();
     let t99 = d
@@ -389,6 +405,10 @@ fn a_node_asking_for_another_torch_fails_by_name() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
 fn a_required_extension_that_does_not_compile_stops_the_build() {
     let d = Demo::new();
     let ext = d.variant(
@@ -422,6 +442,10 @@ fn a_required_extension_that_does_not_compile_stops_the_build() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
 fn an_unreachable_source_is_named_and_a_stale_lock_refused() {
     let d = Demo::new();
     let recipe = d.recipe("gone", |t| {
@@ -461,6 +485,10 @@ fn an_unreachable_source_is_named_and_a_stale_lock_refused() {
 /// (bitarray) fetched from PyPI, compiled with `--no-build-isolation` against the frozen env, run
 /// from the release, and cached by its input digest like the git route.
 #[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
 fn a_pypi_sdist_extension_compiles_against_the_frozen_env_and_is_cached() {
     let d = Demo::new();
     let sdist = |spec: &'static str| {
@@ -557,6 +585,10 @@ fn a_pypi_sdist_extension_compiles_against_the_frozen_env_and_is_cached() {
 /// A workflow of the operator's naming a class the release does not have stops the build, naming
 /// the workflow, the node and the class; one in the UI format is refused with what to do.
 #[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
 fn a_workflow_using_a_class_the_release_lacks_stops_the_build() {
     let d = Demo::new();
     let wf = d.tmp.path().join("uses-newer.json");
@@ -594,6 +626,10 @@ fn a_workflow_using_a_class_the_release_lacks_stops_the_build() {
 /// demo for real, the real ComfyUI and the Spark's as a locked dry run (the real one is built by
 /// the demo and the end-to-end test; the Spark's needs an aarch64 host with CUDA 13).
 #[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
 fn committed_recipes_build_from_their_committed_locks() {
     let d = Demo::new();
     // The recipe's own fixture paths (recipes/../.cache/demo-fixtures), made as the README says.
@@ -631,6 +667,10 @@ fn committed_recipes_build_from_their_committed_locks() {
 /// its node ships, and a model it writes must be declared, a package it installs is refused by
 /// name, a write outside its node fails; the nested source lands inside its node.
 #[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
 fn install_scripts_run_confined_and_nested_sources_are_placed() {
     let d = Demo::new();
     let with_script = |name: &str, script: &str| {
