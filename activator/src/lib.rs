@@ -37,4 +37,4 @@ pub use activate::{activate, ActivateOptions, ActivateReport};
 pub use host::{Host, Refusal};
 pub use inventory::{verify, VerifyReport};
 pub use rollback::{rollback, RollbackReport};
-pub use run::{exit_code, run};
+pub use run::{exit_code, run, versioned_error};

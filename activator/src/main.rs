@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {}", support::term_safe_text(&format!("{e:#}")));
             if json {
                 // Scripts (the Ansible role) read the reason from stdout, as they read success.
-                let v = serde_json::json!({ "error": format!("{e:#}"), "exit_code": code });
+                let v = activator::versioned_error(&e, code);
                 println!("{v}");
             }
             std::process::ExitCode::from(code)

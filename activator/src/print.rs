@@ -19,10 +19,26 @@ pub trait Human: serde::Serialize {
     fn human(&self) -> String;
 }
 
+/// `v` with `schema_version` ([`support::JSON_SCHEMA_VERSION`]) first when it is an object (a list is wrapped as `items`).
+pub fn versioned(v: serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    out.insert("schema_version".into(), support::JSON_SCHEMA_VERSION.into());
+    match v {
+        serde_json::Value::Object(m) => out.extend(m),
+        other => {
+            out.insert("items".into(), other);
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
 /// Prints `r` as JSON or as its lines.
 pub fn emit(json: bool, r: &impl Human) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&versioned(serde_json::to_value(r)?))?
+        );
     } else {
         // Reports carry the app's and the bundle's words (node names, error messages): no
         // terminal escape sequence gets through.

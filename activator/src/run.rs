@@ -114,3 +114,13 @@ fn drain_opts(host: &Host, a: crate::cli::DrainArgs) -> crate::drain::Options {
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     support::exit_code(e, &crate::host::is_refusal)
 }
+
+/// A failed command's JSON document: the error's text, whether the input was refused (exit 2) or
+/// something failed (exit 1), and the exit code, under the `--json` contract's version.
+pub fn versioned_error(e: &anyhow::Error, code: u8) -> serde_json::Value {
+    crate::print::versioned(serde_json::json!({
+        "error": format!("{e:#}"),
+        "error_kind": if code == 2 { "refused" } else { "failed" },
+        "exit_code": code,
+    }))
+}

@@ -66,7 +66,7 @@ fn activate_switch_and_roll_back() {
     );
     assert_eq!(h.current().as_deref(), Some(ida.as_str()));
 
-    let rel = h.ctl(&["releases", "--json"]).json();
+    let rel = h.ctl(&["releases", "--json"]).json()["items"].clone();
     let rows = rel.as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows
@@ -242,7 +242,7 @@ fn failed_preflight_never_becomes_current() {
         out.stderr
     );
     assert_eq!(h.current(), Some(h.id_of(&good)));
-    let rows = h.ctl(&["releases", "--json"]).json();
+    let rows = h.ctl(&["releases", "--json"]).json()["items"].clone();
     assert!(rows
         .as_array()
         .unwrap()
@@ -586,7 +586,7 @@ fn gc_keeps_current_previous_and_good_ones_and_sweeps_the_store() {
     );
     let out = h.ctl(&["gc", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let rows = h.ctl(&["releases", "--json"]).json();
+    let rows = h.ctl(&["releases", "--json"]).json()["items"].clone();
     let left: Vec<String> = rows
         .as_array()
         .unwrap()

@@ -23,7 +23,7 @@ fn check_invariants(h: &TestHost, allowed: &[&str]) {
         "current release does not verify: {}{}",
         v.stdout, v.stderr
     );
-    let rows = h.ctl(&["releases", "--json"]).json();
+    let rows = h.ctl(&["releases", "--json"]).json()["items"].clone();
     for r in rows.as_array().unwrap() {
         let id = r["id"].as_str().unwrap();
         assert!(!id.starts_with('.'), "staging {id} listed as a release");
@@ -441,7 +441,7 @@ fn concurrent_activations_wait_or_fail_clearly() {
     assert!(s1.success() && s2.success(), "{s1:?} {s2:?}");
     let (idb, idc) = (h.id_of(&b), h.id_of(&c));
     check_invariants(&h, &[&idb, &idc]);
-    let rows = h.ctl(&["releases", "--json"]).json();
+    let rows = h.ctl(&["releases", "--json"]).json()["items"].clone();
     assert!(rows
         .as_array()
         .unwrap()

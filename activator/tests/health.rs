@@ -111,7 +111,7 @@ fn a_service_that_cannot_start_is_rolled_back() {
         out.stderr
     );
     assert_eq!(h.current(), Some(h.id_of(&a)));
-    let rows = h.ctl(&["releases", "--json"]).json();
+    let rows = h.ctl(&["releases", "--json"]).json()["items"].clone();
     assert!(rows
         .as_array()
         .unwrap()

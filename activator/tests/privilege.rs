@@ -917,7 +917,7 @@ http.server.HTTPServer(('0.0.0.0', 8188), H).serve_forever()\n";
     assert_eq!(o.code, 1, "{}", o.text);
     let st = h.sb.ctl("releases --json").text;
     let v: serde_json::Value = serde_json::from_str(&st).unwrap();
-    let b = v
+    let b = v["items"]
         .as_array()
         .unwrap()
         .iter()

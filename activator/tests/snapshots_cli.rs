@@ -103,4 +103,13 @@ fn json_reports() {
     snap!(&h, "status-json", out.stdout);
     let out = h.ctl(&["releases", "--json"]);
     snap!(&h, "releases-json", out.stdout);
+    let out = h.ctl(&["verify", "--json"]);
+    snap!(&h, "verify-json", out.stdout);
+    let out = h.ctl(&["models", "--json"]);
+    snap!(&h, "models-json", out.stdout);
+    let out = h.ctl(&["gc", "--json"]);
+    snap!(&h, "gc-json", out.stdout);
+    let out = h.ctl(&["rollback", "--json", "--no-service"]);
+    assert_eq!(out.code, 2);
+    snap!(&h, "error-json", out.stdout);
 }

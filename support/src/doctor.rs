@@ -58,7 +58,11 @@ impl Report {
     /// Prints the report (or JSON) and returns the exit code: 0 without failures, 1 with.
     pub fn print(&self, json: bool) -> u8 {
         if json {
-            let v = serde_json::json!({ "ok": !self.failed(), "checks": self.checks });
+            let v = serde_json::json!({
+                "schema_version": crate::JSON_SCHEMA_VERSION,
+                "ok": !self.failed(),
+                "checks": self.checks
+            });
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         } else {
             for c in &self.checks {

@@ -109,6 +109,11 @@ pub fn read_json(
     serde_json::from_slice(&body).with_context(|| format!("{what} is not JSON"))
 }
 
+/// The version of both programs' `--json` contract (fields, their meaning, exit codes): every
+/// JSON document carries it as `schema_version`. Removing a field or changing its meaning raises
+/// it; fields are only ever added without.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
 /// True when `e` is a refusal (a bad bundle, signature or key, or whatever `also` says is one,
 /// such as the activator's own refusals) rather than a failure of this machine (I/O, a tool).
 pub fn is_refusal(

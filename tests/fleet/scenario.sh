@@ -140,7 +140,7 @@ grep -Eo "spark1: comfyui-demo 0.1.1 was unhealthy[^;]*" "$log" | head -1 >&2
 [ "$(on 1 systemctl is-active comfyui)" = active ] || fail "spark1's service is not running release 1"
 on 1 comfyctl releases --json | python3 -c "
 import json, sys
-rows = {r['id']: r for r in json.load(sys.stdin)}
+rows = {r['id']: r for r in json.load(sys.stdin)['items']}
 assert rows['$idbad']['status'] == 'failed', rows['$idbad']" || fail "spark1 does not record the bad release as failed"
 [ -z "$(recap spark2 "$log")$(recap spark3 "$log")" ] || fail "spark2/spark3 were part of the stopped rollout"
 [ "$(on 2 comfyctl releases --json)" = "$before2" ] || fail "spark2's releases changed"
