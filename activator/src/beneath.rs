@@ -455,8 +455,8 @@ impl Dir {
             .with_context(|| format!("removing {}", self.child(name).display()))
     }
 
-    /// Whether this directory holds no entry (reads at most one past `.` and `..`).
-    pub fn is_empty(&self) -> Result<bool> {
+    /// Visits the names in this directory (without `.` and `..`) until `f` says stop (false).
+    fn each_name(&self, f: &mut dyn FnMut(String) -> bool) -> Result<()> {
         let fd = rfs::openat(
             &self.fd,
             ".",
@@ -468,33 +468,31 @@ impl Dir {
             rfs::Dir::read_from(&fd).with_context(|| format!("reading {}", self.path.display()))?;
         while let Some(e) = dir.read() {
             let e = e.with_context(|| format!("reading {}", self.path.display()))?;
-            let n = e.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                return Ok(false);
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." && !f(name) {
+                break;
             }
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// Whether this directory holds no entry (reads at most one).
+    pub fn is_empty(&self) -> Result<bool> {
+        let mut empty = true;
+        self.each_name(&mut |_| {
+            empty = false;
+            false
+        })?;
+        Ok(empty)
     }
 
     /// The names in this directory (without `.` and `..`), in no particular order.
     pub fn names(&self) -> Result<Vec<String>> {
-        let fd = rfs::openat(
-            &self.fd,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .with_context(|| format!("opening {}", self.path.display()))?;
-        let mut dir =
-            rfs::Dir::read_from(&fd).with_context(|| format!("reading {}", self.path.display()))?;
         let mut out = Vec::new();
-        while let Some(e) = dir.read() {
-            let e = e.with_context(|| format!("reading {}", self.path.display()))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name != "." && name != ".." {
-                out.push(name);
-            }
-        }
+        self.each_name(&mut |n| {
+            out.push(n);
+            true
+        })?;
         Ok(out)
     }
 }

@@ -12,9 +12,7 @@ use crate::beneath::{Dir, Kind};
 use crate::host::Host;
 use anyhow::{Context as _, Result};
 use bundle::ModelFile;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read as _;
 
 /// Where one declared model stands on this host.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -101,17 +99,8 @@ fn identity(f: &std::fs::File) -> Result<Identity> {
     })
 }
 
-fn sha256_of(mut f: &std::fs::File) -> Result<String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+fn sha256_of(f: &std::fs::File) -> Result<String> {
+    Ok(support::sha256_hex(f)?)
 }
 
 /// Where each declared model stands, hashing only files whose identity changed since last time.

@@ -155,9 +155,15 @@ pub fn install(wheel: &Path, venv_python: &Path, cache: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Installs hashed, pinned requirements (`locked`, uv's `pip compile` output) into the stage's
-/// venv, copied (the `[toolkit]` wheels when the recipe wants them in the release).
-pub fn install_locked(locked: &str, venv_python: &Path, cache: &Path) -> Result<()> {
+/// Installs hashed, pinned requirements (`locked`, uv's `pip compile` output) into a venv with
+/// no dependencies resolved: the `[toolkit]` wheels beside the env (`hardlink`, in the cache), or
+/// into the stage when the recipe wants them in the release (`copy`).
+pub fn install_locked(
+    locked: &str,
+    venv_python: &Path,
+    cache: &Path,
+    link_mode: &str,
+) -> Result<()> {
     let tmp = tempfile::tempdir_in(cache)?;
     let req = tmp.path().join("locked.txt");
     fs_err::write(&req, locked)?;
@@ -170,7 +176,7 @@ pub fn install_locked(locked: &str, venv_python: &Path, cache: &Path) -> Result<
                 "--require-hashes",
                 "--no-deps",
                 "--link-mode",
-                "copy",
+                link_mode,
                 "--python",
             ])
             .arg(venv_python)

@@ -11,7 +11,6 @@ use crate::plan::{Checkout, Role};
 use crate::recipe::{InstallScript, ModelSection};
 use crate::smoke::{snapshot, written};
 use anyhow::{bail, Context as _, Result};
-use sha2::{Digest, Sha256};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,17 +59,7 @@ pub fn place_nested(stage: &Path, trees: &[Checkout]) -> Result<()> {
 }
 
 fn sha256_of(p: &Path) -> Result<String> {
-    let mut f = fs_err::File::open(p)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    Ok(support::sha256_hex(fs_err::File::open(p)?)?)
 }
 
 /// A declared model in the build cache (`cache/models/<sha256>`), fetched from its mirror or URL

@@ -95,25 +95,8 @@ pub fn ensure(env_dir: &Path, locked: &str, digest: &str, cache: &Path) -> Resul
             .arg(format!("{}/.", env_dir.display()))
             .arg(&tmp),
     )?;
-    let req = tmp.join(".toolkit.txt");
-    fs_err::write(&req, locked)?;
-    process::run(
-        crate::uv::command(cache)
-            .args([
-                "pip",
-                "install",
-                "--quiet",
-                "--require-hashes",
-                "--no-deps",
-                "--link-mode",
-                "hardlink",
-                "--python",
-            ])
-            .arg(tmp.join("venv/bin/python"))
-            .arg("-r")
-            .arg(&req),
-    )
-    .context("installing the [toolkit] wheels")?;
+    crate::ext::install_locked(locked, &tmp.join("venv/bin/python"), cache, "hardlink")
+        .context("installing the [toolkit] wheels")?;
     link_cuda_home(&tmp, &cu13(&tmp.join("venv"))?)?;
     fs_err::create_dir_all(cache.join("toolkit"))?;
     fs_err::rename(&tmp, &dir)?;

@@ -114,6 +114,22 @@ pub fn read_json(
 /// it; fields are only ever added without.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
 
+/// The lowercase hex SHA-256 of everything `r` yields (a model file, a download), read in 1 MiB
+/// pieces.
+pub fn sha256_hex(mut r: impl std::io::Read) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 /// True when `e` is a refusal (a bad bundle, signature or key, or whatever `also` says is one,
 /// such as the activator's own refusals) rather than a failure of this machine (I/O, a tool).
 pub fn is_refusal(

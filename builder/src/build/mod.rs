@@ -545,7 +545,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         }
         if let (Some(t), Some(_)) = (&r.toolkit, &toolkit) {
             if t.in_release {
-                ext::install_locked(&lock.toolkit, &tmp.join("venv/bin/python"), &cache)?;
+                ext::install_locked(&lock.toolkit, &tmp.join("venv/bin/python"), &cache, "copy")?;
             }
         }
         process::run(
