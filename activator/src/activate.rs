@@ -152,6 +152,88 @@ pub(crate) fn check_sequence(
     Ok(())
 }
 
+/// What the checks an activation makes before it writes anything found (the activation and its
+/// dry run both get them from [`admit`], so they cannot disagree).
+pub(crate) struct Admission {
+    /// The release is current already and intact: nothing to do.
+    pub no_op: bool,
+    /// Installed and intact: no unpack.
+    pub intact: bool,
+    pub is_current: bool,
+    /// Declared model files this host lacks or holds with other content (policy `warn`).
+    pub model_warnings: Vec<String>,
+}
+
+/// The checks before anything is written: the target, the sequence (unless the release is
+/// current and intact already: re-activating what a rollback returned to is fine), and the
+/// declared model files on this host's model store (refused where the host's policy says `fail`).
+pub(crate) fn admit(
+    host: &Host,
+    m: &bundle::Manifest,
+    id: &str,
+    src: &str,
+    state: &State,
+    allow_downgrade: bool,
+    dry_run: bool,
+) -> Result<Admission> {
+    check_target(host, m, src)?;
+    let intact = is_intact(&host.layout.release(id));
+    let is_current = host.current().as_deref() == Some(id);
+    let no_op = is_current && intact;
+    if !no_op {
+        check_sequence(m, state, allow_downgrade)?;
+    }
+    let model_warnings = crate::models::problems_of(host, m, !dry_run)?;
+    if !model_warnings.is_empty()
+        && host.cfg.health.missing_models == crate::config::MissingModels::Fail
+    {
+        return refuse(format!(
+            "{} {} declares model files this host lacks: {}; run `comfyctl models {src} --fetch` first",
+            m.name,
+            m.version,
+            model_warnings.join("; ")
+        ));
+    }
+    Ok(Admission {
+        no_op,
+        intact,
+        is_current,
+        model_warnings,
+    })
+}
+
+/// How an activation's files split between the store (reused) and the bundle (written), each
+/// store object counted once.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Share {
+    pub files_to_write: u64,
+    pub bytes_to_write: u64,
+    pub files_reused: u64,
+    pub bytes_reused: u64,
+}
+
+pub(crate) fn store_share(m: &bundle::Manifest, store: &Store) -> Share {
+    let mut sh = Share::default();
+    let mut seen = std::collections::HashSet::new();
+    for e in &m.files {
+        if let bundle::Kind::File {
+            executable,
+            size,
+            sha256,
+        } = &e.kind
+        {
+            if store.contains(sha256, *executable, *size) {
+                sh.files_reused += 1;
+                sh.bytes_reused += size;
+            } else if seen.insert((*sha256, *executable)) {
+                sh.files_to_write += 1;
+                sh.bytes_to_write += size;
+            }
+        }
+    }
+    sh
+}
+
 /// Installed, and no file written since it was: usable as it is.
 pub(crate) fn is_intact(dir: &std::path::Path) -> bool {
     release::is_intact(dir) && release::changed_files(dir).is_ok_and(|c| c.is_empty())
@@ -198,7 +280,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
     let b =
         bundle::Bundle::open(&fetched.path, &trusted).with_context(|| format!("refusing {src}"))?;
     let m = &b.manifest;
-    check_target(host, m, src)?;
+    let admission = admit(host, m, &b.id, src, &state, opts.allow_downgrade, false)?;
     let mut report = ActivateReport {
         id: b.id.clone(),
         name: m.name.clone(),
@@ -210,17 +292,18 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
         ..Default::default()
     };
     let dir = host.layout.release(&b.id);
-    let is_current = host.current().as_deref() == Some(b.id.as_str());
     // Installed, and no file written since: reused as it is. A release with changed files is
     // unpacked again (its changed objects were quarantined, so the bundle's bytes are written).
-    let intact = is_intact(&dir);
-    if is_current && intact {
+    let (is_current, intact) = (admission.is_current, admission.intact);
+    if admission.no_op {
         switch::ensure_seed_links(host)?;
         report.seconds = t0.elapsed().as_secs_f64();
         return Ok(report);
     }
-    // After the no-op case: re-running an activation of the release a rollback returned to is fine.
-    check_sequence(m, &state, opts.allow_downgrade)?;
+    for p in &admission.model_warnings {
+        tracing::warn!("declared model file {p}");
+    }
+    report.model_warnings = admission.model_warnings;
     report.changed = true;
     if !intact {
         if dir.exists() {
@@ -259,23 +342,6 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
             state.save(&host.layout.state())?;
             return Err(e.context(format!("{} {} did not become current", m.name, m.version)));
         }
-    }
-    // Its declared model files on this host's model store: a warning, or a refusal where the
-    // host's policy says `fail` (nothing changed; `comfyctl models --fetch` gets them).
-    let model_problems = crate::models::problems_of(host, m)?;
-    if !model_problems.is_empty() {
-        if host.cfg.health.missing_models == crate::config::MissingModels::Fail {
-            return refuse(format!(
-                "pre-flight: {} {} declares model files this host lacks: {}; run `comfyctl models {src} --fetch` first",
-                m.name,
-                m.version,
-                model_problems.join("; ")
-            ));
-        }
-        for p in &model_problems {
-            tracing::warn!("pre-flight: declared model file {p}");
-        }
-        report.model_warnings = model_problems;
     }
     let previous = host.current();
     // Everything the new release needs that can be made while the old one serves: a failure
@@ -328,20 +394,7 @@ pub fn activate(host: &Host, src: &str, opts: &ActivateOptions) -> Result<Activa
 /// not fit in the free space of the install directory's filesystem with a margin: a bundle that
 /// declares more than the disk holds stops here, not half-way with a full disk.
 pub(crate) fn check_space(host: &Host, b: &bundle::Bundle, store: &Store) -> Result<()> {
-    let mut need = 0u64;
-    let mut seen = std::collections::HashSet::new();
-    for e in &b.manifest.files {
-        if let bundle::Kind::File {
-            executable,
-            size,
-            sha256,
-        } = &e.kind
-        {
-            if seen.insert((*sha256, *executable)) && !store.contains(sha256, *executable, *size) {
-                need = need.saturating_add(*size);
-            }
-        }
-    }
+    let need = store_share(&b.manifest, store).bytes_to_write;
     let dir = host.layout.releases();
     fs_err::create_dir_all(&dir)?;
     let st = rustix::fs::statvfs(&dir).with_context(|| format!("statvfs {}", dir.display()))?;

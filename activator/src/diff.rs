@@ -7,7 +7,7 @@ use crate::host::{refuse, Host};
 use crate::store::Store;
 use crate::{activate, release, source};
 use anyhow::{Context as _, Result};
-use bundle::{Kind, Manifest, ObjectSource as _};
+use bundle::Manifest;
 use serde::Serialize;
 use std::path::PathBuf;
 use support::diff::ReleaseDiff;
@@ -134,6 +134,9 @@ pub struct Plan {
     pub host_libraries: usize,
     /// The NFS/data targets were checked (not with `--no-service`, as for the activation).
     pub data_checked: bool,
+    /// Declared model files this host lacks (a warning by the host's policy).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_warnings: Vec<String>,
     pub diff: Option<ReleaseDiff>,
 }
 
@@ -143,15 +146,10 @@ pub fn dry_run(host: &Host, src: &str, allow_downgrade: bool, service: bool) -> 
     let store = Store::read_only(host.layout.store());
     let o = open(host, src, &store)?;
     let m = &o.manifest;
-    activate::check_target(host, m, src)?;
     let state = activate::load_state_read_only(host)?;
     let current = host.current();
-    let intact = activate::is_intact(&host.layout.release(&o.id));
-    let is_current = current.as_deref() == Some(o.id.as_str());
-    // As the activation: re-planning the release that is current is never a downgrade.
-    if !(is_current && intact) {
-        activate::check_sequence(m, &state, allow_downgrade)?;
-    }
+    // The activation's own checks, so the dry run refuses exactly as it would.
+    let admission = activate::admit(host, m, &o.id, src, &state, allow_downgrade, true)?;
     let host_libraries =
         crate::hostlibs::require(m).map_err(|e| anyhow::anyhow!("pre-flight would fail: {e:#}"))?;
     if service {
@@ -162,7 +160,7 @@ pub fn dry_run(host: &Host, src: &str, allow_downgrade: bool, service: bool) -> 
         name: m.name.clone(),
         version: m.version.clone(),
         sequence: m.sequence,
-        action: match (is_current, intact) {
+        action: match (admission.is_current, admission.intact) {
             (true, true) => "none",
             (false, true) => "switch",
             _ => "activate",
@@ -174,28 +172,18 @@ pub fn dry_run(host: &Host, src: &str, allow_downgrade: bool, service: bool) -> 
         changed_objects: Vec::new(),
         host_libraries,
         data_checked: service,
+        model_warnings: admission.model_warnings,
         diff: None,
     };
-    if !intact {
+    if !admission.intact {
         if let Some(b) = &o.bundle {
             activate::check_space(host, b, &store)?;
         }
-        for e in &m.files {
-            if let Kind::File {
-                sha256,
-                executable,
-                size,
-            } = &e.kind
-            {
-                if store.contains(sha256, *executable, *size) {
-                    plan.files_reused += 1;
-                    plan.bytes_reused += size;
-                } else {
-                    plan.files_to_write += 1;
-                    plan.bytes_to_write += size;
-                }
-            }
-        }
+        let share = activate::store_share(m, &store);
+        plan.files_to_write = share.files_to_write;
+        plan.bytes_to_write = share.bytes_to_write;
+        plan.files_reused = share.files_reused;
+        plan.bytes_reused = share.bytes_reused;
         plan.changed_objects = store.quarantined();
     }
     if let Some(cur) = &current {

@@ -247,7 +247,7 @@ pub fn with_declared_models(host: &crate::host::Host, m: &Manifest, h: &mut Heal
     if !h.healthy || m.models.is_empty() {
         return;
     }
-    let problems = match crate::models::problems_of(host, m) {
+    let problems = match crate::models::problems_of(host, m, true) {
         Ok(p) => p,
         Err(e) => vec![format!("cannot check the declared model files: {e:#}")],
     };

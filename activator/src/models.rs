@@ -104,7 +104,8 @@ fn sha256_of(f: &std::fs::File) -> Result<String> {
 }
 
 /// Where each declared model stands, hashing only files whose identity changed since last time.
-fn check_all(host: &Host, models: &[ModelFile]) -> Result<Vec<ModelStatus>> {
+/// `keep`: write what was hashed to the cache (a dry run writes nothing).
+fn check_all(host: &Host, models: &[ModelFile], keep: bool) -> Result<Vec<ModelStatus>> {
     let root = store(host)?;
     let mut cache: HashCache = fs_err::read(cache_path(host))
         .ok()
@@ -172,7 +173,7 @@ fn check_all(host: &Host, models: &[ModelFile]) -> Result<Vec<ModelStatus>> {
             ));
         }
     }
-    if dirty {
+    if dirty && keep {
         // A cache: failing to keep it costs a re-hash next time, nothing else.
         if let Ok(bytes) = serde_json::to_vec(&cache) {
             let _ = crate::atomic::write(&cache_path(host), &bytes);
@@ -183,11 +184,11 @@ fn check_all(host: &Host, models: &[ModelFile]) -> Result<Vec<ModelStatus>> {
 
 /// The declared models of a manifest that are missing or different here (for health and
 /// pre-flight), `path: why` each.
-pub fn problems_of(host: &Host, m: &bundle::Manifest) -> Result<Vec<String>> {
+pub fn problems_of(host: &Host, m: &bundle::Manifest, keep: bool) -> Result<Vec<String>> {
     if m.models.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(problems(&check_all(host, &m.models)?))
+    Ok(problems(&check_all(host, &m.models, keep)?))
 }
 
 /// `comfyctl models [SOURCE] [--fetch]`: SOURCE is an installed id, a bundle file or a URL
@@ -206,7 +207,7 @@ pub fn models(host: &Host, src: Option<&str>, fetch: bool) -> Result<ModelsRepor
             None => return crate::host::refuse("no current release; name one (id, bundle or URL)"),
         },
     };
-    let mut statuses = check_all(host, &m.models)?;
+    let mut statuses = check_all(host, &m.models, true)?;
     if fetch {
         for (st, decl) in statuses.iter_mut().zip(&m.models) {
             if st.state != "missing" {

@@ -191,6 +191,14 @@ impl Human for Plan {
                 p.changed_objects.len()
             );
         }
+        if !p.model_warnings.is_empty() {
+            line!(
+                s,
+                "warning: {} declared model file(s) missing or different: {}",
+                p.model_warnings.len(),
+                t(&p.model_warnings.join("; "))
+            );
+        }
         match &p.diff {
             Some(d) => {
                 let _ = write!(s, "\n{}", d.render());
