@@ -407,7 +407,7 @@ pub(crate) fn check_space(host: &Host, b: &bundle::Bundle, store: &Store) -> Res
         return refuse(format!(
             "{} needs {} bytes of new files (and a {} byte margin) but {} has {} bytes free; \
              free space there (`comfyctl gc` removes old releases) and run the same command again",
-            &b.id[..12],
+            support::short_id(&b.id),
             need,
             margin,
             dir.display(),
@@ -424,10 +424,11 @@ fn unpack(
     report: &mut ActivateReport,
 ) -> Result<()> {
     let store = Store::new(host.layout.store());
-    let staging =
-        host.layout
-            .releases()
-            .join(format!(".staging-{}-{}", &b.id[..12], std::process::id()));
+    let staging = host.layout.releases().join(format!(
+        ".staging-{}-{}",
+        support::short_id(&b.id),
+        std::process::id()
+    ));
     check_space(host, b, &store)?;
     let pb = support::bytes_bar(b.payload_bytes(), "unpacking");
     let xopts = bundle::ExtractOptions {

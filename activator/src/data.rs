@@ -349,13 +349,9 @@ pub fn plan_database(host: &Host, id: &str, from: Option<&str>) -> Result<Databa
     let svc = accounts::service(host)?;
     for f in DATABASE_FILES {
         src.open_file(f, host.cfg.data.max_database_bytes, Some(svc.uid))
-            .with_context(|| format!("the database of {}", short(prev)))?;
+            .with_context(|| format!("the database of {}", support::short_id(prev)))?;
     }
     Ok(plan(Some(prev.to_owned())))
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 /// Makes the planned database folder: a copy of the previous release's files (made while the

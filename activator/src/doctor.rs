@@ -176,7 +176,7 @@ pub fn doctor(host: &Host) -> Report {
         ) {
             Ok(p) if p.is_empty() => r.ok(
                 "current release",
-                format!("{} matches its signed manifest", &id[..12]),
+                format!("{} matches its signed manifest", support::short_id(id)),
             ),
             Ok(p) => {
                 let shown: Vec<String> = p

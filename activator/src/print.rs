@@ -47,10 +47,6 @@ pub fn emit(json: bool, r: &impl Human) -> Result<()> {
     Ok(())
 }
 
-pub fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
-
 macro_rules! line {
     ($s:expr, $($arg:tt)*) => {{
         let _ = writeln!($s, $($arg)*);
@@ -67,7 +63,7 @@ impl Human for ActivateReport {
                 "{} {} ({}) is already current; nothing to do",
                 t(&r.name),
                 t(&r.version),
-                short(&r.id)
+                support::short_id(&r.id)
             );
             return s;
         }
@@ -140,8 +136,8 @@ impl Human for ActivateReport {
             "activated {} {} ({}), previous {}, in {:.2}s",
             t(&r.name),
             t(&r.version),
-            short(&r.id),
-            r.previous.as_deref().map_or("none", short),
+            support::short_id(&r.id),
+            r.previous.as_deref().map_or("none", support::short_id),
             r.seconds
         );
         s
@@ -158,7 +154,7 @@ impl Human for Plan {
             t(&p.name),
             t(&p.version),
             p.sequence,
-            short(&p.id),
+            support::short_id(&p.id),
             if p.host_libraries > 0 {
                 format!(" ({} found)", p.host_libraries)
             } else {
@@ -236,7 +232,7 @@ impl Human for crate::models::ModelsReport {
             s,
             "{} ({}): {} model file(s) declared, {}",
             t(&self.release),
-            short(&self.id),
+            support::short_id(&self.id),
             self.models.len(),
             if p.is_empty() {
                 "all present".to_owned()
@@ -271,8 +267,8 @@ impl Human for RollbackReport {
             line!(
                 s,
                 "rolled back to {} from {} (flip {:.2} ms)",
-                short(&self.to),
-                self.from.as_deref().map_or("none", short),
+                support::short_id(&self.to),
+                self.from.as_deref().map_or("none", support::short_id),
                 self.flip_ms
             );
             if let Some(d) = &self.drain {
@@ -287,7 +283,7 @@ impl Human for RollbackReport {
                 );
             }
         } else {
-            line!(s, "{} is already current", short(&self.to));
+            line!(s, "{} is already current", support::short_id(&self.to));
         }
         s
     }
@@ -304,7 +300,7 @@ impl Human for Vec<ReleaseRow> {
                 s,
                 "{} {} {:<24} {:<12} seq {:<5} {}",
                 if r.current { "*" } else { " " },
-                short(&r.id),
+                support::short_id(&r.id),
                 t(&r.name),
                 t(&r.version),
                 r.sequence,
@@ -324,7 +320,7 @@ impl Human for StatusReport {
                 "current:   {} {} ({}), sequence {}",
                 t(&c.name),
                 t(&c.version),
-                short(&c.id),
+                support::short_id(&c.id),
                 c.sequence
             ),
             None => line!(s, "current:   none"),
@@ -332,7 +328,9 @@ impl Human for StatusReport {
         line!(
             s,
             "rollback:  {}",
-            self.previous_good.as_deref().map_or("none", short)
+            self.previous_good
+                .as_deref()
+                .map_or("none", support::short_id)
         );
         line!(
             s,
@@ -355,7 +353,11 @@ impl Human for VerifyReport {
     fn human(&self) -> String {
         let mut s = String::new();
         if self.ok {
-            line!(s, "ok: {} matches its signed manifest", short(&self.id));
+            line!(
+                s,
+                "ok: {} matches its signed manifest",
+                support::short_id(&self.id)
+            );
             return s;
         }
         for p in &self.problems {
@@ -365,7 +367,7 @@ impl Human for VerifyReport {
             s,
             "{} problem(s) in {}",
             self.problems.len(),
-            short(&self.id)
+            support::short_id(&self.id)
         );
         s
     }
@@ -383,7 +385,7 @@ impl Human for HealthReport {
             s,
             "healthy: {} ({}) on port {}, device {}, {} node classes, all {} expected custom-node classes present",
             t(&self.release),
-            short(&self.id),
+            support::short_id(&self.id),
             self.port,
             h.device_type.as_deref().unwrap_or("?"),
             h.node_classes,

@@ -101,10 +101,10 @@ pub fn refuse_changed(dir: &Path, id: &str, what: &str) -> Result<()> {
         "{what}: {} file(s) of release {} changed since it was installed ({}{}); activate its \
          bundle again to restore it (`comfyctl verify {}` lists them)",
         changed.len(),
-        &id[..12.min(id.len())],
+        support::short_id(id),
         shown.join(", "),
         if changed.len() > 3 { ", ..." } else { "" },
-        &id[..12.min(id.len())]
+        support::short_id(id)
     ))
 }
 

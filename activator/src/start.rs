@@ -47,7 +47,9 @@ fn prepare_as(host: &Host, id: &str, from: Option<&str>, strict: bool) -> Result
         .and_then(|_| data::manager_config(host, &m))
         .map(|_| ());
     match extras {
-        Err(e) if !strict => tracing::warn!("returning to {} without it: {e:#}", short(id)),
+        Err(e) if !strict => {
+            tracing::warn!("returning to {} without it: {e:#}", support::short_id(id))
+        }
         other => other?,
     }
     let db = data::plan_database(host, id, from)?;
@@ -193,26 +195,22 @@ pub fn describe_return(returned: &Option<(String, Returned)>) -> String {
     match returned {
         Some((id, Returned::Healthy(h))) => format!(
             "rolled back to {} (healthy again, down {:.1}s)",
-            short(id),
+            support::short_id(id),
             h.downtime_seconds
         ),
         Some((id, Returned::Unhealthy(why))) => {
             format!(
                 "rolled back to {}, which is unhealthy too: {why}",
-                short(id)
+                support::short_id(id)
             )
         }
         Some((id, Returned::Stayed(why))) => format!(
             "could not return to {} ({why}); the unhealthy release stays current: fix that, then \
              `comfyctl rollback`",
-            short(id)
+            support::short_id(id)
         ),
         None => "there was no previous release to roll back to".to_owned(),
     }
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 /// Re-applies the host config to release `id` (current) and restarts it once the app's jobs are

@@ -256,7 +256,12 @@ fn declared_models_are_checked_fetched_resumed_and_never_replace_a_file() {
     assert!(out.stderr.contains("models/lying/d.bin"), "{}", out.stderr);
     assert_eq!(h.current(), Some(h.id_of(&b)));
     // Its dry run refuses the same way (one admission check for both).
-    let dry = h.ctl(&["activate", b2.to_str().unwrap(), "--no-service", "--dry-run"]);
+    let dry = h.ctl(&[
+        "activate",
+        b2.to_str().unwrap(),
+        "--no-service",
+        "--dry-run",
+    ]);
     assert_eq!(dry.code, 2, "{}", dry.stderr);
     assert_eq!(dry.stderr, out.stderr);
 }

@@ -26,7 +26,7 @@ pub fn wheel(
     fs_err::create_dir_all(&tmp)?;
     let log = cache
         .join("logs")
-        .join(format!("{}-{}.log", ext.name, &digest[..12]));
+        .join(format!("{}-{}.log", ext.name, support::short_id(digest)));
     let mut c = crate::uv::command(cache);
     c.args(["build", "--wheel", "--no-build-isolation", "--python"])
         .arg(venv_python)

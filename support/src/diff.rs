@@ -289,8 +289,7 @@ pub fn diff(old_id: &str, old: &Manifest, new_id: &str, new: &Manifest) -> Relea
         }
     }
     let (host_libs_added, host_libs_removed) = set_diff(&old.host_libs, &new.host_libs);
-    let model =
-        |m: &bundle::ModelFile| format!("{} {}", m.path, &m.sha256[..m.sha256.len().min(12)]);
+    let model = |m: &bundle::ModelFile| format!("{} {}", m.path, crate::short_id(&m.sha256));
     let (models_added, models_removed) = set_diff(
         &old.models.iter().map(model).collect::<Vec<_>>(),
         &new.models.iter().map(model).collect::<Vec<_>>(),
@@ -324,7 +323,7 @@ pub fn diff(old_id: &str, old: &Manifest, new_id: &str, new: &Manifest) -> Relea
 }
 
 fn short(commit: &str) -> &str {
-    commit.get(..12).unwrap_or(commit)
+    crate::short_id(commit)
 }
 
 /// Bytes for people: `1.2 GB`, `340 kB`.

@@ -114,6 +114,16 @@ pub fn read_json(
 /// it; fields are only ever added without.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
 
+/// The first 12 characters of an id, digest or commit (how both programs name releases, stages
+/// and sources to people); the whole string when it is shorter.
+pub fn short_id(id: &str) -> &str {
+    let mut end = id.len().min(12);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &id[..end]
+}
+
 /// The lowercase hex SHA-256 of everything `r` yields (a model file, a download), read in 1 MiB
 /// pieces.
 pub fn sha256_hex(mut r: impl std::io::Read) -> std::io::Result<String> {

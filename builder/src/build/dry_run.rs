@@ -253,7 +253,7 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
             "model models/{} ({} bytes, sha256 {}) from {}: checked, not in the bundle",
             m.path,
             m.size,
-            &m.sha256[..m.sha256.len().min(12)],
+            support::short_id(&m.sha256),
             if m.mirror.is_empty() {
                 &m.url
             } else {

@@ -302,13 +302,13 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     let env_d = env_digest(plan, &interp, &lock.requirements, &uv);
     let env_dir = cache.join("env").join(&env_d);
     if env_dir.exists() {
-        step("env", format!("{} cached", &env_d[..12]));
+        step("env", format!("{} cached", support::short_id(&env_d)));
     } else {
         step(
             "env",
             format!(
                 "{} building: interpreter, venv, {} locked packages",
-                &env_d[..12],
+                support::short_id(&env_d),
                 lock.requirements.matches("==").count()
             ),
         );
@@ -338,7 +338,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 "toolkit",
                 format!(
                     "{} {}",
-                    &d[..12],
+                    support::short_id(&d),
                     if exists {
                         "cached"
                     } else {
@@ -382,7 +382,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
             format!(
                 "{} {} {}",
                 e.name,
-                &d[..12],
+                support::short_id(&d),
                 if exists { "cached" } else { "compiling" }
             ),
         );
@@ -449,7 +449,9 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 let found = toolkit::wheel_sass(
                     &wheel,
                     &dump,
-                    &cache.join("tmp").join(format!("sass-{}", &d[..12])),
+                    &cache
+                        .join("tmp")
+                        .join(format!("sass-{}", support::short_id(&d))),
                 )?;
                 for (m, arches) in &found {
                     step(
@@ -526,9 +528,12 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         .map(|t| t.source.name.clone())
         .collect();
     if stage_cached {
-        step("stage", format!("{} cached", &stage_d[..12]));
+        step("stage", format!("{} cached", support::short_id(&stage_d)));
     } else {
-        step("stage", format!("{} assembling", &stage_d[..12]));
+        step(
+            "stage",
+            format!("{} assembling", support::short_id(&stage_d)),
+        );
         let tmp = cache.join("tmp").join(format!("stage-{stage_d}"));
         let _ = fs_err::remove_dir_all(&tmp);
         fs_err::create_dir_all(&tmp)?;
@@ -630,7 +635,9 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                 "smoke",
                 "starting the frozen app on loopback, as the host's unit does",
             );
-            let copy = cache.join("tmp").join(format!("smoke-{}", &stage_d[..12]));
+            let copy = cache
+                .join("tmp")
+                .join(format!("smoke-{}", support::short_id(&stage_d)));
             let _ = fs_err::remove_dir_all(&copy);
             // Another path proves the tree is relocatable; hardlinks keep the copy cheap, and the
             // app's own tree is a real copy, so what it writes there never reaches the cache.
@@ -644,7 +651,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
             )?;
             let log = cache
                 .join("logs")
-                .join(format!("smoke-{}.log", &stage_d[..12]));
+                .join(format!("smoke-{}.log", support::short_id(&stage_d)));
             let res = smoke::smoke(
                 &copy,
                 &r.launch.args,
@@ -704,7 +711,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         "{}-{}-{}.bundle",
         r.bundle.name,
         r.bundle.version,
-        &packed.id[..12]
+        support::short_id(&packed.id)
     ));
     fs_err::rename(&tmp_out, &path)?;
     eprintln!(
@@ -779,8 +786,11 @@ impl PackCache {
         fs_err::create_dir_all(&self.0)?;
         packed.digests.save(&self.0.join("digests"))?;
         let path = fs_err::canonicalize(bundle_path)?;
-        bundle::reuse::FrameSource::new(&path, packed.frame_records.clone())?
-            .save(&self.0.join(format!("{}.frames", &packed.id[..12])))?;
+        bundle::reuse::FrameSource::new(&path, packed.frame_records.clone())?.save(
+            &self
+                .0
+                .join(format!("{}.frames", support::short_id(&packed.id))),
+        )?;
         for (_, old) in self.tables().into_iter().skip(FRAME_TABLES) {
             let _ = fs_err::remove_file(old);
         }

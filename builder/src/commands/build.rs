@@ -75,7 +75,7 @@ fn print_plan(v: &serde_json::Value) {
     for st in v["stages"].as_array().into_iter().flatten() {
         let d = st["digest"]
             .as_str()
-            .map(|d| format!(" {}", &d[..12]))
+            .map(|d| format!(" {}", support::short_id(d)))
             .unwrap_or_default();
         let cached = match st["cached"].as_bool() {
             Some(true) => " cached",
