@@ -94,12 +94,18 @@ impl Dir {
     /// `data/models` to) by its path; unlike [`Dir::open_root_owned`] it may belong to the group:
     /// only what lies below it is then walked without links.
     pub fn open_configured(path: &Path) -> Result<Dir> {
-        let fd = rfs::open(
+        // No link anywhere on the way: whoever can write a folder above the share could swap its
+        // last component for a link to a system directory.
+        let fd = match rfs::openat2(
+            rfs::CWD,
             path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        )
-        .with_context(|| format!("opening {}", path.display()))?;
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => fd,
+            Err(e) => return Err(not_followed(e, path, "directory")),
+        };
         Ok(Dir {
             fd,
             path: path.to_owned(),
@@ -369,15 +375,28 @@ impl Dir {
         owner: Owner,
         mode: u32,
     ) -> Result<bool> {
+        Ok(self.copy_new_file(src, size, name, owner, mode)?.is_some())
+    }
+
+    /// [`Dir::copy_new`], keeping the copy open: its descriptor says which file it is, whatever
+    /// later happens to its name.
+    pub fn copy_new_file(
+        &self,
+        src: &std::fs::File,
+        size: u64,
+        name: &str,
+        owner: Owner,
+        mode: u32,
+    ) -> Result<Option<std::fs::File>> {
         let Some(dst) = self.create_excl(name)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let path = self.child(name);
         copy_sparse(src, &dst, size).with_context(|| format!("copying into {}", path.display()))?;
         set_owner(&dst, &path, owner, mode)?;
         dst.sync_all()
             .with_context(|| format!("syncing {}", path.display()))?;
-        Ok(true)
+        Ok(Some(dst))
     }
 
     /// Replaces file `name` in this directory, which must be root's alone (the unit's inputs):

@@ -83,6 +83,20 @@ pub fn drain(host: &Host, opts: &Options) -> Result<Drained> {
         .timeout(Duration::from_secs(5))
         .build()?;
     let port = host.cfg.service.port;
+    // Only the app's own queue counts: anyone local could bind the port while the unit is down
+    // and answer with a job that never ends, holding every stop (and the lock) for the timeout.
+    if let Ok(svc) = crate::accounts::service(host) {
+        let others: Vec<u32> = crate::health::listeners(port)
+            .into_iter()
+            .filter(|u| *u != svc.uid)
+            .collect();
+        if !others.is_empty() {
+            d.skipped = Some(format!(
+                "port {port} is held by uid {others:?}, not by the service: not its queue"
+            ));
+            return Ok(d);
+        }
+    }
     let t0 = Instant::now();
     let mut last_said: Option<Instant> = None;
     loop {

@@ -220,7 +220,7 @@ pub fn check(
 
 /// The uids owning a listening TCP socket on `port`, IPv4 and IPv6 (`/proc/net/tcp{,6}`: local
 /// address `HEX:PORT`, state `0A` is LISTEN, the eighth column the uid).
-fn listeners(port: u16) -> Vec<u32> {
+pub(crate) fn listeners(port: u16) -> Vec<u32> {
     let want = format!(":{port:04X}");
     let mut out = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {

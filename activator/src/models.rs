@@ -239,6 +239,12 @@ fn fetch_one(host: &Host, m: &ModelFile) -> Result<()> {
             anyhow::bail!("the release gives no URL for it; set [models] base_url in comfyctl.toml")
         }
     };
+    // Only a download: a local path here would be read (and removed) as if comfyctl had fetched it.
+    if !crate::source::is_url(&url) {
+        return crate::host::refuse(format!(
+            "{url} is not an http(s) URL; [models] base_url and a model's url must be http(s)"
+        ));
+    }
     let stall = std::time::Duration::from_secs(host.cfg.stall_secs.max(1));
     let got = crate::source::fetch(&url, &host.layout.downloads(), m.size, stall)?;
     let f = fs_err::File::open(&got.path)?;
@@ -257,17 +263,44 @@ fn fetch_one(host: &Host, m: &ModelFile) -> Result<()> {
         Some((d, l)) => (root.ensure_dirs(d, group, 0o2775)?.0, l),
         None => (root.try_clone()?, m.path.as_str()),
     };
-    let tmp = format!(".{leaf}.comfyctl-{}", std::process::id());
-    let _ = dir.remove_file(&tmp);
-    if !dir.copy_new(f.file(), size, &tmp, group, 0o644)? {
+    // A name nobody else uses (it is never removed unless this copy made it).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = format!(".{leaf}.comfyctl-{}-{nanos}", std::process::id());
+    // The copy stays open: in the group's folder someone could swap the temp name for their own
+    // file before the rename, and what ends up in place must be this copy.
+    let Some(copy) = dir.copy_new_file(f.file(), size, &tmp, group, 0o644)? else {
         anyhow::bail!("{} is in the way", dir.path().join(&tmp).display());
-    }
+    };
+    let copied = identity(&copy)?;
     let placed = dir.rename_no_replace(&tmp, leaf);
-    let _ = dir.remove_file(&tmp);
     let _ = fs_err::remove_file(&got.path);
+    if !matches!(placed, Ok(true)) {
+        // Still under the temp name: this copy's, unless someone swapped it (then it stays).
+        if dir
+            .open_file(&tmp, size, None)
+            .ok()
+            .flatten()
+            .and_then(|(f, _)| identity(&f).ok())
+            .is_some_and(|i| (i.dev, i.ino) == (copied.dev, copied.ino))
+        {
+            let _ = dir.remove_file(&tmp);
+        }
+    }
     if !placed? {
         return crate::host::refuse(format!(
             "{} appeared meanwhile with other content; it is not replaced",
+            dir.path().join(leaf).display()
+        ));
+    }
+    let now = dir
+        .open_file(leaf, size, None)?
+        .map(|(f, _)| identity(&f))
+        .transpose()?;
+    if now.map(|i| (i.dev, i.ino)) != Some((copied.dev, copied.ino)) {
+        return crate::host::refuse(format!(
+            "{} was swapped while it was put in place; check it and fetch again",
             dir.path().join(leaf).display()
         ));
     }

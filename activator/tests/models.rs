@@ -264,4 +264,57 @@ fn declared_models_are_checked_fetched_resumed_and_never_replace_a_file() {
     ]);
     assert_eq!(dry.code, 2, "{}", dry.stderr);
     assert_eq!(dry.stderr, out.stderr);
+    // Only http(s) is fetched: a local path as base_url would be read and removed as a download.
+    let mirror = h.tmp.path().join("mirror");
+    fs_err::create_dir_all(mirror.join("lying")).unwrap();
+    fs_err::write(mirror.join("lying/d.bin"), b"what d.bin should hold").unwrap();
+    let cfg = h.root.join("etc/comfyui/comfyctl.toml");
+    let text = fs_err::read_to_string(&cfg).unwrap();
+    fs_err::write(
+        &cfg,
+        text.replace(
+            &format!("http://127.0.0.1:{port}/models"),
+            &mirror.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = h.ctl(&["models", "--fetch", "--json"]);
+    assert!(
+        out.stdout.contains("is not an http(s) URL"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        mirror.join("lying/d.bin").exists(),
+        "the mirror's file was removed"
+    );
+    fs_err::write(&cfg, &text).unwrap();
+
+    // A model store mapped to a share is opened without following a link on the way: whoever can
+    // write above it could point it at a system directory.
+    let share = h.tmp.path().join("share");
+    fs_err::create_dir_all(share.join("real")).unwrap();
+    std::os::unix::fs::symlink(share.join("real"), share.join("models")).unwrap();
+    fs_err::remove_dir_all(&store).unwrap();
+    std::os::unix::fs::symlink(share.join("models"), &store).unwrap();
+    fs_err::write(
+        &cfg,
+        format!(
+            "{text}[data]\nmodels = \"{}\"\n",
+            share.join("models").display()
+        ),
+    )
+    .unwrap();
+    let out = h.ctl(&["models", "--fetch"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("without symbolic links"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        fs_err::read_dir(share.join("real")).unwrap().count(),
+        0,
+        "written through the link"
+    );
 }

@@ -898,7 +898,7 @@ fn an_answer_from_someone_elses_socket_on_the_port_is_not_the_app() {
     let h = host("");
     assert_eq!(h.sb.ctl("service pause --no-drain").code, 0);
     let squat = "import http.server, json\n\
-class H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        b = {'devices': [{'type': 'cpu'}]} if self.path == '/system_stats' else {'NodeA': {'python_module': 'custom_nodes.node_a'}, 'KSampler': {'python_module': 'nodes'}}\n        d = json.dumps(b).encode()\n        self.send_response(200); self.send_header('Content-Length', str(len(d))); self.end_headers(); self.wfile.write(d)\n    def log_message(self, *a): pass\n\
+class H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        b = {'devices': [{'type': 'cpu'}]} if self.path == '/system_stats' else {'NodeA': {'python_module': 'custom_nodes.node_a'}, 'KSampler': {'python_module': 'nodes'}, 'queue_running': [[1, 'never-ends']], 'queue_pending': []}\n        d = json.dumps(b).encode()\n        self.send_response(200); self.send_header('Content-Length', str(len(d))); self.end_headers(); self.wfile.write(d)\n    def log_message(self, *a): pass\n\
 http.server.HTTPServer(('0.0.0.0', 8188), H).serve_forever()\n";
     fs_err::write(h.sb.share.path().join("squat.py"), squat).unwrap();
     let o = h.sb.sh(&format!(
@@ -913,8 +913,14 @@ http.server.HTTPServer(('0.0.0.0', 8188), H).serve_forever()\n";
         broken: true,
         ..Release::new("broken", 2)
     });
+    // Its /queue says a job runs forever: not the app's queue, so the stop does not wait on it.
+    let t = Instant::now();
     let o = h.sb.ctl(&format!("activate {}", broken.display()));
     assert_eq!(o.code, 1, "{}", o.text);
+    assert!(
+        t.elapsed() < Duration::from_secs(120),
+        "waited on a squatter's queue"
+    );
     let st = h.sb.ctl("releases --json").text;
     let v: serde_json::Value = serde_json::from_str(&st).unwrap();
     let b = v["items"]

@@ -2,10 +2,12 @@
 //! node's `install.py` after cloning it, and those scripts clone more code, download models and
 //! pip-install packages), done from pinned inputs: nested git sources placed inside a node's
 //! folder, declared model files fetched and checked by SHA-256, and each node's `install.py`
-//! either named and left alone (the default) or run in the stage with no network (unless the
-//! recipe allows it), the env behind an overlay so no package can change, and everything it wrote
-//! checked: inside the node it becomes part of the release; a declared model is checked; anything
-//! else fails the build.
+//! either named and left alone (the default) or run as an account that owns nothing of the build
+//! (not the cache, not the env, not the signing key), in mount, pid and (unless the recipe allows
+//! it) network namespaces of its own, with a read-only view of the stage but its node's folder;
+//! what it tries to pip-install is refused by name, and everything it wrote is checked: inside
+//! the node it becomes part of the release (bytecode recompiled from source), a declared model
+//! is checked, anything else fails the build.
 
 use crate::plan::{Checkout, Role};
 use crate::recipe::{InstallScript, ModelSection};
@@ -170,6 +172,82 @@ pub fn run_scripts(
     Ok(Scripts { lines })
 }
 
+/// The account an install script runs as: it owns nothing of the build (not the cache, not the
+/// env, not the signing key), so the kernel refuses what it must not do.
+const NOBODY: u32 = 65534;
+
+/// What `pip`, `pip3`, `uv` and `python -m pip` become for an install script: they record what
+/// the script asked to install (for the refusal that names it) and fail.
+const SHIM: &str = "#!/bin/sh\nprintf '%s\\n' \"$*\" >>\"$COMFY_INSTALL_REQUESTS\"\necho \"refused: packages come from the recipe's lock, not from install scripts\" >&2\nexit 1\n";
+const SHIM_PY: &str = "import os, sys\nwith open(os.environ['COMFY_INSTALL_REQUESTS'], 'a') as f:\n    f.write(' '.join(sys.argv[1:]) + '\\n')\nsys.exit('refused: packages come from the recipe\\'s lock, not from install scripts')\n";
+
+/// The view an install script gets, set up as root in a mount namespace of its own before it
+/// becomes the unprivileged account: the stage read-only, its node's folder writable, the
+/// declared models, a home, the pip shims; private /tmp, /var/tmp, /dev/shm; a pid namespace, so
+/// nothing it starts outlives it.
+const VIEW: &str = r#"set -eu
+v=$1/view
+mkdir -p "$v"
+mount -t tmpfs -o mode=0755 tmpfs "$v"
+mkdir -p "$v/stage" "$v/models" "$v/home" "$v/shim"
+mount --bind "$2" "$v/stage"
+mount -o remount,bind,ro "$v/stage"
+mount --bind "$2/$3" "$v/stage/$3"
+mount --bind "$1/models" "$v/models"
+mount --bind "$1/home" "$v/home"
+mount --bind "$1/shim" "$v/shim"
+mount -o remount,bind,ro "$v/shim"
+# A private /tmp holding the view: made beside it, then moved over /tmp (the stage itself may
+# live below /tmp, and must be bound before /tmp is covered).
+t=$1/tmp
+mkdir -p "$t"
+mount -t tmpfs -o mode=1777 tmpfs "$t"
+mkdir "$t/install"
+mount --move "$v" "$t/install"
+mount --move "$t" /tmp
+for d in /var/tmp /dev/shm; do
+  if [ -d "$d" ]; then mount -t tmpfs -o mode=1777 tmpfs "$d"; fi
+done
+cd "/tmp/install/stage/$3"
+exec setpriv --reuid "$4" --regid "$4" --clear-groups --no-new-privs --inh-caps=-all \
+  --bounding-set=-all -- env -i PATH=/tmp/install/shim/bin:/usr/local/bin:/usr/bin:/bin \
+  HOME=/tmp/install/home LANG=C.UTF-8 COMFYUI_PATH=/tmp/install/stage/ComfyUI \
+  COMFYUI_MODEL_PATH=/tmp/install/models PYTHONPATH=/tmp/install/shim/py \
+  COMFY_INSTALL_REQUESTS=/tmp/install/home/.requested CUDA_VISIBLE_DEVICES= \
+  PYTHONDONTWRITEBYTECODE=1 /tmp/install/stage/venv/bin/python install.py
+"#;
+
+fn chown_tree(dir: &Path, owner: u32) -> Result<()> {
+    crate::process::run(
+        Command::new("chown")
+            .args(["-R", "-h", "-P"])
+            .arg(format!("{owner}:{owner}"))
+            .arg(dir),
+    )?;
+    Ok(())
+}
+
+/// Bytecode in a folder an install script could write: removed, so the freeze step compiles it
+/// from the sources that ship (a planted `.pyc` could otherwise run other code).
+fn remove_bytecode(dir: &Path) -> Result<()> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs_err::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            let t = e.file_type()?;
+            if t.is_dir() && p.file_name().is_some_and(|n| n == "__pycache__") {
+                fs_err::remove_dir_all(&p)?;
+            } else if t.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "pyc") {
+                fs_err::remove_file(&p)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs one `install.py`; returns what it wrote inside its node's folder.
 fn run_one(
     stage: &Path,
@@ -180,6 +258,13 @@ fn run_one(
     cache: &Path,
 ) -> Result<Vec<String>> {
     let name = &c.source.name;
+    if !rustix::process::getuid().is_root() {
+        bail!(
+            "custom node {name}: install_script = \"run\" needs the builder to run as root (the \
+             script runs as an unprivileged account in namespaces of its own); run comfy-build as \
+             root, or set install_script = \"skip\" and pin what the script does in the recipe"
+        );
+    }
     let scratch = tempfile::tempdir_in(cache)?;
     let s = scratch.path();
     // The declared models, where the script looks for them (COMFYUI_MODEL_PATH): a script that
@@ -194,83 +279,73 @@ fn run_one(
         }
         fs_err::copy(&src, &dest)?;
     }
-    let (up, work, home) = (s.join("up"), s.join("work"), s.join("home"));
-    for d in [&up, &work, &home] {
-        fs_err::create_dir_all(d)?;
+    let home = s.join("home");
+    fs_err::create_dir_all(&home)?;
+    for (bin, text) in [
+        ("shim/bin/pip", SHIM),
+        ("shim/bin/pip3", SHIM),
+        ("shim/bin/uv", SHIM),
+    ] {
+        let p = s.join(bin);
+        fs_err::create_dir_all(p.parent().context("shim")?)?;
+        fs_err::write(&p, text)?;
+        fs_err::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
+    fs_err::create_dir_all(s.join("shim/py/pip"))?;
+    fs_err::write(s.join("shim/py/pip/__init__.py"), "")?;
+    fs_err::write(s.join("shim/py/pip/__main__.py"), SHIM_PY)?;
     let comfy = stage.join("ComfyUI");
     let before = snapshot(&comfy)?;
     let models_before = snapshot(&models_dir)?;
-    let venv = stage.join("venv");
+    let rel = dir
+        .strip_prefix(stage)
+        .context("the node's folder is outside the stage")?
+        .to_string_lossy()
+        .into_owned();
     let log = cache
         .join("logs")
         .join(format!("install-{}.log", name.replace('/', "--")));
-    let mut cmd = Command::new("unshare");
-    if !rustix::process::getuid().is_root() {
-        cmd.arg("--map-root-user");
+    // What the script may write: its node's folder, the models, its home. Nothing else is its.
+    for d in [dir, &models_dir, &home] {
+        chown_tree(d, NOBODY)?;
     }
-    cmd.args(["--mount", "--propagation", "private"]);
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+    ]);
     if !c.source.install_network {
         cmd.arg("--net");
     }
-    cmd.args(["--", "sh", "-c"])
-        .arg(
-            "mount -t overlay overlay -o \"lowerdir=$1,upperdir=$2,workdir=$3\" \"$1\" || exit 97; \
-             cd \"$4\" && exec \"$1/bin/python\" install.py",
-        )
-        .arg("sh")
-        .arg(&venv)
-        .arg(&up)
-        .arg(&work)
-        .arg(dir)
+    cmd.args(["--", "sh", "-c", VIEW, "sh"])
+        .arg(s)
+        .arg(stage)
+        .arg(&rel)
+        .arg(NOBODY.to_string())
         .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &home)
-        .env("LANG", "C.UTF-8")
-        .env("COMFYUI_PATH", &comfy)
-        .env("COMFYUI_MODEL_PATH", &models_dir)
-        .env("CUDA_VISIBLE_DEVICES", "")
-        .env("PYTHONDONTWRITEBYTECODE", "1");
-    crate::process::run_logged(&mut cmd, &log)
-        .with_context(|| format!("custom node {name}: install.py failed"))?;
-    // No package may change: the env is the lock's.
-    let mut touched: Vec<String> = Vec::new();
-    let mut stack = vec![up.clone()];
-    while let Some(d) = stack.pop() {
-        for e in fs_err::read_dir(&d)? {
-            let p = e?.path();
-            let rel = p
-                .strip_prefix(&up)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .into_owned();
-            if rel.split('/').any(|x| x == "__pycache__") {
-                continue;
-            }
-            let n = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if n.ends_with(".dist-info") {
-                touched.push(n.trim_end_matches(".dist-info").to_owned());
-            } else if p.is_dir() {
-                stack.push(p);
-            } else if !rel.contains(".dist-info/") {
-                touched.push(rel);
-            }
-        }
-    }
-    if !touched.is_empty() {
-        touched.sort();
-        touched.dedup();
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    let ran = crate::process::run_logged(&mut cmd, &log);
+    chown_tree(dir, 0)?;
+    remove_bytecode(dir)?;
+    let requested = fs_err::read_to_string(home.join(".requested")).unwrap_or_default();
+    if !requested.trim().is_empty() {
         bail!(
-            "custom node {name}: install.py installed or changed packages in the locked env ({}); \
-             add what the node needs to the recipe (its requirements, or [packages] core) instead \
-             (log {})",
-            touched.join(", "),
+            "custom node {name}: install.py tried to install packages ({}); the env is the \
+             recipe's lock: add what the node needs to the recipe (its requirements, or \
+             [packages] core) instead (log {})",
+            requested.trim().lines().collect::<Vec<_>>().join("; "),
             log.display()
         );
     }
+    ran.with_context(|| format!("custom node {name}: install.py failed"))?;
     let after = snapshot(&comfy)?;
     let (changed, removed) = written(&before, &after);
     let node_rel = dir
@@ -284,7 +359,8 @@ fn run_one(
         .map(|(p, _)| p)
         .filter(|p| !inside(p))
         .collect();
-    if !outside.is_empty() || !removed.is_empty() {
+    let removed_outside: Vec<&String> = removed.iter().filter(|p| !inside(p)).collect();
+    if !outside.is_empty() || !removed_outside.is_empty() {
         bail!(
             "custom node {name}: install.py changed the app outside its own folder ({}{}); only \
              what it writes in {node_rel} can become part of the release",
@@ -293,10 +369,17 @@ fn run_one(
                 .map(|p| p.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            if removed.is_empty() {
+            if removed_outside.is_empty() {
                 String::new()
             } else {
-                format!("; removed {}", removed.join(", "))
+                format!(
+                    "; removed {}",
+                    removed_outside
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             }
         );
     }

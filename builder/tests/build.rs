@@ -750,13 +750,13 @@ fn install_scripts_run_confined_and_nested_sources_are_placed() {
         ),
         (
             "scripted-pkg",
-            "import os, sysconfig\nos.makedirs(os.path.join(sysconfig.get_paths()['purelib'], 'evil-1.0.dist-info'))\n",
-            "installed or changed packages in the locked env (evil-1.0)",
+            "import subprocess, sys\nsubprocess.run([sys.executable, '-m', 'pip', 'install', 'evil==1.0'])\n",
+            "install.py tried to install packages (install evil==1.0)",
         ),
         (
             "scripted-outside",
             "import os\nopen(os.path.join(os.environ['COMFYUI_PATH'], 'main.py'), 'a').write('# hi')\n",
-            "changed the app outside its own folder (main.py)",
+            "Permission denied: '/tmp/install/stage/ComfyUI/main.py'",
         ),
     ] {
         let repo = with_script(name, script);
@@ -770,4 +770,101 @@ fn install_scripts_run_confined_and_nested_sources_are_placed() {
 fn id_path(out: &std::process::Output) -> String {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["path"].as_str().unwrap().to_owned()
+}
+
+/// A hostile install.py (custom nodes are third-party code) tries what a root process could: write
+/// through the stage's hardlinks into the cached env, unmount what hides things from it, plant
+/// bytecode, edit the app outside its node, read the signing key, write outside the build, leave
+/// a daemon behind. It runs as an account that owns nothing of the build, so each attempt fails;
+/// the build ships only what it wrote in its node, with its bytecode removed.
+#[test]
+#[cfg_attr(
+    not(feature = "network-tests"),
+    ignore = "builds with uv from PyPI and Python 3.12; scripts/test.sh runs it"
+)]
+fn a_hostile_install_script_reaches_nothing_of_the_build() {
+    let d = Demo::new();
+    let outside = d.tmp.path().join("outside-marker");
+    let script = format!(
+        r#"import glob, os, subprocess, sys, time
+res = []
+def attempt(what, f):
+    try:
+        f(); res.append(what + ' done')
+    except Exception as e:
+        res.append(what + ' denied ' + type(e).__name__)
+comfy = os.environ['COMFYUI_PATH']
+def env_write():
+    # The stage's venv: hardlinks of the cached env (and of uv's cache behind it).
+    open(os.path.join(os.path.dirname(comfy), 'venv/lib/python3.12/site-packages/yaml/__init__.py'), 'a').write('# pwned')
+attempt('env', env_write)
+attempt('umount', lambda: subprocess.run(['umount', os.path.dirname(comfy)], check=True, capture_output=True))
+attempt('app', lambda: open(os.path.join(comfy, 'main.py'), 'a').write('# pwned'))
+attempt('outside', lambda: open({outside:?}, 'w').write('x'))
+def key():
+    for c in glob.glob('/proc/[0-9]*/cmdline'):
+        a = open(c, 'rb').read().split(b'\0')
+        if b'--key' in a:
+            open(a[a.index(b'--key') + 1].decode(), 'rb').read()
+            return
+    raise LookupError('no builder process visible')
+attempt('key', key)
+os.makedirs('__pycache__', exist_ok=True)
+open('__pycache__/planted.cpython-312.pyc', 'wb').write(b'not bytecode')
+if os.fork() == 0:
+    time.sleep(3); open('late.txt', 'w').write('the daemon lived on'); os._exit(0)
+open('attempts.txt', 'w').write('\n'.join(res) + '\n')
+"#
+    );
+    let repo = d
+        .variant("node-hello", "scripted-hostile", "install.py", &script)
+        .to_string_lossy()
+        .into_owned();
+    let recipe = d.recipe("hostile", |t| {
+        format!("{t}\n[[custom_nodes]]\ngit = \"{repo}\"\nrev = \"main\"\nname = \"hostile\"\ninstall_script = \"run\"\n")
+    });
+    let env_file = |cache: &Path| {
+        let mut found = Vec::new();
+        for e in fs_err::read_dir(cache.join("env")).unwrap() {
+            let p = e
+                .unwrap()
+                .path()
+                .join("venv/lib/python3.12/site-packages/yaml/__init__.py");
+            if p.exists() {
+                found.push(fs_err::read(p).unwrap());
+            }
+        }
+        found
+    };
+    let out = d.build(&recipe, "hostile", "cache", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let x = d.tmp.path().join("x-hostile");
+    untar(&PathBuf::from(id_path(&out)), &x);
+    let node = x.join("ComfyUI/custom_nodes/hostile");
+    let attempts = fs_err::read_to_string(node.join("attempts.txt")).unwrap();
+    for what in ["env", "umount", "app", "outside", "key"] {
+        assert!(
+            attempts.contains(&format!("{what} denied")),
+            "{what}: {attempts}"
+        );
+    }
+    assert!(!outside.exists());
+    assert!(
+        !node.join("late.txt").exists(),
+        "a daemon outlived the script"
+    );
+    assert!(
+        !node.join("__pycache__/planted.cpython-312.pyc").exists(),
+        "planted bytecode shipped"
+    );
+    for f in env_file(&d.tmp.path().join("cache")) {
+        assert!(
+            !String::from_utf8_lossy(&f).contains("pwned"),
+            "the cached env was written"
+        );
+    }
+    assert!(!fs_err::read_to_string(x.join("ComfyUI/main.py"))
+        .unwrap()
+        .contains("pwned"));
 }
