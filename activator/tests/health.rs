@@ -8,6 +8,20 @@ use common::*;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
 
+/// Reads one request's head; returns its first line.
+fn read_request(s: &std::net::TcpStream) -> String {
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut first = String::new();
+    r.read_line(&mut first).unwrap();
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+            break;
+        }
+    }
+    first
+}
+
 /// Answers /system_stats with `device` and /object_info with `classes` (class, python_module).
 fn serve(device: &'static str, classes: &'static [(&'static str, &'static str)]) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -15,15 +29,7 @@ fn serve(device: &'static str, classes: &'static [(&'static str, &'static str)])
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { return };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut first = String::new();
-            r.read_line(&mut first).unwrap();
-            loop {
-                let mut l = String::new();
-                if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-                    break;
-                }
-            }
+            let first = read_request(&s);
             let body = if first.contains("/system_stats") {
                 format!("{{\"system\":{{}},\"devices\":[{{\"type\":\"{device}\"}}]}}")
             } else {
@@ -126,13 +132,7 @@ fn serve_huge(size: u64, declare: bool) -> u16 {
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { return };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            loop {
-                let mut l = String::new();
-                if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-                    break;
-                }
-            }
+            read_request(&s);
             let head = if declare {
                 format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n")
             } else {
@@ -208,13 +208,7 @@ fn an_answer_of_millions_of_tiny_values_is_refused_in_bounded_memory() {
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { return };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            loop {
-                let mut l = String::new();
-                if r.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-                    break;
-                }
-            }
+            read_request(&s);
             let _ = write!(
                 s,
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
