@@ -5,12 +5,13 @@
 use crate::manifest::{Entry, Kind};
 use crate::paths::parent;
 use crate::reader::Bundle;
-use crate::stream::{stream, NullSink, Sink};
+use crate::stream::{stream, FileOut, NullSink, Sink};
 use crate::{Error, Result};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, Mode, OFlags};
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 /// How to extract.
 #[derive(Clone, Debug)]
@@ -87,11 +88,11 @@ pub trait ObjectSource: Sync {
 }
 
 struct DirSink<'s> {
-    root: OwnedFd,
-    /// Open directories from the root down the last path used: (component, fd).
-    dirs: Vec<(String, OwnedFd)>,
+    root: Arc<OwnedFd>,
+    /// Open directories from the root down the last path used: (component, fd), shared with the
+    /// writers of the files they hold.
+    dirs: Vec<(String, Arc<OwnedFd>)>,
     made_dirs: Vec<String>,
-    current: Option<std::fs::File>,
     read_only: bool,
     store: Option<&'s dyn ObjectSource>,
     stats: Extracted,
@@ -145,7 +146,7 @@ impl DirSink<'_> {
                     format!("opening directory {dir:?} of the release: {other}"),
                 )),
             })?;
-            self.dirs.push(((*c).to_owned(), fd));
+            self.dirs.push(((*c).to_owned(), Arc::new(fd)));
         }
         Ok(self
             .dirs
@@ -160,6 +161,60 @@ impl DirSink<'_> {
             e.mode()
         };
         Mode::from_raw_mode(m)
+    }
+}
+
+/// One file of the release, created (`O_EXCL`, no link followed) and written on a writer thread
+/// in a directory this extraction made.
+struct FileWriter {
+    dir: Arc<OwnedFd>,
+    name: String,
+    path: String,
+    file: Option<std::fs::File>,
+    mode: Mode,
+    mtime: Option<rfs::Timespec>,
+}
+
+impl FileWriter {
+    fn open(&mut self) -> Result<std::fs::File> {
+        if let Some(f) = self.file.take() {
+            return Ok(f);
+        }
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let f = rfs::openat(&*self.dir, &self.name, flags, Mode::from_raw_mode(0o600))
+            .map_err(|err| io_at(&self.path, err))?;
+        Ok(std::fs::File::from(f))
+    }
+}
+
+impl FileOut for FileWriter {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        let mut f = self.open()?;
+        let r = f.write_all(data);
+        self.file = Some(f);
+        r.map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("writing {:?} in staging: {e}", self.path),
+            ))
+        })
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        let f = self.open()?;
+        rfs::fchmod(&f, self.mode).map_err(|err| io_at(&self.path, err))?;
+        if let Some(t) = self.mtime {
+            rfs::futimens(
+                &f,
+                &rfs::Timestamps {
+                    last_access: t,
+                    last_modification: t,
+                },
+            )
+            .map_err(|err| io_at(&self.path, err))?;
+        }
+        Ok(())
     }
 }
 
@@ -181,42 +236,27 @@ impl Sink for DirSink<'_> {
         Ok(())
     }
 
-    fn file_begin(&mut self, e: &Entry) -> Result<()> {
+    fn file(&mut self, e: &Entry) -> Result<Box<dyn FileOut>> {
         let (p, name) = split(&e.path);
-        let fd = self.dir_fd(p)?;
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let f = rfs::openat(fd, name, flags, Mode::from_raw_mode(0o600))
-            .map_err(|err| io_at(&e.path, err))?;
-        self.current = Some(std::fs::File::from(f));
-        Ok(())
-    }
-
-    fn file_data(&mut self, data: &[u8]) -> Result<()> {
-        if let Some(f) = self.current.as_mut() {
-            f.write_all(data)?;
-            self.stats.bytes += data.len() as u64;
-        }
-        Ok(())
-    }
-
-    fn file_end(&mut self, e: &Entry) -> Result<()> {
-        if let Some(f) = self.current.take() {
-            rfs::fchmod(&f, self.file_mode(e)).map_err(|err| io_at(&e.path, err))?;
-            if let Kind::File { sha256, .. } = &e.kind {
-                let t = content_mtime(sha256);
-                rfs::futimens(
-                    &f,
-                    &rfs::Timestamps {
-                        last_access: t,
-                        last_modification: t,
-                    },
-                )
-                .map_err(|err| io_at(&e.path, err))?;
-            }
-        }
+        self.dir_fd(p)?;
+        // The directory `dir_fd` just opened: the root's own files leave the stack as it was.
+        let dir = match self.dirs.last() {
+            Some((_, fd)) if !p.is_empty() => fd.clone(),
+            _ => self.root.clone(),
+        };
         self.stats.files += 1;
-        Ok(())
+        self.stats.bytes += e.size();
+        Ok(Box::new(FileWriter {
+            dir,
+            name: name.to_owned(),
+            path: e.path.clone(),
+            file: None,
+            mode: self.file_mode(e),
+            mtime: match &e.kind {
+                Kind::File { sha256, .. } => Some(content_mtime(sha256)),
+                _ => None,
+            },
+        }))
     }
 
     fn reuse_file(&mut self, e: &Entry) -> Result<()> {
@@ -322,10 +362,9 @@ impl Bundle {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let root = rfs::open(staging, flags, Mode::empty()).map_err(|e| Error::Io(e.into()))?;
         let mut sink = DirSink {
-            root,
+            root: Arc::new(root),
             dirs: Vec::new(),
             made_dirs: Vec::new(),
-            current: None,
             read_only: opts.read_only,
             store,
             stats: Extracted::default(),

@@ -1,6 +1,8 @@
 //! The verifying payload stream. Worker threads decompress frames in parallel (a bounded window ahead),
 //! one consumer walks the tar stream in order and demands that entry `i` is exactly the manifest's
-//! `files[i]`: same header bytes, same content hash. Only then does a [`Sink`] see the entry.
+//! `files[i]`: same header bytes. File contents go, as pieces of the decompressed frames (no copy),
+//! to writer threads that hash and write them in parallel; a file is finished only after its content
+//! hash matched, and the first failure in manifest order is the stream's.
 
 use crate::index::{Frame, NO_ENTRY};
 use crate::manifest::{Entry, Kind};
@@ -10,18 +12,18 @@ use crate::tarfmt::{checksum_ok, forbidden_kind, padding, push_header, HeaderKin
 use crate::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// Receives verified entries in manifest order. File data arrives in pieces between `file_begin` and
-/// `file_end`; `file_end` is called only after the content hash matched.
+/// Receives verified entries in manifest order (directories before what they hold).
 pub trait Sink {
     fn dir(&mut self, e: &Entry) -> Result<()>;
     fn symlink(&mut self, e: &Entry, target: &str) -> Result<()>;
-    fn file_begin(&mut self, e: &Entry) -> Result<()>;
-    fn file_data(&mut self, data: &[u8]) -> Result<()>;
-    fn file_end(&mut self, e: &Entry) -> Result<()>;
+    /// Where file `e`'s content goes. The writer runs on a writer thread: it is given the content
+    /// in order, and finished only after the content hash matched.
+    fn file(&mut self, e: &Entry) -> Result<Box<dyn FileOut>>;
     /// Makes a file the caller marked reusable from its own copy (its content is not in the stream).
     fn reuse_file(&mut self, e: &Entry) -> Result<()> {
         Err(Error::Io(std::io::Error::other(format!(
@@ -31,8 +33,26 @@ pub trait Sink {
     }
 }
 
+/// One file's content on its way out, on a writer thread.
+pub trait FileOut: Send {
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// The content is complete and its hash matched.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
 /// A sink that keeps nothing: verification only.
 pub struct NullSink;
+
+struct NullOut;
+
+impl FileOut for NullOut {
+    fn write(&mut self, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
 
 impl Sink for NullSink {
     fn dir(&mut self, _: &Entry) -> Result<()> {
@@ -41,18 +61,151 @@ impl Sink for NullSink {
     fn symlink(&mut self, _: &Entry, _: &str) -> Result<()> {
         Ok(())
     }
-    fn file_begin(&mut self, _: &Entry) -> Result<()> {
-        Ok(())
-    }
-    fn file_data(&mut self, _: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn file_end(&mut self, _: &Entry) -> Result<()> {
-        Ok(())
+    fn file(&mut self, _: &Entry) -> Result<Box<dyn FileOut>> {
+        Ok(Box::new(NullOut))
     }
 }
 
 type FrameResult = (usize, Result<Vec<u8>>);
+
+/// A decompressed frame. Pieces of it travel to the writers; its buffer goes back to the
+/// decompressors (freeing a place in the window) when the last piece is dropped.
+struct FrameBuf {
+    data: Vec<u8>,
+    home: SyncSender<Vec<u8>>,
+}
+
+impl Drop for FrameBuf {
+    fn drop(&mut self) {
+        let _ = self.home.try_send(std::mem::take(&mut self.data));
+    }
+}
+
+/// A range of a decompressed frame.
+struct Piece(Arc<FrameBuf>, Range<usize>);
+
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        &self.0.data[self.1.clone()]
+    }
+}
+
+/// A file lying in one piece of one frame goes to a writer whole; a longer one streams to one
+/// writer piece by piece, a few pieces ahead.
+const PIECE_MAX: u64 = 1 << 20;
+const STREAM_AHEAD: usize = 4;
+/// Files handed over and not yet taken by a writer.
+const QUEUE: usize = 64;
+
+enum Body {
+    Whole(Vec<Piece>),
+    Streamed(Receiver<Piece>),
+}
+
+struct Job {
+    index: usize,
+    path: String,
+    size: u64,
+    sha256: [u8; 32],
+    out: Box<dyn FileOut>,
+    body: Body,
+}
+
+/// The first failure in manifest order, wherever it happened (a writer or the consumer).
+struct Failed {
+    /// (entry, rank, error): at one entry, a writer's own error (rank 0) beats "a writer stopped" (rank 1).
+    first: Mutex<Option<(usize, u8, Error)>>,
+    /// The entry of the first failure so far; `usize::MAX` while none.
+    at: AtomicUsize,
+}
+
+impl Failed {
+    fn new() -> Self {
+        Self {
+            first: Mutex::new(None),
+            at: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    fn record(&self, index: usize, rank: u8, e: Error) {
+        if let Ok(mut f) = self.first.lock() {
+            if f.as_ref().is_none_or(|(i, r, _)| (index, rank) < (*i, *r)) {
+                *f = Some((index, rank, e));
+            }
+        }
+        self.at.fetch_min(index, Ordering::Relaxed);
+    }
+
+    /// Whether an entry before `index` failed: work on `index` is of no use.
+    fn before(&self, index: usize) -> bool {
+        self.at.load(Ordering::Relaxed) < index
+    }
+}
+
+fn writer(jobs: &Mutex<Receiver<Job>>, failed: &Failed) {
+    loop {
+        let job = match jobs.lock().map(|j| j.recv()) {
+            Ok(Ok(job)) => job,
+            _ => return,
+        };
+        // Files before the first failure are still checked, so the earliest one is reported.
+        if failed.before(job.index) {
+            continue;
+        }
+        let index = job.index;
+        if let Err(e) = write_job(job) {
+            failed.record(index, 0, e);
+        }
+    }
+}
+
+/// Hashes and writes one file; `Ok` without finishing when the consumer gave up on it (the
+/// consumer reports why).
+fn write_job(job: Job) -> Result<()> {
+    let Job {
+        path,
+        size,
+        sha256,
+        mut out,
+        body,
+        ..
+    } = job;
+    let mut h = Sha256::new();
+    let mut got = 0u64;
+    let mut take = |p: Piece| -> Result<()> {
+        h.update(p.bytes());
+        got += p.bytes().len() as u64;
+        out.write(p.bytes())
+    };
+    match body {
+        Body::Whole(pieces) => pieces.into_iter().try_for_each(&mut take)?,
+        Body::Streamed(rx) => rx.into_iter().try_for_each(&mut take)?,
+    }
+    if got != size {
+        return Ok(());
+    }
+    if h.finalize()[..] != sha256[..] {
+        return Err(Error::DigestMismatch { path });
+    }
+    out.finish()
+}
+
+const WRITER_STOPPED: &str = "a file writer stopped";
+
+/// The consumer's end of the writers.
+struct Writers<'a> {
+    jobs: SyncSender<Job>,
+    failed: &'a Failed,
+}
+
+impl Writers<'_> {
+    fn stopped(&self) -> Error {
+        Error::Io(std::io::Error::other(WRITER_STOPPED))
+    }
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs.send(job).map_err(|_| self.stopped())
+    }
+}
 
 /// Entry number meaning "no more stream": every remaining entry comes from the store.
 const STREAM_END: u64 = u64::MAX;
@@ -74,7 +227,7 @@ struct Chain<'a> {
     tokens: SyncSender<Vec<u8>>,
     pending: BTreeMap<usize, Result<Vec<u8>>>,
     k: usize,
-    cur: Vec<u8>,
+    cur: Arc<FrameBuf>,
     cur_frame: usize,
     pos: usize,
     gap: Option<u64>,
@@ -104,10 +257,12 @@ impl Chain<'_> {
             self.pending.insert(no, r);
         };
         let contiguous = f == self.cur_frame + 1;
-        let done = std::mem::replace(&mut self.cur, frame?);
+        // The frame left behind goes back to the workers once no writer holds a piece of it.
+        self.cur = Arc::new(FrameBuf {
+            data: frame?,
+            home: self.tokens.clone(),
+        });
         self.k += 1;
-        // A frame left the window: its buffer lets a worker start on another.
-        let _ = self.tokens.try_send(done);
         self.pos = 0;
         if !contiguous {
             let fr = &self.frames[f];
@@ -124,19 +279,29 @@ impl Chain<'_> {
     /// Up to `max` bytes of the current frame; empty only at the end of the stream. Running into a
     /// skipped frame in the middle of an entry means the index lied.
     fn chunk(&mut self, max: usize) -> Result<&[u8]> {
-        while self.pos == self.cur.len() {
+        let r = self.next_range(max)?;
+        Ok(&self.cur.data[r])
+    }
+
+    /// Like [`Chain::chunk`], as a piece that outlives the current frame.
+    fn piece(&mut self, max: usize) -> Result<Piece> {
+        let r = self.next_range(max)?;
+        Ok(Piece(self.cur.clone(), r))
+    }
+
+    fn next_range(&mut self, max: usize) -> Result<Range<usize>> {
+        while self.pos == self.cur.data.len() {
             if !self.next_is_contiguous() {
                 if self.k == self.order.len() {
-                    return Ok(&[]);
+                    return Ok(self.pos..self.pos);
                 }
                 return Err(bad_index("an entry continues into a skipped frame"));
             }
             self.load_next()?;
         }
-        let n = max.min(self.cur.len() - self.pos);
-        let s = &self.cur[self.pos..self.pos + n];
+        let n = max.min(self.cur.data.len() - self.pos);
         self.pos += n;
-        Ok(s)
+        Ok(self.pos - n..self.pos)
     }
 
     fn read_exact(&mut self, mut buf: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
@@ -155,7 +320,7 @@ impl Chain<'_> {
     /// At an entry boundary: if the current frame is used up and the next one to read is not its
     /// neighbour, jump to it and return the entry its first header belongs to.
     fn settle(&mut self) -> Result<Option<u64>> {
-        if self.pos == self.cur.len() && !self.next_is_contiguous() && !self.load_next()? {
+        if self.pos == self.cur.data.len() && !self.next_is_contiguous() && !self.load_next()? {
             return Ok(Some(STREAM_END));
         }
         Ok(self.gap.take())
@@ -165,13 +330,13 @@ impl Chain<'_> {
     /// over skipped frames.
     fn skip(&mut self, mut n: u64) -> Result<()> {
         loop {
-            let avail = (self.cur.len() - self.pos) as u64;
+            let avail = (self.cur.data.len() - self.pos) as u64;
             if n <= avail {
                 self.pos += n as usize;
                 return Ok(());
             }
             n -= avail;
-            self.pos = self.cur.len();
+            self.pos = self.cur.data.len();
             if self.next_is_contiguous() {
                 self.load_next()?;
                 continue;
@@ -194,7 +359,7 @@ impl Chain<'_> {
 
     fn at_end(&mut self) -> Result<bool> {
         self.chunk(0)?;
-        Ok(self.pos == self.cur.len() && self.k == self.order.len())
+        Ok(self.pos == self.cur.data.len() && self.k == self.order.len())
     }
 }
 
@@ -404,9 +569,10 @@ pub fn stream(
     }
     let order = needed_frames(frames, reusable);
     let jobs = jobs.max(1);
-    // Frames decompressed ahead of the consumer: one buffer per place; the consumer's first
-    // (empty) current frame joins them when it comes back.
-    let window = jobs + 1;
+    // Frame buffers: one per decompressor, the consumer's current frame, and one held by writers
+    // still hashing the frame before it. The consumer's first (empty) current frame joins them
+    // when it is dropped.
+    let window = jobs + 2;
     let next = AtomicUsize::new(0);
     let (tok_tx, tok_rx) = sync_channel::<Vec<u8>>(window);
     for _ in 0..window - 1 {
@@ -414,6 +580,9 @@ pub fn stream(
     }
     let tok_rx = Mutex::new(tok_rx);
     let (tx, rx) = sync_channel::<FrameResult>(window);
+    let (job_tx, job_rx) = sync_channel::<Job>(QUEUE);
+    let job_rx = Mutex::new(job_rx);
+    let failed = Failed::new();
     std::thread::scope(|s| {
         for _ in 0..jobs {
             let tx = tx.clone();
@@ -421,21 +590,44 @@ pub fn stream(
             s.spawn(move || decompress_worker(b, order, next, tok_rx, &tx));
         }
         drop(tx);
+        let writers: Vec<_> = (0..jobs)
+            .map(|_| s.spawn(|| writer(&job_rx, &failed)))
+            .collect();
         let mut ch = Chain {
             frames,
             order: order.clone(),
             rx,
+            cur: Arc::new(FrameBuf {
+                data: Vec::new(),
+                home: tok_tx.clone(),
+            }),
             tokens: tok_tx,
             pending: BTreeMap::new(),
             k: 0,
-            cur: Vec::new(),
             cur_frame: 0,
             pos: 0,
             gap: None,
         };
-        let r = consume(b, &mut ch, reusable, sink, progress);
+        let out = Writers {
+            jobs: job_tx,
+            failed: &failed,
+        };
+        let mut at = 0;
+        if let Err(e) = consume(b, &mut ch, reusable, sink, &out, &mut at, progress) {
+            let rank = u8::from(matches!(&e, Error::Io(io) if io.to_string() == WRITER_STOPPED));
+            failed.record(at, rank, e);
+        }
+        // Closing the queue lets the writers finish; closing the chain stops the decompressors.
+        drop(out);
         drop(ch);
-        r
+        // Every writer is joined (no short cut): a panic in any means a file may be missing.
+        let joined: Vec<bool> = writers.into_iter().map(|w| w.join().is_ok()).collect();
+        let panicked = joined.contains(&false);
+        match failed.first.lock().map(|mut f| f.take()) {
+            Ok(Some((_, _, e))) => Err(e),
+            Ok(None) if !panicked => Ok(()),
+            _ => Err(Error::Io(std::io::Error::other("a file writer panicked"))),
+        }
     })
 }
 
@@ -444,6 +636,8 @@ fn consume(
     ch: &mut Chain,
     reusable: &[bool],
     sink: &mut dyn Sink,
+    out: &Writers,
+    at: &mut usize,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
     let files = &b.manifest.files;
@@ -454,6 +648,10 @@ fn consume(
     // Entry number of the next header in the stream.
     let mut next_hdr = ch.settle()?.unwrap_or(2);
     for (i, e) in files.iter().enumerate() {
+        *at = i;
+        if out.failed.before(i) {
+            return Err(out.stopped());
+        }
         let entry_no = i as u64 + 2;
         if entry_no < next_hdr {
             // Inside skipped frames: the entry is made from the manifest and the store alone.
@@ -511,35 +709,52 @@ fn consume(
                 progress(done_bytes);
             }
             Kind::File { size, sha256, .. } => {
-                sink.file_begin(e)?;
-                let mut h = Sha256::new();
+                let mut job = Some(Job {
+                    index: i,
+                    path: e.path.clone(),
+                    size: *size,
+                    sha256: *sha256,
+                    out: sink.file(e)?,
+                    body: Body::Whole(Vec::new()),
+                });
                 let mut left = *size;
+                let mut streamed: Option<SyncSender<Piece>> = None;
                 while left > 0 {
-                    let c = ch.chunk(left.min(1 << 20) as usize)?;
-                    if c.is_empty() {
+                    let p = ch.piece(left.min(PIECE_MAX) as usize)?;
+                    let n = p.1.len() as u64;
+                    if n == 0 {
                         return Err(Error::Truncated(format!(
                             "payload ends inside {:?}",
                             e.path
                         )));
                     }
-                    h.update(c);
-                    left -= c.len() as u64;
-                    let n = c.len() as u64;
-                    sink.file_data(c)?;
+                    left -= n;
                     done_bytes += n;
+                    if let Some(tx) = &streamed {
+                        tx.send(p).map_err(|_| out.stopped())?;
+                    } else if let (0, Some(j)) = (left, job.as_mut()) {
+                        // The whole file in one piece of one frame: handed over at once.
+                        j.body = Body::Whole(vec![p]);
+                    } else if let Some(mut j) = job.take() {
+                        // Anything longer streams: gathering it would hold frames the
+                        // decompressors need to get to its end.
+                        let (tx, rx) = sync_channel(STREAM_AHEAD);
+                        tx.send(p).map_err(|_| out.stopped())?;
+                        j.body = Body::Streamed(rx);
+                        out.send(j)?;
+                        streamed = Some(tx);
+                    }
                 }
-                if h.finalize()[..] != sha256[..] {
-                    return Err(Error::DigestMismatch {
-                        path: e.path.clone(),
-                    });
+                if let Some(j) = job {
+                    out.send(j)?;
                 }
+                drop(streamed);
                 let mut pad = [0u8; BLOCK];
                 let pad = &mut pad[..padding(*size)];
                 ch.read_exact(pad, &|| format!("the padding of {:?}", e.path))?;
                 if pad.iter().any(|b| *b != 0) {
                     return Err(mismatch(&e.path, "non-zero padding after the content"));
                 }
-                sink.file_end(e)?;
                 progress(done_bytes);
             }
         }
@@ -548,6 +763,8 @@ fn consume(
             None => ch.settle()?.unwrap_or(entry_no + 1),
         };
     }
+    // What follows is the end of the archive: past every entry.
+    *at = files.len();
     if next_hdr > files.len() as u64 + 2 {
         return Err(bad_index("the last frame was skipped"));
     }
@@ -571,4 +788,30 @@ fn consume(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(s: &str) -> Error {
+        Error::Io(std::io::Error::other(s.to_owned()))
+    }
+
+    #[test]
+    fn the_earliest_entry_wins_whatever_the_order_failures_arrive_in() {
+        let f = Failed::new();
+        assert!(!f.before(usize::MAX - 1));
+        f.record(5, 0, io("five"));
+        f.record(1, 1, io("one, stopped"));
+        f.record(1, 0, io("one, its own"));
+        f.record(1, 1, io("one, stopped again"));
+        f.record(3, 0, io("three"));
+        assert!(f.before(2) && !f.before(1));
+        let first = f.first.lock().unwrap().take();
+        assert!(
+            matches!(&first, Some((1, 0, e)) if e.to_string().contains("one, its own")),
+            "{first:?}"
+        );
+    }
 }

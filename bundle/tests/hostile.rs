@@ -538,3 +538,50 @@ fn decompression_bomb_past_the_limits() {
     fs_err::write(&p, &bytes).unwrap();
     assert!(matches!(c.refuse(&p), Error::CorruptFrame { frame: 1, .. }));
 }
+
+#[test]
+fn the_first_bad_file_in_manifest_order_is_the_one_reported() {
+    // Files are checked on writer threads, and the consumer goes on: whichever check finishes
+    // first, the refusal names the earliest bad entry, and nothing is left behind.
+    let big = vec![5u8; 3 << 20];
+    let mut big_bad = big.clone();
+    if let Some(last) = big_bad.last_mut() {
+        *last = 6;
+    }
+    let (big_e, small_e, stray) = (file("big", &big), file("small", b"s"), file("x", b"x"));
+    type Contents<'a> = Vec<(&'a Entry, &'a [u8])>;
+    let cases: [(&str, Contents); 3] = [
+        // A small file found wrong at once, then 3 MiB streamed in pieces, then a stray entry.
+        ("a/small", vec![(&small_e, b"S"), (&big_e, &big)]),
+        // The streamed file wrong in its last byte, then a small wrong one.
+        ("big", vec![(&big_e, &big_bad), (&small_e, b"S")]),
+        // Only the file after the streamed one is wrong.
+        ("small", vec![(&big_e, &big), (&small_e, b"S")]),
+    ];
+    for (want, entries) in cases {
+        for tail in [false, true] {
+            let c = Case::new();
+            let mut payload = Vec::new();
+            let mut files = Vec::new();
+            for (e, content) in &entries {
+                let mut e = (*e).clone();
+                if want == "a/small" && e.path == "small" {
+                    e.path = "a/small".into();
+                    files.push(dir("a"));
+                    entry_bytes(&mut payload, &dir("a"), b"", MTIME);
+                }
+                entry_bytes(&mut payload, &e, content, MTIME);
+                files.push(e);
+            }
+            if tail {
+                entry_bytes(&mut payload, &stray, b"x", MTIME);
+            }
+            end_blocks(&mut payload);
+            let err = c.with_payload(files, payload);
+            assert!(
+                matches!(&err, Error::DigestMismatch { path } if path == want),
+                "{want}, stray entry {tail}: {err:?}"
+            );
+        }
+    }
+}
