@@ -6,13 +6,14 @@
 mod error;
 mod extract;
 pub mod index;
+mod layout;
 pub mod manifest;
 pub mod paths;
 mod reader;
 pub mod reuse;
 mod stream;
 pub mod tarfmt;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod writer;
 
@@ -21,14 +22,12 @@ pub use extract::{
     content_mtime, count, make_writable_and_remove, unchanged, ExtractOptions, Extracted,
     ObjectSource,
 };
+pub use layout::{trusted_comment, MANIFEST_PATH, MAX_FRAME_RAW, SIGNATURE_PATH};
 pub use manifest::{
     bundle_id, has_manager, model_paths_yaml, rfc3339, Check, Entry, Extension, GitSource, Kind,
     Launch, Limits, Manifest, ModelFile, Provenance, StatePath, Workflow, FORMAT_VERSION,
     LAUNCH_ENTRY, MANAGER_CONFIG, MANAGER_CONFIG_PATH, MAX_ENTRIES, MAX_MANIFEST_BYTES, STATE_DIR,
 };
-pub use reader::{Bundle, MAX_FRAME_RAW};
-pub use stream::{NullSink, Sink};
-pub use writer::{
-    pack, scan, trusted_comment, PackOptions, Packed, ScanKind, Scanned, MANIFEST_PATH,
-    SIGNATURE_PATH,
-};
+pub use reader::Bundle;
+pub use stream::{FileOut, NullSink, Sink};
+pub use writer::{pack, scan, PackOptions, Packed, ScanKind, Scanned};

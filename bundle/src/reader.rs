@@ -3,17 +3,15 @@
 //! payload is later read from this same handle, so nothing can be swapped between verify and extract.
 
 use crate::index::{self, Frame};
+use crate::layout::{is_first_frame, trusted_comment, MANIFEST_PATH, SIGNATURE_PATH};
 use crate::manifest::{bundle_id, Manifest, MAX_MANIFEST_BYTES};
 use crate::tarfmt::{checksum_ok, padding, BLOCK};
-use crate::writer::{is_first_frame, trusted_comment, MANIFEST_PATH, SIGNATURE_PATH};
 use crate::{Error, Result};
 use keys::{KeyId, Signature, TrustedKeys};
 use std::ops::Range;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
-/// Largest raw frame a reader accepts after the first (our writer cuts at 32 MiB plus one header).
-pub const MAX_FRAME_RAW: u64 = 48 << 20;
 const MAX_SIGNATURE_BYTES: u64 = 4096;
 
 /// An open bundle whose manifest has been read (and, unless opened unverified, whose signature checked).

@@ -5,9 +5,10 @@
 //! hash matched, and the first failure in manifest order is the stream's.
 
 use crate::index::{Frame, NO_ENTRY};
+use crate::layout::MAX_FRAME_RAW;
 use crate::manifest::{Entry, Kind};
 use crate::paths::check_path;
-use crate::reader::{read_frame_into, Bundle, MAX_FRAME_RAW};
+use crate::reader::{read_frame_into, Bundle};
 use crate::tarfmt::{checksum_ok, forbidden_kind, padding, push_header, HeaderKind, BLOCK};
 use crate::{Error, Result};
 use sha2::{Digest, Sha256};

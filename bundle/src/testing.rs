@@ -2,9 +2,9 @@
 //! streams assembled with a real frame index, so the reader's refusals can be exercised one by one.
 
 use crate::index::{self, Frame, NO_ENTRY};
+use crate::layout::trusted_comment;
 use crate::manifest::{bundle_id, Entry, Kind, Manifest};
 use crate::tarfmt::{padding, push_header, HeaderKind, BLOCK};
-use crate::writer::trusted_comment;
 use crate::Result;
 use std::path::Path;
 
@@ -95,7 +95,7 @@ pub fn assemble(
     mtime: u64,
     payload: &[Vec<u8>],
 ) -> Result<()> {
-    let raw0 = crate::writer::first_frame(manifest, sig, mtime);
+    let raw0 = crate::layout::first_frame(manifest, sig, mtime);
     let mut file = Vec::new();
     let mut frames = Vec::new();
     let mut raw_off = 0u64;

@@ -3,6 +3,7 @@
 //! spooled, then the signed manifest frame is written in front of them and the index after.
 
 use crate::index::{self, Frame, NO_ENTRY};
+use crate::layout::{first_frame, trusted_comment, MAX_FRAME_RAW};
 use crate::manifest::{bundle_id, Entry, Kind, Limits, Manifest};
 use crate::paths::{check_path, check_symlink_target};
 use crate::reuse::{DigestCache, FileId, FrameRecord, Reuse};
@@ -17,11 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
-
-/// Path of the manifest inside the archive.
-pub const MANIFEST_PATH: &str = ".bundle/manifest.toml";
-/// Path of its minisign signature inside the archive.
-pub const SIGNATURE_PATH: &str = ".bundle/manifest.toml.minisig";
 
 /// Tuning for [`pack`].
 #[derive(Clone, Debug)]
@@ -523,7 +519,7 @@ impl Frames<'_> {
         let Ok(len) = usize::try_from(rec.comp_len) else {
             return false;
         };
-        if len > 2 * crate::reader::MAX_FRAME_RAW as usize {
+        if len > 2 * MAX_FRAME_RAW as usize {
             return false;
         }
         comp.clear();
@@ -609,61 +605,6 @@ fn compress_one(raw: &[u8], level: i32) -> Result<Vec<u8>> {
     let mut cctx = zstd::bulk::Compressor::new(level)?;
     cctx.include_checksum(true)?;
     Ok(cctx.compress(raw)?)
-}
-
-/// The raw bytes of frame 0: the manifest and signature entries, exactly as every bundle has them.
-pub(crate) fn first_frame(manifest: &[u8], sig: &[u8], mtime: u64) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(manifest.len() + sig.len() + 4096);
-    for (path, bytes) in [(MANIFEST_PATH, manifest), (SIGNATURE_PATH, sig)] {
-        push_header(
-            &mut raw,
-            path,
-            HeaderKind::File {
-                mode: 0o644,
-                size: bytes.len() as u64,
-            },
-            mtime,
-        );
-        raw.extend_from_slice(bytes);
-        raw.resize(raw.len() + padding(bytes.len() as u64), 0);
-    }
-    raw
-}
-
-/// True when `raw` is exactly [`first_frame`] of a manifest and signature of these lengths, the
-/// bytes between the headers being whatever they are: compared in place, without building a copy.
-pub(crate) fn is_first_frame(raw: &[u8], manifest_len: usize, sig_len: usize, mtime: u64) -> bool {
-    let mut at = 0;
-    for (path, len) in [(MANIFEST_PATH, manifest_len), (SIGNATURE_PATH, sig_len)] {
-        let mut header = Vec::with_capacity(BLOCK);
-        push_header(
-            &mut header,
-            path,
-            HeaderKind::File {
-                mode: 0o644,
-                size: len as u64,
-            },
-            mtime,
-        );
-        if raw.get(at..at + BLOCK) != Some(&header[..]) {
-            return false;
-        }
-        at += BLOCK + len;
-        let pad = padding(len as u64);
-        match raw.get(at..at + pad) {
-            Some(p) if p.iter().all(|&b| b == 0) => at += pad,
-            _ => return false,
-        }
-    }
-    at == raw.len()
-}
-
-/// The trusted comment every bundle signature carries.
-pub fn trusted_comment(m: &Manifest, id: &str) -> String {
-    format!(
-        "comfyui-bundle name={} version={} sequence={} target={} id={id}",
-        m.name, m.version, m.sequence, m.target
-    )
 }
 
 /// Packs `root` into the bundle file `out`, using `template` for every manifest field except the file
@@ -909,26 +850,4 @@ pub fn pack(
         digests: known,
         frame_records: records,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_frame_is_recognised_in_place() {
-        let m = b"format = 1\n".repeat(100);
-        let raw = first_frame(&m, b"sig", 7);
-        assert!(is_first_frame(&raw, m.len(), 3, 7));
-        // Another mtime, other lengths, a non-zero padding byte, a trailing block: each refused.
-        assert!(!is_first_frame(&raw, m.len(), 3, 8));
-        assert!(!is_first_frame(&raw, m.len() - 1, 3, 7));
-        assert!(!is_first_frame(&raw, m.len(), 2, 7));
-        let mut padded = raw.clone();
-        padded[BLOCK + m.len()] = 1;
-        assert!(!is_first_frame(&padded, m.len(), 3, 7));
-        let mut longer = raw.clone();
-        longer.extend_from_slice(&[0; BLOCK]);
-        assert!(!is_first_frame(&longer, m.len(), 3, 7));
-    }
 }
