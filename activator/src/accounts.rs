@@ -1,14 +1,31 @@
-//! This machine's users and groups, read from `/etc/passwd` and `/etc/group` (the one reader of
+//! The host's users and groups, read from its `etc/passwd` and `etc/group` (the one reader of
 //! both), and the owners comfyctl gives what it creates: root, the service user, the access
-//! group, and the account pre-flight checks run as.
+//! group, and the account pre-flight checks run as. The host is this machine, or under `--root`
+//! the tree's own databases: a tree is never given this machine's ids (a tree without them knows
+//! root alone), and accounts are never changed there (`setup` refuses).
 
 use crate::beneath::Owner;
 use crate::host::{refuse, Host};
 use anyhow::Result;
 
-/// The fields of `name`'s line in a `name:x:id:...` database.
-fn line_of(db: &str, name: &str) -> Option<Vec<String>> {
-    let text = fs_err::read_to_string(db).ok()?;
+/// What a host tree without account databases knows.
+const ROOT_ONLY_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
+const ROOT_ONLY_GROUP: &str = "root:x:0:\n";
+
+/// The text of the host's `etc/<name>`.
+fn database(host: &Host, name: &str) -> Option<String> {
+    let path = host.layout.root.join("etc").join(name);
+    match fs_err::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(_) if host.is_real_root() => None,
+        Err(_) if name == "passwd" => Some(ROOT_ONLY_PASSWD.to_owned()),
+        Err(_) => Some(ROOT_ONLY_GROUP.to_owned()),
+    }
+}
+
+/// The fields of `name`'s line in the host's `name:x:id:...` database `db`.
+fn line_of(host: &Host, db: &str, name: &str) -> Option<Vec<String>> {
+    let text = database(host, db)?;
     text.lines().find_map(|l| {
         let f: Vec<String> = l.split(':').map(str::to_owned).collect();
         (f.first().map(String::as_str) == Some(name)).then_some(f)
@@ -16,31 +33,31 @@ fn line_of(db: &str, name: &str) -> Option<Vec<String>> {
 }
 
 /// The uid of `user`.
-pub fn uid(user: &str) -> Option<u32> {
-    line_of("/etc/passwd", user)?.get(2)?.parse().ok()
+pub fn uid(host: &Host, user: &str) -> Option<u32> {
+    line_of(host, "passwd", user)?.get(2)?.parse().ok()
 }
 
 /// The primary gid of `user`.
-pub fn primary_gid(user: &str) -> Option<u32> {
-    line_of("/etc/passwd", user)?.get(3)?.parse().ok()
+pub fn primary_gid(host: &Host, user: &str) -> Option<u32> {
+    line_of(host, "passwd", user)?.get(3)?.parse().ok()
 }
 
 /// The gid of `group`.
-pub fn gid(group: &str) -> Option<u32> {
-    line_of("/etc/group", group)?.get(2)?.parse().ok()
+pub fn gid(host: &Host, group: &str) -> Option<u32> {
+    line_of(host, "group", group)?.get(2)?.parse().ok()
 }
 
-pub fn user_exists(user: &str) -> bool {
-    uid(user).is_some()
+pub fn user_exists(host: &Host, user: &str) -> bool {
+    uid(host, user).is_some()
 }
 
-pub fn group_exists(group: &str) -> bool {
-    gid(group).is_some()
+pub fn group_exists(host: &Host, group: &str) -> bool {
+    gid(host, group).is_some()
 }
 
 /// Whether `user` is listed as a member of `group`.
-pub fn is_member(user: &str, group: &str) -> bool {
-    line_of("/etc/group", group)
+pub fn is_member(host: &Host, user: &str, group: &str) -> bool {
+    line_of(host, "group", group)
         .and_then(|f| f.get(3).cloned())
         .is_some_and(|m| m.split(',').any(|x| x == user))
 }
@@ -49,7 +66,7 @@ pub fn is_member(user: &str, group: &str) -> bool {
 /// node state). Refused when the host has not been set up.
 pub fn service(host: &Host) -> Result<Owner> {
     let s = &host.cfg.service;
-    match (uid(&s.user), gid(&s.group)) {
+    match (uid(host, &s.user), gid(host, &s.group)) {
         (Some(uid), Some(gid)) => Ok(Owner { uid, gid }),
         _ => refuse(format!(
             "the service user {} or its group {} does not exist; run `comfyctl setup`",
@@ -70,7 +87,7 @@ pub fn root_for_service(host: &Host) -> Result<Owner> {
 pub fn root_for_group(host: &Host) -> Owner {
     Owner {
         uid: 0,
-        gid: gid(&host.cfg.access.group).unwrap_or(0),
+        gid: gid(host, &host.cfg.access.group).unwrap_or(0),
     }
 }
 
@@ -84,13 +101,13 @@ pub fn checker(host: &Host) -> Result<Option<(u32, u32)>> {
         return Ok(None);
     }
     let (u, g) = match (
-        uid(&host.cfg.service.check_user),
-        primary_gid(&host.cfg.service.check_user),
+        uid(host, &host.cfg.service.check_user),
+        primary_gid(host, &host.cfg.service.check_user),
     ) {
         (Some(u), Some(g)) if u != 0 => (u, g),
         _ => (65534, 65534),
     };
-    if uid(&host.cfg.service.user) == Some(u) {
+    if uid(host, &host.cfg.service.user) == Some(u) {
         return refuse(format!(
             "checks would run as uid {u}, the service user's own: set [service] check_user to an \
              account of its own (`comfyctl setup` creates {})",

@@ -430,5 +430,5 @@ fn remove_partials(db: &Dir) -> Result<()> {
 
 /// Whether the access group exists (doctor).
 pub fn group_ok(host: &Host) -> bool {
-    accounts::group_exists(&host.cfg.access.group)
+    accounts::group_exists(host, &host.cfg.access.group)
 }

@@ -73,7 +73,7 @@ pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
     let mut done = Done::default();
     host.layout.ensure()?;
     let group = &host.cfg.access.group;
-    if !accounts::group_exists(group) {
+    if !accounts::group_exists(host, group) {
         change_accounts(host, Command::new("groupadd").args(["--system", group]))?;
         done.did(format!("created group {group}"));
     }
@@ -84,7 +84,7 @@ pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
         (&svc.user, host.layout.data().join("home"), "service user"),
         (&svc.check_user, std::path::PathBuf::from("/"), "check user"),
     ] {
-        if user != "root" && !accounts::user_exists(user) {
+        if user != "root" && !accounts::user_exists(host, user) {
             if what == "check user" && !host.is_real_root() {
                 // Accounts are this machine's; in a --root tree checks run as `nobody`.
                 done.actions.push(format!(
@@ -112,13 +112,13 @@ pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
     // People only: the unit gives the service the group (SupplementaryGroups), and nothing the
     // group can write is trusted by root.
     for u in host.cfg.access.users.clone() {
-        if !accounts::user_exists(&u) {
+        if !accounts::user_exists(host, &u) {
             done.actions.push(format!(
                 "user {u} does not exist; create it, then run setup again"
             ));
             continue;
         }
-        if !accounts::is_member(&u, group) {
+        if !accounts::is_member(host, &u, group) {
             change_accounts(host, Command::new("usermod").args(["-aG", group, &u]))?;
             done.did(format!("added {u} to {group}"));
         }
@@ -256,7 +256,7 @@ pub fn nuke(host: &Host, drain: &crate::drain::Options) -> Result<Done> {
         }
     }
     let group = &host.cfg.access.group;
-    if accounts::group_exists(group) {
+    if accounts::group_exists(host, group) {
         change_accounts(host, Command::new("groupdel").arg(group))?;
         done.did(format!("removed group {group}"));
     }

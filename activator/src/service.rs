@@ -69,7 +69,7 @@ WantedBy=multi-user.target\n",
         user = s.user,
         group = s.group,
         // A group that does not exist (yet: `comfyctl setup` makes it) would stop the unit starting.
-        supplementary = if crate::accounts::group_exists(&host.cfg.access.group) {
+        supplementary = if crate::accounts::group_exists(host, &host.cfg.access.group) {
             format!("SupplementaryGroups={}\n", host.cfg.access.group)
         } else {
             String::new()

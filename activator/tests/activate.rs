@@ -427,7 +427,7 @@ fn a_dry_run_and_a_diff_say_what_changes_and_change_nothing() {
         same.stdout
     );
     let out = h.ctl(&["diff", "nonexistent"]);
-    assert_ne!(out.code, 0);
+    assert_eq!(out.code, 2, "a source that is none: refused");
     assert!(
         out.stderr
             .contains("neither a bundle file, a URL nor an installed release"),
@@ -450,7 +450,7 @@ fn setup_on_a_host_tree_never_touches_this_machines_accounts() {
     .unwrap();
     let before = fs_err::read_to_string("/etc/group").unwrap();
     let out = h.ctl(&["setup"]);
-    assert_ne!(out.code, 0);
+    assert_eq!(out.code, 1);
     assert!(
         out.stderr.contains(
             "not running `groupadd --system comfyctl-test-no-such-group`: the host tree is"
@@ -459,6 +459,45 @@ fn setup_on_a_host_tree_never_touches_this_machines_accounts() {
         out.stderr
     );
     assert_eq!(fs_err::read_to_string("/etc/group").unwrap(), before);
+}
+
+/// Under `--root` the tree's own `etc/passwd` and `etc/group` name the accounts: an account only
+/// this machine has is unknown there, and one only the tree has is used, with the tree's ids.
+#[test]
+fn a_host_tree_knows_its_own_accounts_not_this_machines() {
+    // `daemon` exists on this machine (uid 1), not in the tree: setup must try to create it.
+    let h = TestHost::new();
+    h.config_tail("[service]\nuser = \"daemon\"\ngroup = \"root\"\n[access]\ngroup = \"root\"");
+    assert!(fs_err::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("daemon:")));
+    let out = h.ctl(&["setup"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not running `useradd") && out.stderr.contains(" daemon`"),
+        "{}",
+        out.stderr
+    );
+    // The tree's own service account (ids this machine does not use) is found, and what setup
+    // makes for the service is the tree's uid's.
+    let h = TestHost::new();
+    fs_err::write(
+        h.root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\ncomfy-tree:x:64999:64999::/:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    fs_err::write(h.root.join("etc/group"), "root:x:0:\ncomfy-tree:x:64999:\n").unwrap();
+    h.config_tail(
+        "[service]\nuser = \"comfy-tree\"\ngroup = \"comfy-tree\"\ncheck_user = \"root\"\n[access]\ngroup = \"root\"",
+    );
+    let out = h.ctl(&["setup"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    if rustix::process::getuid().is_root() {
+        use std::os::unix::fs::MetadataExt as _;
+        let user = fs_err::metadata(h.install().join("data/user")).unwrap();
+        assert_eq!((user.uid(), user.gid()), (64999, 64999));
+    }
 }
 
 #[test]
