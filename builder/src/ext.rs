@@ -122,7 +122,7 @@ pub fn wheel(
     Ok(dir.join(name))
 }
 
-fn find_wheel(dir: &Path) -> Result<Option<PathBuf>> {
+pub(crate) fn find_wheel(dir: &Path) -> Result<Option<PathBuf>> {
     if !dir.is_dir() {
         return Ok(None);
     }

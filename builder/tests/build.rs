@@ -263,6 +263,14 @@ fn demo_builds_runs_elsewhere_and_is_reproducible() {
         let st = stages.iter().find(|s| s["stage"] == name).unwrap();
         assert_eq!(st["cached"], true, "{name}: {st}");
     }
+    // And the stage itself, by the digest the build used (the stage folder's name).
+    let st = stages.iter().find(|s| s["stage"] == "stage").unwrap();
+    assert_eq!(st["cached"], true, "{st}");
+    let built: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let folder = Path::new(built["stage"].as_str().unwrap())
+        .file_name()
+        .unwrap();
+    assert_eq!(st["digest"].as_str(), folder.to_str(), "{st}");
     let fresh = d.build(&recipe, "out3", "cache-fresh", &["--locked"]);
     assert_eq!(id(&fresh), id1, "fresh cache: same bundle id");
 

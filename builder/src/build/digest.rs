@@ -65,6 +65,55 @@ pub(super) fn ext_digest(
     ])
 }
 
+/// The stage's digest: the env, the lock and recipe as files, the extension wheels (each by its
+/// cache key, `<ext digest>/<name>.whl`, so the cache's path does not count), whether the smoke
+/// start runs and the workflows it checks, and the toolkit where a recipe has one.
+pub(super) fn stage_digest(inputs: &StageInputs<'_>) -> String {
+    let smoke = inputs.smoke.to_string();
+    let wheels = inputs.wheel_keys.join("\n");
+    let mut parts: Vec<&str> = vec![
+        "stage-v6",
+        inputs.env,
+        inputs.lock_sha256,
+        inputs.recipe_sha256,
+        &wheels,
+        &smoke,
+        // The workflows are checked (and run) by the smoke start: another workflow, another check.
+        inputs.workflows_json,
+    ];
+    // The toolkit only where a recipe has one: other recipes keep their stages' digests.
+    if let Some(t) = &inputs.toolkit {
+        parts.push(t);
+    }
+    digest(&parts)
+}
+
+/// What [`stage_digest`] is computed from.
+pub(super) struct StageInputs<'a> {
+    pub env: &'a str,
+    pub lock_sha256: &'a str,
+    pub recipe_sha256: &'a str,
+    pub wheel_keys: Vec<String>,
+    pub smoke: bool,
+    pub workflows_json: &'a str,
+    /// `toolkit in_release=<bool> <locked pins>`, for a recipe with a `[toolkit]`.
+    pub toolkit: Option<String>,
+}
+
+/// A wheel's cache key: its path below `<cache>/wheels`.
+pub(super) fn wheel_key(cache: &std::path::Path, wheel: &std::path::Path) -> String {
+    wheel
+        .strip_prefix(cache.join("wheels"))
+        .unwrap_or(wheel)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The toolkit's part of the stage digest.
+pub(super) fn toolkit_part(t: &crate::recipe::ToolkitSection, locked: &str) -> String {
+    format!("toolkit in_release={} {locked}", t.in_release)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,9 @@
 //! `build --dry-run`: what would happen, without fetching, installing or compiling anything.
 
-use super::digest::{env_digest, ext_base, ext_digest, toolkit_digest};
+use super::digest::{
+    env_digest, ext_base, ext_digest, stage_digest, toolkit_digest, toolkit_part, wheel_key,
+    StageInputs,
+};
 use super::BuildOptions;
 use crate::lock::Lock;
 use crate::plan::{Plan, Role, Source};
@@ -80,6 +83,43 @@ fn compile_cost(e: &crate::recipe::ExtensionSection) -> Option<String> {
         }
         .to_owned(),
     )
+}
+
+/// The stage's digest as the build would compute it: known when the lock is fresh and every
+/// extension's wheel is in the cache (its file name is part of the digest); `None` otherwise.
+fn stage_digest_if_known(
+    plan: &Plan,
+    opts: &BuildOptions,
+    lock: Option<&Lock>,
+    fresh: bool,
+    env_d: Option<&str>,
+    ext_digests: &[Option<String>],
+) -> Option<String> {
+    let lock = lock.filter(|_| fresh)?;
+    let lock_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fs_err::read(plan.lock_path()).ok()?,
+    ));
+    let wheel_keys = ext_digests
+        .iter()
+        .map(|d| {
+            let w = crate::ext::find_wheel(&opts.cache.join("wheels").join(d.as_ref()?)).ok()??;
+            Some(wheel_key(&opts.cache, &w))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let workflows = serde_json::to_string(&plan.workflows).ok()?;
+    Some(stage_digest(&StageInputs {
+        env: env_d?,
+        lock_sha256: &lock_sha,
+        recipe_sha256: &plan.recipe_sha256,
+        wheel_keys,
+        smoke: opts.smoke,
+        workflows_json: &workflows,
+        toolkit: plan
+            .recipe
+            .toolkit
+            .as_ref()
+            .map(|t| toolkit_part(t, &lock.toolkit)),
+    }))
 }
 
 /// `comfy-build build --dry-run`: the build's own digests, computed without building.
@@ -198,12 +238,14 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
     let base = env_d
         .as_deref()
         .map(|env_d| ext_base(env_d, tk_d.as_deref()));
+    let mut ext_digests = Vec::new();
     for e in &r.extensions {
         let commit = lock
             .as_ref()
             .and_then(|l| l.commit(Role::Extension, &e.name))
             .unwrap_or("");
         let d = base.as_deref().map(|base| ext_digest(e, commit, base));
+        ext_digests.push(d.clone());
         let envs: Vec<String> = e.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         stages.push(PlannedStage {
             stage: format!("extension {}", e.name),
@@ -278,15 +320,31 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
         });
     }
     stages.push(PlannedStage::plain("install", install));
-    stages.push(PlannedStage::plain(
-        "stage",
-        s(&[
-            "cp -a env/<digest> stage",
-            "uv pip install <wheels>",
-            "ComfyUI + custom_nodes from git",
-            bundle::LAUNCH_ENTRY,
-        ]),
-    ));
+    let stage_d = stage_digest_if_known(
+        plan,
+        opts,
+        lock.as_ref(),
+        stale.is_none(),
+        env_d.as_deref(),
+        &ext_digests,
+    );
+    stages.push(PlannedStage {
+        digest: Some(stage_d.clone()),
+        cached: Some(
+            stage_d
+                .as_ref()
+                .is_some_and(|d| opts.cache.join("stage").join(d).exists()),
+        ),
+        ..PlannedStage::plain(
+            "stage",
+            s(&[
+                "cp -al env/<digest> stage (hardlinks; nothing below writes a file in place)",
+                "uv pip install <wheels>",
+                "ComfyUI + custom_nodes from git",
+                bundle::LAUNCH_ENTRY,
+            ]),
+        )
+    });
     stages.push(PlannedStage::plain(
         "freeze",
         vec![

@@ -14,7 +14,10 @@ mod sources;
 pub use dry_run::{dry_run, DryRun, PlannedSource, PlannedStage};
 pub use lock::lock;
 
-use digest::{digest, env_digest, ext_base, ext_digest, toolkit_digest};
+use digest::{
+    env_digest, ext_base, ext_digest, stage_digest, toolkit_digest, toolkit_part, wheel_key,
+    StageInputs,
+};
 use manifest::manifest;
 use sources::{checkout, fetch};
 
@@ -239,6 +242,184 @@ pub struct Built {
     pub digest_bytes_read: u64,
 }
 
+/// The extension stage: each recipe extension's wheel, compiled (against a private copy of the
+/// env, with the toolkit's compiler where the recipe has one) or taken from the cache by digest,
+/// and its kernels checked for the recipe's GPU. A required one that fails stops the build; an
+/// optional one is skipped with a warning.
+fn build_extensions(
+    plan: &Plan,
+    lock: &Lock,
+    trees: &[Checkout],
+    cache: &Path,
+    env_dir: &Path,
+    ext_base: &str,
+    toolkit: Option<&(toolkit::Toolkit, String)>,
+) -> Result<Vec<BuiltWheel>> {
+    let r = &plan.recipe;
+    // What reads the kernels' architectures: the toolkit's cuobjdump, or the system toolkit's.
+    let cuobjdump = |e: &crate::recipe::ExtensionSection| -> Option<PathBuf> {
+        let home = match &toolkit {
+            Some((tk, _)) => tk.cuda_home(),
+            None if !r.target.cuda_home.is_empty() => PathBuf::from(&r.target.cuda_home),
+            None => PathBuf::from(e.env.get("CUDA_HOME")?),
+        };
+        Some(home.join("bin/cuobjdump")).filter(|p| p.exists())
+    };
+    let mut wheels = Vec::new();
+    for e in &r.extensions {
+        let commit = lock.commit(Role::Extension, &e.name).unwrap_or("");
+        let d = ext_digest(e, commit, ext_base);
+        let src = trees
+            .iter()
+            .find(|t| t.source.role == Role::Extension && t.source.name == e.name)
+            .map(|t| t.tree.clone());
+        let exists = cache.join("wheels").join(&d).is_dir();
+        step(
+            "extension",
+            format!(
+                "{} {} {}",
+                e.name,
+                support::short_id(&d),
+                if exists { "cached" } else { "compiling" }
+            ),
+        );
+        // Build against a private copy of the env so nothing the build writes lands in the cache.
+        let built = if exists {
+            ext::wheel(
+                e,
+                src.as_deref(),
+                Path::new("/nonexistent"),
+                &[],
+                &d,
+                cache,
+                lock.source_date_epoch,
+            )
+        } else {
+            let (python, extra) = match &toolkit {
+                Some((tk, _)) => {
+                    let home = tk.cuda_home();
+                    let path = format!(
+                        "{}:{}",
+                        home.join("bin").display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    );
+                    (
+                        tk.python(),
+                        vec![
+                            ("CUDA_HOME".to_owned(), home.display().to_string()),
+                            ("PATH".to_owned(), path),
+                        ],
+                    )
+                }
+                None => (env_dir.join("venv/bin/python"), Vec::new()),
+            };
+            let t = Instant::now();
+            let w = ext::wheel(
+                e,
+                src.as_deref(),
+                &python,
+                &extra,
+                &d,
+                cache,
+                lock.source_date_epoch,
+            );
+            if w.is_ok() {
+                step(
+                    "extension",
+                    format!("{} compiled in {:.0}s", e.name, t.elapsed().as_secs_f64()),
+                );
+            }
+            w
+        };
+        // The kernels must be built for the recipe's GPU: `cuobjdump --list-elf` names them.
+        let built = built.and_then(|wheel| {
+            let modules = if r.target.arch_list.is_empty() {
+                Vec::new()
+            } else {
+                let Some(dump) = cuobjdump(e) else {
+                    bail!(
+                        "no cuobjdump in the CUDA toolkit to check {}'s kernels are built for {}",
+                        e.name,
+                        r.target.arch_list
+                    );
+                };
+                let found = toolkit::wheel_sass(
+                    &wheel,
+                    &dump,
+                    &cache
+                        .join("tmp")
+                        .join(format!("sass-{}", support::short_id(&d))),
+                )?;
+                for (m, arches) in &found {
+                    step(
+                        "sass",
+                        format!(
+                            "{m}: {}",
+                            if arches.is_empty() {
+                                "no device code".to_owned()
+                            } else {
+                                arches.join(" ")
+                            }
+                        ),
+                    );
+                }
+                toolkit::check_sass(&e.name, &found, &r.target.arch_list)?;
+                toolkit::module_names(&found)
+            };
+            Ok((wheel, modules))
+        });
+        match built {
+            Ok((wheel, modules)) => wheels.push(BuiltWheel {
+                ext: e.clone(),
+                commit: commit.to_owned(),
+                wheel,
+                modules,
+            }),
+            Err(err) if e.required => {
+                return Err(err.context(format!("required extension {} failed to build", e.name)))
+            }
+            Err(err) => eprintln!("warning: optional extension {} skipped: {err:#}", e.name),
+        }
+    }
+    Ok(wheels)
+}
+
+/// The lock the build uses: the recipe's, if it is fresh; otherwise refreshed and saved, or with
+/// `--locked` refused.
+fn resolve_lock(plan: &Plan, cache: &Path, locked: bool) -> Result<Lock> {
+    let lock_path = plan.lock_path();
+    Ok(match Lock::load(&lock_path)? {
+        Some(l) => match l.stale_reason(plan) {
+            None => l,
+            Some(why) if locked => bail!(
+                "{} is stale ({why}); run `comfy-build lock {}`",
+                lock_path.display(),
+                plan.recipe_path.display()
+            ),
+            Some(why) => {
+                step(
+                    "lock",
+                    format!("refreshing {} ({why})", lock_path.display()),
+                );
+                let l = lock(plan, cache, Some(&l))?;
+                l.save(&lock_path)?;
+                l
+            }
+        },
+        None if locked => bail!(
+            "{} does not exist; run `comfy-build lock {}`",
+            lock_path.display(),
+            plan.recipe_path.display()
+        ),
+        None => {
+            step("lock", format!("writing {}", lock_path.display()));
+            let l = lock(plan, cache, None)?;
+            l.save(&lock_path)?;
+            l
+        }
+    })
+}
+
 /// `comfy-build build`.
 pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<Built> {
     let t0 = Instant::now();
@@ -249,36 +430,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     let cache = fs_err::canonicalize(cache)?;
     let r = &plan.recipe;
     let lock_path = plan.lock_path();
-    let lock = match Lock::load(&lock_path)? {
-        Some(l) => match l.stale_reason(plan) {
-            None => l,
-            Some(why) if opts.locked => bail!(
-                "{} is stale ({why}); run `comfy-build lock {}`",
-                lock_path.display(),
-                plan.recipe_path.display()
-            ),
-            Some(why) => {
-                step(
-                    "lock",
-                    format!("refreshing {} ({why})", lock_path.display()),
-                );
-                let l = lock(plan, &cache, Some(&l))?;
-                l.save(&lock_path)?;
-                l
-            }
-        },
-        None if opts.locked => bail!(
-            "{} does not exist; run `comfy-build lock {}`",
-            lock_path.display(),
-            plan.recipe_path.display()
-        ),
-        None => {
-            step("lock", format!("writing {}", lock_path.display()));
-            let l = lock(plan, &cache, None)?;
-            l.save(&lock_path)?;
-            l
-        }
-    };
+    let lock = resolve_lock(plan, &cache, opts.locked)?;
     let lock_sha = hex::encode(Sha256::digest(fs_err::read(&lock_path)?));
 
     step(
@@ -359,166 +511,26 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         }
     };
     let ext_base = ext_base(&env_d, toolkit.as_ref().map(|(_, d)| d.as_str()));
-    // What reads the kernels' architectures: the toolkit's cuobjdump, or the system toolkit's.
-    let cuobjdump = |e: &crate::recipe::ExtensionSection| -> Option<PathBuf> {
-        let home = match &toolkit {
-            Some((tk, _)) => tk.cuda_home(),
-            None if !r.target.cuda_home.is_empty() => PathBuf::from(&r.target.cuda_home),
-            None => PathBuf::from(e.env.get("CUDA_HOME")?),
-        };
-        Some(home.join("bin/cuobjdump")).filter(|p| p.exists())
-    };
-    let mut wheels = Vec::new();
-    for e in &r.extensions {
-        let commit = lock.commit(Role::Extension, &e.name).unwrap_or("");
-        let d = ext_digest(e, commit, &ext_base);
-        let src = trees
-            .iter()
-            .find(|t| t.source.role == Role::Extension && t.source.name == e.name)
-            .map(|t| t.tree.clone());
-        let exists = cache.join("wheels").join(&d).is_dir();
-        step(
-            "extension",
-            format!(
-                "{} {} {}",
-                e.name,
-                support::short_id(&d),
-                if exists { "cached" } else { "compiling" }
-            ),
-        );
-        // Build against a private copy of the env so nothing the build writes lands in the cache.
-        let built = if exists {
-            ext::wheel(
-                e,
-                src.as_deref(),
-                Path::new("/nonexistent"),
-                &[],
-                &d,
-                &cache,
-                lock.source_date_epoch,
-            )
-        } else {
-            let (python, extra) = match &toolkit {
-                Some((tk, _)) => {
-                    let home = tk.cuda_home();
-                    let path = format!(
-                        "{}:{}",
-                        home.join("bin").display(),
-                        std::env::var("PATH").unwrap_or_default()
-                    );
-                    (
-                        tk.python(),
-                        vec![
-                            ("CUDA_HOME".to_owned(), home.display().to_string()),
-                            ("PATH".to_owned(), path),
-                        ],
-                    )
-                }
-                None => (env_dir.join("venv/bin/python"), Vec::new()),
-            };
-            let t = Instant::now();
-            let w = ext::wheel(
-                e,
-                src.as_deref(),
-                &python,
-                &extra,
-                &d,
-                &cache,
-                lock.source_date_epoch,
-            );
-            if w.is_ok() {
-                step(
-                    "extension",
-                    format!("{} compiled in {:.0}s", e.name, t.elapsed().as_secs_f64()),
-                );
-            }
-            w
-        };
-        // The kernels must be built for the recipe's GPU: `cuobjdump --list-elf` names them.
-        let built = built.and_then(|wheel| {
-            let modules = if r.target.arch_list.is_empty() {
-                Vec::new()
-            } else {
-                let Some(dump) = cuobjdump(e) else {
-                    bail!(
-                        "no cuobjdump in the CUDA toolkit to check {}'s kernels are built for {}",
-                        e.name,
-                        r.target.arch_list
-                    );
-                };
-                let found = toolkit::wheel_sass(
-                    &wheel,
-                    &dump,
-                    &cache
-                        .join("tmp")
-                        .join(format!("sass-{}", support::short_id(&d))),
-                )?;
-                for (m, arches) in &found {
-                    step(
-                        "sass",
-                        format!(
-                            "{m}: {}",
-                            if arches.is_empty() {
-                                "no device code".to_owned()
-                            } else {
-                                arches.join(" ")
-                            }
-                        ),
-                    );
-                }
-                toolkit::check_sass(&e.name, &found, &r.target.arch_list)?;
-                toolkit::module_names(&found)
-            };
-            Ok((wheel, modules))
-        });
-        match built {
-            Ok((wheel, modules)) => wheels.push(BuiltWheel {
-                ext: e.clone(),
-                commit: commit.to_owned(),
-                wheel,
-                modules,
-            }),
-            Err(err) if e.required => {
-                return Err(err.context(format!("required extension {} failed to build", e.name)))
-            }
-            Err(err) => eprintln!("warning: optional extension {} skipped: {err:#}", e.name),
-        }
-    }
+    let wheels = build_extensions(
+        plan,
+        &lock,
+        &trees,
+        &cache,
+        &env_dir,
+        &ext_base,
+        toolkit.as_ref(),
+    )?;
 
-    // Each wheel by its cache key and file name (`<ext digest>/<name>.whl`): the same inputs give
-    // the same stage digest whatever the cache's path.
-    let wheel_keys: Vec<String> = wheels
-        .iter()
-        .map(|b| {
-            b.wheel
-                .strip_prefix(cache.join("wheels"))
-                .unwrap_or(&b.wheel)
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
     let workflows = serde_json::to_string(&plan.workflows)?;
-    let smoke_flag = opts.smoke.to_string();
-    let wheel_list = wheel_keys.join("\n");
-    let toolkit_part = r
-        .toolkit
-        .as_ref()
-        .map(|t| format!("toolkit in_release={} {}", t.in_release, lock.toolkit));
-    let mut parts: Vec<&str> = vec![
-        "stage-v6",
-        &env_d,
-        &lock_sha,
-        &plan.recipe_sha256,
-        &wheel_list,
-        &smoke_flag,
-        // The workflows are checked (and run) by the smoke start: another workflow, another check.
-        &workflows,
-    ];
-    // The toolkit only where a recipe has one: other recipes keep their stages' digests.
-    if let Some(t) = &toolkit_part {
-        parts.push(t);
-    }
-    let stage_d = digest(&parts);
+    let stage_d = stage_digest(&StageInputs {
+        env: &env_d,
+        lock_sha256: &lock_sha,
+        recipe_sha256: &plan.recipe_sha256,
+        wheel_keys: wheels.iter().map(|b| wheel_key(&cache, &b.wheel)).collect(),
+        smoke: opts.smoke,
+        workflows_json: &workflows,
+        toolkit: r.toolkit.as_ref().map(|t| toolkit_part(t, &lock.toolkit)),
+    });
     let stage = cache.join("stage").join(&stage_d);
     let smoke_file = cache.join("stage").join(format!("{stage_d}.nodes.json"));
     let stage_cached = stage.exists();
