@@ -2,7 +2,7 @@
 
 use super::digest::digest;
 use super::sources::{checkout, fetch};
-use super::step;
+use super::{Progress, Steps};
 use crate::lock::{Lock, LockedGit};
 use crate::plan::{Checkout, Plan, Role};
 use crate::{env, git, process, reqs};
@@ -110,9 +110,24 @@ fn compile_toolkit(plan: &Plan, cache: &Path) -> Result<String> {
 
 /// `comfy-build lock`: resolves every source to a commit and every package to a hashed pin. When the
 /// requirement inputs are those `previous` was resolved from, its pins are kept (no resolver run).
-pub fn lock(plan: &Plan, cache: &Path, previous: Option<&Lock>) -> Result<Lock> {
+pub fn lock(
+    plan: &Plan,
+    cache: &Path,
+    previous: Option<&Lock>,
+    progress: &dyn Progress,
+) -> Result<Lock> {
+    locked_by(&Steps::new(progress), plan, cache, previous)
+}
+
+/// [`lock`], its steps part of a build's.
+pub(super) fn locked_by(
+    p: &Steps,
+    plan: &Plan,
+    cache: &Path,
+    previous: Option<&Lock>,
+) -> Result<Lock> {
     fs_err::create_dir_all(cache)?;
-    step("sources", format!("{} repositories", plan.sources.len()));
+    p.step("sources", format!("{} repositories", plan.sources.len()));
     let fetched = fetch(plan, cache, None)?;
     let trees = fetched
         .into_iter()
@@ -133,22 +148,24 @@ pub fn lock(plan: &Plan, cache: &Path, previous: Option<&Lock>) -> Result<Lock> 
         &env::index_args(r).join(" "),
     ]);
     let requirements = match previous {
-        Some(p) if p.requirements_input_sha256 == input_sha => {
-            step("resolve", "requirements unchanged; keeping their pins");
-            p.requirements.clone()
+        Some(prev) if prev.requirements_input_sha256 == input_sha => {
+            p.step("resolve", "requirements unchanged; keeping their pins");
+            prev.requirements.clone()
         }
         _ => {
-            step("resolve", "requirements under the torch pins");
+            p.step("resolve", "requirements under the torch pins");
             compile(plan, &input, cache)?
         }
     };
     let toolkit = match (previous, &r.toolkit) {
         (_, None) => String::new(),
-        (Some(p), Some(_)) if !p.toolkit.is_empty() && p.recipe_sha256 == plan.recipe_sha256 => {
-            p.toolkit.clone()
+        (Some(prev), Some(_))
+            if !prev.toolkit.is_empty() && prev.recipe_sha256 == plan.recipe_sha256 =>
+        {
+            prev.toolkit.clone()
         }
         _ => {
-            step("resolve", "the [toolkit] wheels");
+            p.step("resolve", "the [toolkit] wheels");
             compile_toolkit(plan, cache)?
         }
     };

@@ -43,27 +43,48 @@ pub struct BuildOptions {
     pub jobs: usize,
 }
 
-fn step(name: &str, detail: impl std::fmt::Display) {
-    eprintln!("{name:>12} {detail}");
-    STEPS.with(|s| s.borrow_mut().push((name.to_owned(), Instant::now())));
+/// Where a build reports what it does: a line as each step begins (`label`, what it does) and
+/// warnings that do not stop it. `comfy-build` prints them on stderr; the library itself prints
+/// nothing.
+pub trait Progress {
+    fn line(&self, label: &str, detail: &str);
+    fn warn(&self, text: &str);
 }
 
-thread_local! {
-    /// When each step of the running build began (a step lasts until the next one begins).
-    static STEPS: std::cell::RefCell<Vec<(String, Instant)>> = const { std::cell::RefCell::new(Vec::new()) };
+/// The build's steps, reported as they begin and timed: a step lasts until the next one begins.
+struct Steps<'a> {
+    out: &'a dyn Progress,
+    began: std::cell::RefCell<Vec<(String, Instant)>>,
 }
 
-/// Time spent in one kind of step of a build.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StageTime {
-    pub stage: String,
-    pub seconds: f64,
-}
+impl<'a> Steps<'a> {
+    fn new(out: &'a dyn Progress) -> Self {
+        Self {
+            out,
+            began: std::cell::RefCell::new(Vec::new()),
+        }
+    }
 
-/// The steps since the build began, each kind's time summed, in the order they first ran.
-fn stage_times(end: Instant) -> Vec<StageTime> {
-    STEPS.with(|s| {
-        let s = s.borrow();
+    /// A step of stage `name` begins.
+    fn step(&self, name: &str, detail: impl std::fmt::Display) {
+        self.out.line(name, &detail.to_string());
+        self.began
+            .borrow_mut()
+            .push((name.to_owned(), Instant::now()));
+    }
+
+    /// A line that is not a step of its own (its time counts to the step it belongs to).
+    fn note(&self, label: &str, detail: impl std::fmt::Display) {
+        self.out.line(label, &detail.to_string());
+    }
+
+    fn warn(&self, text: impl std::fmt::Display) {
+        self.out.warn(&text.to_string());
+    }
+
+    /// Each kind of step's time summed, in the order the kinds first ran.
+    fn times(&self, end: Instant) -> Vec<StageTime> {
+        let s = self.began.borrow();
         let mut out: Vec<StageTime> = Vec::new();
         for (i, (name, at)) in s.iter().enumerate() {
             let until = s.get(i + 1).map_or(end, |n| n.1);
@@ -77,7 +98,14 @@ fn stage_times(end: Instant) -> Vec<StageTime> {
             }
         }
         out
-    })
+    }
+}
+
+/// Time spent in one kind of step of a build.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageTime {
+    pub stage: String,
+    pub seconds: f64,
 }
 
 /// What the stage step found, kept beside the cached stage.
@@ -98,17 +126,17 @@ struct StageRecord {
 /// Prints what the stage's checks found, from its record: a stage taken from the cache reports
 /// the same workflows, node state and host libraries as the build that made it (issue 25: a
 /// reused stage printed none of them, and a reader of the build's text saw no check at all).
-fn report_stage_checks(plan: &Plan, record: &StageRecord, cached: bool) {
+fn report_stage_checks(p: &Steps, plan: &Plan, record: &StageRecord, cached: bool) {
     let when = if cached {
         ", when the cached stage was built"
     } else {
         ""
     };
     for l in &record.install {
-        step("install", format!("{l}{when}"));
+        p.step("install", format!("{l}{when}"));
     }
     if !record.imports.is_empty() {
-        step(
+        p.step(
             "imports",
             format!(
                 "{} compiled module(s) import from the frozen release: {}{when}",
@@ -118,7 +146,7 @@ fn report_stage_checks(plan: &Plan, record: &StageRecord, cached: bool) {
         );
     }
     if let Some(smoke) = &record.smoke {
-        step(
+        p.step(
             "nodes",
             format!(
                 "{} node class(es) seen in /object_info from {} custom node(s){when}",
@@ -127,7 +155,7 @@ fn report_stage_checks(plan: &Plan, record: &StageRecord, cached: bool) {
             ),
         );
         if !plan.workflows.is_empty() {
-            step(
+            p.step(
                 "workflows",
                 format!(
                     "{} checked against /object_info, {} run on the CPU ({:.1}s{when})",
@@ -139,7 +167,7 @@ fn report_stage_checks(plan: &Plan, record: &StageRecord, cached: bool) {
         }
     }
     if !record.state.is_empty() {
-        step(
+        p.step(
             "state",
             format!(
                 "{} path(s) the app writes become links into the host's node state: {}",
@@ -153,7 +181,7 @@ fn report_stage_checks(plan: &Plan, record: &StageRecord, cached: bool) {
             ),
         );
     }
-    step(
+    p.step(
         "host libs",
         format!(
             "{} shared libraries of the interpreter come from the host: {}",
@@ -247,15 +275,17 @@ pub struct Built {
 /// and its kernels checked for the recipe's GPU. A required one that fails stops the build; an
 /// optional one is skipped with a warning.
 fn build_extensions(
+    p: &Steps,
     plan: &Plan,
     lock: &Lock,
     trees: &[Checkout],
     cache: &Path,
-    env_dir: &Path,
-    ext_base: &str,
+    env_d: &str,
     toolkit: Option<&(toolkit::Toolkit, String)>,
 ) -> Result<Vec<BuiltWheel>> {
     let r = &plan.recipe;
+    let env_dir = cache.join("env").join(env_d);
+    let ext_base = ext_base(env_d, toolkit.map(|(_, d)| d.as_str()));
     // What reads the kernels' architectures: the toolkit's cuobjdump, or the system toolkit's.
     let cuobjdump = |e: &crate::recipe::ExtensionSection| -> Option<PathBuf> {
         let home = match &toolkit {
@@ -268,13 +298,13 @@ fn build_extensions(
     let mut wheels = Vec::new();
     for e in &r.extensions {
         let commit = lock.commit(Role::Extension, &e.name).unwrap_or("");
-        let d = ext_digest(e, commit, ext_base);
+        let d = ext_digest(e, commit, &ext_base);
         let src = trees
             .iter()
             .find(|t| t.source.role == Role::Extension && t.source.name == e.name)
             .map(|t| t.tree.clone());
         let exists = cache.join("wheels").join(&d).is_dir();
-        step(
+        p.step(
             "extension",
             format!(
                 "{} {} {}",
@@ -324,7 +354,7 @@ fn build_extensions(
                 lock.source_date_epoch,
             );
             if w.is_ok() {
-                step(
+                p.step(
                     "extension",
                     format!("{} compiled in {:.0}s", e.name, t.elapsed().as_secs_f64()),
                 );
@@ -351,7 +381,7 @@ fn build_extensions(
                         .join(format!("sass-{}", support::short_id(&d))),
                 )?;
                 for (m, arches) in &found {
-                    step(
+                    p.step(
                         "sass",
                         format!(
                             "{m}: {}",
@@ -378,7 +408,7 @@ fn build_extensions(
             Err(err) if e.required => {
                 return Err(err.context(format!("required extension {} failed to build", e.name)))
             }
-            Err(err) => eprintln!("warning: optional extension {} skipped: {err:#}", e.name),
+            Err(err) => p.warn(format!("optional extension {} skipped: {err:#}", e.name)),
         }
     }
     Ok(wheels)
@@ -386,7 +416,7 @@ fn build_extensions(
 
 /// The lock the build uses: the recipe's, if it is fresh; otherwise refreshed and saved, or with
 /// `--locked` refused.
-fn resolve_lock(plan: &Plan, cache: &Path, locked: bool) -> Result<Lock> {
+fn resolve_lock(p: &Steps, plan: &Plan, cache: &Path, locked: bool) -> Result<Lock> {
     let lock_path = plan.lock_path();
     Ok(match Lock::load(&lock_path)? {
         Some(l) => match l.stale_reason(plan) {
@@ -397,11 +427,11 @@ fn resolve_lock(plan: &Plan, cache: &Path, locked: bool) -> Result<Lock> {
                 plan.recipe_path.display()
             ),
             Some(why) => {
-                step(
+                p.step(
                     "lock",
                     format!("refreshing {} ({why})", lock_path.display()),
                 );
-                let l = lock(plan, cache, Some(&l))?;
+                let l = lock::locked_by(p, plan, cache, Some(&l))?;
                 l.save(&lock_path)?;
                 l
             }
@@ -412,8 +442,8 @@ fn resolve_lock(plan: &Plan, cache: &Path, locked: bool) -> Result<Lock> {
             plan.recipe_path.display()
         ),
         None => {
-            step("lock", format!("writing {}", lock_path.display()));
-            let l = lock(plan, cache, None)?;
+            p.step("lock", format!("writing {}", lock_path.display()));
+            let l = lock::locked_by(p, plan, cache, None)?;
             l.save(&lock_path)?;
             l
         }
@@ -421,19 +451,24 @@ fn resolve_lock(plan: &Plan, cache: &Path, locked: bool) -> Result<Lock> {
 }
 
 /// `comfy-build build`.
-pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<Built> {
+pub fn build(
+    plan: &Plan,
+    key: &keys::SecretKey,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Built> {
     let t0 = Instant::now();
-    STEPS.with(|s| s.borrow_mut().clear());
+    let p = Steps::new(progress);
     env::check_platform(&plan.recipe.target.platform)?;
     let cache = &opts.cache;
     fs_err::create_dir_all(cache)?;
     let cache = fs_err::canonicalize(cache)?;
     let r = &plan.recipe;
     let lock_path = plan.lock_path();
-    let lock = resolve_lock(plan, &cache, opts.locked)?;
+    let lock = resolve_lock(&p, plan, &cache, opts.locked)?;
     let lock_sha = hex::encode(Sha256::digest(fs_err::read(&lock_path)?));
 
-    step(
+    p.step(
         "sources",
         format!(
             "{} repositories at their locked commits",
@@ -454,9 +489,9 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
     let env_d = env_digest(plan, &interp, &lock.requirements, &uv);
     let env_dir = cache.join("env").join(&env_d);
     if env_dir.exists() {
-        step("env", format!("{} cached", support::short_id(&env_d)));
+        p.step("env", format!("{} cached", support::short_id(&env_d)));
     } else {
-        step(
+        p.step(
             "env",
             format!(
                 "{} building: interpreter, venv, {} locked packages",
@@ -486,7 +521,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
             }
             let d = toolkit_digest(&env_d, &lock.toolkit);
             let exists = cache.join("toolkit").join(&d).join("cuda-home").is_dir();
-            step(
+            p.step(
                 "toolkit",
                 format!(
                     "{} {}",
@@ -506,20 +541,11 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
                     missing.join(", ")
                 );
             }
-            step("toolkit", format!("nvcc: {release}"));
+            p.step("toolkit", format!("nvcc: {release}"));
             Some((tk, d))
         }
     };
-    let ext_base = ext_base(&env_d, toolkit.as_ref().map(|(_, d)| d.as_str()));
-    let wheels = build_extensions(
-        plan,
-        &lock,
-        &trees,
-        &cache,
-        &env_dir,
-        &ext_base,
-        toolkit.as_ref(),
-    )?;
+    let wheels = build_extensions(&p, plan, &lock, &trees, &cache, &env_d, toolkit.as_ref())?;
 
     let workflows = serde_json::to_string(&plan.workflows)?;
     let stage_d = stage_digest(&StageInputs {
@@ -540,9 +566,9 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         .map(|t| t.source.name.clone())
         .collect();
     if stage_cached {
-        step("stage", format!("{} cached", support::short_id(&stage_d)));
+        p.step("stage", format!("{} cached", support::short_id(&stage_d)));
     } else {
-        step(
+        p.step(
             "stage",
             format!("{} assembling", support::short_id(&stage_d)),
         );
@@ -613,7 +639,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         let launch_sh = tmp.join(bundle::LAUNCH_ENTRY);
         fs_err::write(&launch_sh, launch::render(&r.launch.env))?;
         fs_err::set_permissions(&launch_sh, std::fs::Permissions::from_mode(0o755))?;
-        step("freeze", "bytecode, metadata, relocation lint");
+        p.step("freeze", "bytecode, metadata, relocation lint");
         freeze::freeze(&tmp)?;
         freeze::lint(
             &tmp,
@@ -643,7 +669,7 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
             .context("importing the extensions' compiled modules from the frozen release")?;
         }
         let smoke = if opts.smoke {
-            step(
+            p.step(
                 "smoke",
                 "starting the frozen app on loopback, as the host's unit does",
             );
@@ -696,9 +722,9 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         drop(scratch);
     }
     let record: StageRecord = serde_json::from_slice(&fs_err::read(&smoke_file)?)?;
-    report_stage_checks(plan, &record, stage_cached);
+    report_stage_checks(&p, plan, &record, stage_cached);
 
-    step("pack", "signing the bundle");
+    p.step("pack", "signing the bundle");
     let manifest = manifest(
         plan, &lock, &lock_sha, &trees, &wheels, record, &stage, &cache,
     )?;
@@ -726,27 +752,28 @@ pub fn build(plan: &Plan, key: &keys::SecretKey, opts: &BuildOptions) -> Result<
         support::short_id(&packed.id)
     ));
     fs_err::rename(&tmp_out, &path)?;
-    eprintln!(
-        "{:>12} {} frames, {} copied from an earlier bundle; {} read for digests",
+    p.note(
         "packed",
-        packed.frames,
-        packed.reused_frames,
-        support::diff::human_bytes(packed.hashed_bytes)
+        format!(
+            "{} frames, {} copied from an earlier bundle; {} read for digests",
+            packed.frames,
+            packed.reused_frames,
+            support::diff::human_bytes(packed.hashed_bytes)
+        ),
     );
     if let Err(e) = packs.save(&path, &packed) {
-        eprintln!(
-            "warning: the pack cache was not updated ({e:#}); the next build packs from scratch"
-        );
+        p.warn(format!(
+            "the pack cache was not updated ({e:#}); the next build packs from scratch"
+        ));
     }
-    let stages = stage_times(Instant::now());
-    eprintln!(
-        "{:>12} {}",
+    let stages = p.times(Instant::now());
+    p.note(
         "times",
         stages
             .iter()
             .map(|t| format!("{} {:.1}s", t.stage, t.seconds))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
     );
     Ok(Built {
         id: packed.id,
@@ -819,5 +846,57 @@ impl Drop for Scratch<'_> {
         if self.0.exists() {
             let _ = fs_err::remove_dir_all(self.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod steps_tests {
+    use super::*;
+
+    /// Keeps what a build reports.
+    #[derive(Default)]
+    struct Recorded(std::cell::RefCell<Vec<String>>);
+
+    impl Progress for Recorded {
+        fn line(&self, label: &str, detail: &str) {
+            self.0.borrow_mut().push(format!("{label}: {detail}"));
+        }
+        fn warn(&self, text: &str) {
+            self.0.borrow_mut().push(format!("warning: {text}"));
+        }
+    }
+
+    #[test]
+    fn steps_go_to_the_printer_given_and_each_kind_is_timed_until_the_next_step() {
+        let out = Recorded::default();
+        let p = Steps::new(&out);
+        let t0 = Instant::now();
+        p.step("env", "building");
+        std::thread::sleep(Duration::from_millis(30));
+        p.note("packed", "not a step");
+        p.step("smoke", "starting");
+        std::thread::sleep(Duration::from_millis(10));
+        p.step("env", "again");
+        p.warn("optional extension x skipped");
+        let times = p.times(Instant::now());
+        let total = t0.elapsed().as_secs_f64();
+        assert_eq!(
+            out.0.borrow().as_slice(),
+            [
+                "env: building",
+                "packed: not a step",
+                "smoke: starting",
+                "env: again",
+                "warning: optional extension x skipped"
+            ]
+        );
+        let names: Vec<&str> = times.iter().map(|t| t.stage.as_str()).collect();
+        assert_eq!(names, ["env", "smoke"]);
+        assert!(
+            times[0].seconds >= 0.030 && times[1].seconds >= 0.010,
+            "{times:?}"
+        );
+        let sum: f64 = times.iter().map(|t| t.seconds).sum();
+        assert!(sum <= total, "{sum} > {total}");
     }
 }

@@ -23,7 +23,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
         return Ok(());
     }
     let key = super::secret_key(&a.signing)?;
-    let built = crate::build::build(&p, &key, &opts)?;
+    let built = crate::build::build(&p, &key, &opts, &super::Stderr)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&built)?);
     } else {

@@ -11,6 +11,7 @@ pub fn run(a: LockArgs) -> Result<()> {
         &p,
         &a.cache.unwrap_or_else(default_cache),
         previous.as_ref(),
+        &super::Stderr,
     )?;
     l.save(&p.lock_path())?;
     println!(

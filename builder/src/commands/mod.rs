@@ -17,6 +17,18 @@ use anyhow::{Context as _, Result};
 use std::path::PathBuf;
 
 /// Runs one parsed command line; returns the exit code of outcomes that are not errors.
+/// A build's progress as lines on stderr: `{label:>12} {detail}`, `warning: {text}`.
+pub struct Stderr;
+
+impl crate::build::Progress for Stderr {
+    fn line(&self, label: &str, detail: &str) {
+        eprintln!("{label:>12} {detail}");
+    }
+    fn warn(&self, text: &str) {
+        eprintln!("warning: {text}");
+    }
+}
+
 pub fn run(cli: Cli) -> Result<u8> {
     let done = |r: Result<()>| r.map(|()| 0);
     match cli.command {
