@@ -450,6 +450,87 @@ fn resolve_lock(p: &Steps, plan: &Plan, cache: &Path, locked: bool) -> Result<Lo
     })
 }
 
+/// The release tree in `tmp`: a hardlink farm of the cached env with the extension wheels (and
+/// the toolkit, where the release carries it), ComfyUI and its custom nodes at their locked
+/// commits, the nested sources, the declared models checked, the install scripts named or run,
+/// and the launch entry. Returns what the install step reports.
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    plan: &Plan,
+    lock: &Lock,
+    trees: &[Checkout],
+    wheels: &[BuiltWheel],
+    toolkit: bool,
+    env_dir: &Path,
+    cache: &Path,
+    tmp: &Path,
+) -> Result<Vec<String>> {
+    let r = &plan.recipe;
+    // A hardlink farm of the cached env: nothing below writes into an existing file in place.
+    process::run(
+        Command::new("cp")
+            .arg("-al")
+            .arg(format!("{}/.", env_dir.display()))
+            .arg(tmp),
+    )?;
+    for BuiltWheel { wheel: w, .. } in wheels {
+        ext::install(w, &tmp.join("venv/bin/python"), cache)?;
+    }
+    if let (Some(t), true) = (&r.toolkit, toolkit) {
+        if t.in_release {
+            ext::install_locked(&lock.toolkit, &tmp.join("venv/bin/python"), cache, "copy")?;
+        }
+    }
+    process::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", trees[0].tree.display()))
+            .arg(tmp.join("ComfyUI")),
+    )?;
+    fs_err::create_dir_all(tmp.join("ComfyUI/custom_nodes"))?;
+    for Checkout {
+        source: s, tree: t, ..
+    } in trees.iter().filter(|t| t.source.role == Role::Node)
+    {
+        let name = if s.disabled {
+            format!("{}.disabled", s.name)
+        } else {
+            s.name.clone()
+        };
+        process::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", t.display()))
+                .arg(tmp.join("ComfyUI/custom_nodes").join(name)),
+        )?;
+    }
+    // What nodes' install scripts would fetch, pinned: nested sources, declared models;
+    // then each script named, or run with its writes checked.
+    install::place_nested(tmp, trees)?;
+    let recipe_dir = plan
+        .recipe_path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned);
+    let mut install_lines = Vec::new();
+    if !r.models.is_empty() {
+        let mut bytes = 0;
+        for m in &r.models {
+            install::fetch_model(m, &recipe_dir, cache)?;
+            bytes += m.size;
+        }
+        install_lines.push(format!(
+            "{} model file(s) declared ({bytes} bytes), each checked by sha256; not in the \
+             bundle: hosts fetch them (`comfyctl models --fetch`)",
+            r.models.len()
+        ));
+    }
+    install_lines.extend(install::run_scripts(tmp, trees, &r.models, &recipe_dir, cache)?.lines);
+    let launch_sh = tmp.join(bundle::LAUNCH_ENTRY);
+    fs_err::write(&launch_sh, launch::render(&r.launch.env))?;
+    fs_err::set_permissions(&launch_sh, std::fs::Permissions::from_mode(0o755))?;
+    Ok(install_lines)
+}
+
 /// `comfy-build build`.
 pub fn build(
     plan: &Plan,
@@ -576,69 +657,16 @@ pub fn build(
         let _ = fs_err::remove_dir_all(&tmp);
         fs_err::create_dir_all(&tmp)?;
         let scratch = Scratch(&tmp);
-        // A hardlink farm of the cached env: nothing below writes into an existing file in place.
-        process::run(
-            Command::new("cp")
-                .arg("-al")
-                .arg(format!("{}/.", env_dir.display()))
-                .arg(&tmp),
+        let install_lines = assemble(
+            plan,
+            &lock,
+            &trees,
+            &wheels,
+            toolkit.is_some(),
+            &env_dir,
+            &cache,
+            &tmp,
         )?;
-        for BuiltWheel { wheel: w, .. } in &wheels {
-            ext::install(w, &tmp.join("venv/bin/python"), &cache)?;
-        }
-        if let (Some(t), Some(_)) = (&r.toolkit, &toolkit) {
-            if t.in_release {
-                ext::install_locked(&lock.toolkit, &tmp.join("venv/bin/python"), &cache, "copy")?;
-            }
-        }
-        process::run(
-            Command::new("cp")
-                .arg("-a")
-                .arg(format!("{}/.", trees[0].tree.display()))
-                .arg(tmp.join("ComfyUI")),
-        )?;
-        fs_err::create_dir_all(tmp.join("ComfyUI/custom_nodes"))?;
-        for Checkout {
-            source: s, tree: t, ..
-        } in trees.iter().filter(|t| t.source.role == Role::Node)
-        {
-            let name = if s.disabled {
-                format!("{}.disabled", s.name)
-            } else {
-                s.name.clone()
-            };
-            process::run(
-                Command::new("cp")
-                    .arg("-a")
-                    .arg(format!("{}/.", t.display()))
-                    .arg(tmp.join("ComfyUI/custom_nodes").join(name)),
-            )?;
-        }
-        // What nodes' install scripts would fetch, pinned: nested sources, declared models;
-        // then each script named, or run with its writes checked.
-        install::place_nested(&tmp, &trees)?;
-        let recipe_dir = plan
-            .recipe_path
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_owned);
-        let mut install_lines = Vec::new();
-        if !r.models.is_empty() {
-            let mut bytes = 0;
-            for m in &r.models {
-                install::fetch_model(m, &recipe_dir, &cache)?;
-                bytes += m.size;
-            }
-            install_lines.push(format!(
-                "{} model file(s) declared ({bytes} bytes), each checked by sha256; not in the \
-                 bundle: hosts fetch them (`comfyctl models --fetch`)",
-                r.models.len()
-            ));
-        }
-        install_lines
-            .extend(install::run_scripts(&tmp, &trees, &r.models, &recipe_dir, &cache)?.lines);
-        let launch_sh = tmp.join(bundle::LAUNCH_ENTRY);
-        fs_err::write(&launch_sh, launch::render(&r.launch.env))?;
-        fs_err::set_permissions(&launch_sh, std::fs::Permissions::from_mode(0o755))?;
         p.step("freeze", "bytecode, metadata, relocation lint");
         freeze::freeze(&tmp)?;
         freeze::lint(
