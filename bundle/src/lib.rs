@@ -16,6 +16,7 @@ pub mod tarfmt;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod writer;
+mod writers;
 
 pub use error::{Error, Result};
 pub use extract::{

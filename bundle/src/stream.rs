@@ -10,8 +10,11 @@ use crate::manifest::{Entry, Kind};
 use crate::paths::check_path;
 use crate::reader::{read_frame_into, Bundle};
 use crate::tarfmt::{checksum_ok, forbidden_kind, padding, push_header, HeaderKind, BLOCK};
+use crate::writers::{
+    writer, Body, Failed, FrameBuf, Job, Piece, Writers, PIECE_MAX, QUEUE, STREAM_AHEAD,
+    WRITER_STOPPED,
+};
 use crate::{Error, Result};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,145 +71,6 @@ impl Sink for NullSink {
 }
 
 type FrameResult = (usize, Result<Vec<u8>>);
-
-/// A decompressed frame. Pieces of it travel to the writers; its buffer goes back to the
-/// decompressors (freeing a place in the window) when the last piece is dropped.
-struct FrameBuf {
-    data: Vec<u8>,
-    home: SyncSender<Vec<u8>>,
-}
-
-impl Drop for FrameBuf {
-    fn drop(&mut self) {
-        let _ = self.home.try_send(std::mem::take(&mut self.data));
-    }
-}
-
-/// A range of a decompressed frame.
-struct Piece(Arc<FrameBuf>, Range<usize>);
-
-impl Piece {
-    fn bytes(&self) -> &[u8] {
-        &self.0.data[self.1.clone()]
-    }
-}
-
-/// A file lying in one piece of one frame goes to a writer whole; a longer one streams to one
-/// writer piece by piece, a few pieces ahead.
-const PIECE_MAX: u64 = 1 << 20;
-const STREAM_AHEAD: usize = 4;
-/// Files handed over and not yet taken by a writer.
-const QUEUE: usize = 64;
-
-enum Body {
-    Whole(Vec<Piece>),
-    Streamed(Receiver<Piece>),
-}
-
-struct Job {
-    index: usize,
-    path: String,
-    size: u64,
-    sha256: [u8; 32],
-    out: Box<dyn FileOut>,
-    body: Body,
-}
-
-/// The first failure in manifest order, wherever it happened (a writer or the consumer).
-struct Failed {
-    /// (entry, rank, error): at one entry, a writer's own error (rank 0) beats "a writer stopped" (rank 1).
-    first: Mutex<Option<(usize, u8, Error)>>,
-    /// The entry of the first failure so far; `usize::MAX` while none.
-    at: AtomicUsize,
-}
-
-impl Failed {
-    fn new() -> Self {
-        Self {
-            first: Mutex::new(None),
-            at: AtomicUsize::new(usize::MAX),
-        }
-    }
-
-    fn record(&self, index: usize, rank: u8, e: Error) {
-        if let Ok(mut f) = self.first.lock() {
-            if f.as_ref().is_none_or(|(i, r, _)| (index, rank) < (*i, *r)) {
-                *f = Some((index, rank, e));
-            }
-        }
-        self.at.fetch_min(index, Ordering::Relaxed);
-    }
-
-    /// Whether an entry before `index` failed: work on `index` is of no use.
-    fn before(&self, index: usize) -> bool {
-        self.at.load(Ordering::Relaxed) < index
-    }
-}
-
-fn writer(jobs: &Mutex<Receiver<Job>>, failed: &Failed) {
-    loop {
-        let job = match jobs.lock().map(|j| j.recv()) {
-            Ok(Ok(job)) => job,
-            _ => return,
-        };
-        // Files before the first failure are still checked, so the earliest one is reported.
-        if failed.before(job.index) {
-            continue;
-        }
-        let index = job.index;
-        if let Err(e) = write_job(job) {
-            failed.record(index, 0, e);
-        }
-    }
-}
-
-/// Hashes and writes one file; `Ok` without finishing when the consumer gave up on it (the
-/// consumer reports why).
-fn write_job(job: Job) -> Result<()> {
-    let Job {
-        path,
-        size,
-        sha256,
-        mut out,
-        body,
-        ..
-    } = job;
-    let mut h = Sha256::new();
-    let mut got = 0u64;
-    let mut take = |p: Piece| -> Result<()> {
-        h.update(p.bytes());
-        got += p.bytes().len() as u64;
-        out.write(p.bytes())
-    };
-    match body {
-        Body::Whole(pieces) => pieces.into_iter().try_for_each(&mut take)?,
-        Body::Streamed(rx) => rx.into_iter().try_for_each(&mut take)?,
-    }
-    if got != size {
-        return Ok(());
-    }
-    if h.finalize()[..] != sha256[..] {
-        return Err(Error::DigestMismatch { path });
-    }
-    out.finish()
-}
-
-const WRITER_STOPPED: &str = "a file writer stopped";
-
-/// The consumer's end of the writers.
-struct Writers<'a> {
-    jobs: SyncSender<Job>,
-    failed: &'a Failed,
-}
-
-impl Writers<'_> {
-    fn stopped(&self) -> Error {
-        Error::Io(std::io::Error::other(WRITER_STOPPED))
-    }
-    fn send(&self, job: Job) -> Result<()> {
-        self.jobs.send(job).map_err(|_| self.stopped())
-    }
-}
 
 /// Entry number meaning "no more stream": every remaining entry comes from the store.
 const STREAM_END: u64 = u64::MAX;
@@ -789,30 +653,4 @@ fn consume(
         ));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn io(s: &str) -> Error {
-        Error::Io(std::io::Error::other(s.to_owned()))
-    }
-
-    #[test]
-    fn the_earliest_entry_wins_whatever_the_order_failures_arrive_in() {
-        let f = Failed::new();
-        assert!(!f.before(usize::MAX - 1));
-        f.record(5, 0, io("five"));
-        f.record(1, 1, io("one, stopped"));
-        f.record(1, 0, io("one, its own"));
-        f.record(1, 1, io("one, stopped again"));
-        f.record(3, 0, io("three"));
-        assert!(f.before(2) && !f.before(1));
-        let first = f.first.lock().unwrap().take();
-        assert!(
-            matches!(&first, Some((1, 0, e)) if e.to_string().contains("one, its own")),
-            "{first:?}"
-        );
-    }
 }
