@@ -282,10 +282,10 @@ pub fn node_state(host: &Host, dir: &Path, m: &bundle::Manifest) -> Result<Vec<S
 /// `network_mode = offline`, so a host without GitHub does not wait on it at startup. Written
 /// beneath `data/user` (which the service and the group can write) without following a link.
 pub fn manager_config(host: &Host, m: &bundle::Manifest) -> Result<Option<String>> {
-    if !bundle::has_manager(&m.provenance.custom_nodes) {
+    if !comfyui::has_manager(&m.provenance.custom_nodes) {
         return Ok(None);
     }
-    let (dir_rel, file) = bundle::MANAGER_CONFIG_PATH
+    let (dir_rel, file) = comfyui::MANAGER_CONFIG_PATH
         .rsplit_once('/')
         .context("the Manager's config path has a directory")?;
     let user = Dir::open_root_owned(&host.layout.install)?
@@ -300,7 +300,7 @@ pub fn manager_config(host: &Host, m: &bundle::Manifest) -> Result<Option<String
     let (d, _) = user.ensure_dirs(dir_rel, svc, SERVICE_DIR_MODE)?;
     if !d.create_file(
         file,
-        bundle::MANAGER_CONFIG.as_bytes(),
+        comfyui::MANAGER_CONFIG.as_bytes(),
         svc,
         SERVICE_FILE_MODE,
     )? {

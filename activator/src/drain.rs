@@ -64,7 +64,7 @@ fn queue(client: &reqwest::blocking::Client, port: u16) -> Result<(usize, usize)
         .get(format!("http://127.0.0.1:{port}/queue"))
         .send()?
         .error_for_status()?;
-    let v = support::read_json(resp, "/queue")?;
+    let v = comfyui::http::read_json(resp, "/queue")?;
     let n = |k: &str| v[k].as_array().map_or(0, Vec::len);
     Ok((n("queue_running"), n("queue_pending")))
 }

@@ -80,9 +80,9 @@ pub fn check(
             seconds: t0.elapsed().as_secs_f64(),
             downtime_seconds: 0.0,
         };
-    let stats = match support::wait_for_app(&client, &base, timeout, &mut || gone())? {
-        support::Started::Up(stats) => stats,
-        support::Started::Gone { why, last } => {
+    let stats = match comfyui::http::wait_for_app(&client, &base, timeout, &mut || gone())? {
+        comfyui::http::Started::Up(stats) => stats,
+        comfyui::http::Started::Gone { why, last } => {
             return Ok(unhealthy(
                 format!("{why} before answering ({last})"),
                 None,
@@ -90,7 +90,7 @@ pub fn check(
                 vec![],
             ))
         }
-        support::Started::TimedOut { last } => {
+        comfyui::http::Started::TimedOut { last } => {
             return Ok(unhealthy(
                 format!("{last} after {}s", timeout.as_secs()),
                 None,
@@ -124,7 +124,7 @@ pub fn check(
             vec![],
         ));
     }
-    let info = support::object_info(&client, &base)?;
+    let info = comfyui::http::object_info(&client, &base)?;
     let Some(obj) = info.as_object() else {
         bail!("/object_info is not an object")
     };
@@ -162,11 +162,11 @@ pub fn check(
             h.workflows_run = ran;
             h
         };
-        let wf = match support::workflow::parse(&w.prompt) {
+        let wf = match comfyui::workflow::parse(&w.prompt) {
             Ok(wf) => wf,
             Err(e) => return Ok(fail(format!("{e:#}"), checked, ran)),
         };
-        let c = support::workflow::check(&wf, &info, true);
+        let c = comfyui::workflow::check(&wf, &info, true);
         if !c.problems.is_empty() {
             return Ok(fail(
                 format!("does not fit the running app: {}", c.problems.join("; ")),
@@ -194,7 +194,7 @@ pub fn check(
                 .saturating_sub(t0.elapsed())
                 .max(Duration::from_secs(30));
             let run_client = reqwest::blocking::Client::builder().timeout(left).build()?;
-            if let Err(e) = support::workflow::run(&run_client, &base, &wf, left) {
+            if let Err(e) = comfyui::workflow::run(&run_client, &base, &wf, left) {
                 return Ok(fail(format!("{e:#}"), checked, ran));
             }
             ran += 1;

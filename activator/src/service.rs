@@ -85,7 +85,8 @@ WantedBy=multi-user.target\n",
 /// The release's launch flags with the host's address and data directories.
 pub fn args(host: &Host, m: &Manifest, db: &Path) -> Result<String> {
     let s = &host.cfg.service;
-    let out = m.launch.run_args(
+    let out = comfyui::run_args(
+        &m.launch,
         &s.listen,
         s.port,
         &host.layout.data(),
@@ -133,7 +134,7 @@ pub fn stage_inputs(host: &Host, m: &Manifest, id: &str, db: &Path) -> Result<()
     );
     dir.replace_file(
         &format!("{MODEL_PATHS}{NEXT}"),
-        bundle::model_paths_yaml(&models).as_bytes(),
+        comfyui::model_paths_yaml(&models).as_bytes(),
         owner,
         0o640,
     )?;

@@ -306,7 +306,7 @@ impl Plan {
             let path = dir.join(&w.file);
             let text =
                 fs_err::read_to_string(&path).with_context(|| format!("workflow {}", w.file))?;
-            let wf = support::workflow::parse(&text)
+            let wf = comfyui::workflow::parse(&text)
                 .with_context(|| format!("workflow {}", path.display()))?;
             let name = Path::new(&w.file)
                 .file_stem()

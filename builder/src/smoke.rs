@@ -1,5 +1,5 @@
 //! Smoke: start the frozen app once, the way the host's unit starts it (the release's own
-//! `ComfyUI/custom_nodes`, the host's data layout and flags from [`bundle::Launch::run_args`]), from
+//! `ComfyUI/custom_nodes`, the host's data layout and flags from [`comfyui::run_args`]), from
 //! a copy at another path, on loopback with `--cpu` (GPU-only flags dropped). It records which node
 //! classes `/object_info` lists for each custom node, which classes a node registered that
 //! `/object_info` could not describe, and every path the app wrote inside its own tree. A node marked
@@ -47,7 +47,8 @@ fn smoke_args(launch: &[String], port: u16, data: &Path) -> Vec<String> {
         args: kept,
         ..Default::default()
     };
-    l.run_args(
+    comfyui::run_args(
+        &l,
         "127.0.0.1",
         port,
         data,
@@ -206,16 +207,16 @@ pub fn smoke(
     }
     fs_err::write(
         data.join("extra_model_paths.yaml"),
-        bundle::model_paths_yaml(&data.join("models")),
+        comfyui::model_paths_yaml(&data.join("models")),
     )?;
     // ComfyUI-Manager starts with the settings a host gives it (strong security, offline).
     if nodes
         .iter()
         .any(|n| n.eq_ignore_ascii_case("ComfyUI-Manager"))
     {
-        let ini = data.join("user").join(bundle::MANAGER_CONFIG_PATH);
+        let ini = data.join("user").join(comfyui::MANAGER_CONFIG_PATH);
         fs_err::create_dir_all(ini.parent().expect("below user/"))?;
-        fs_err::write(ini, bundle::MANAGER_CONFIG)?;
+        fs_err::write(ini, comfyui::MANAGER_CONFIG)?;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -258,24 +259,24 @@ pub fn smoke(
             .flatten()
             .map(|status| format!("the app exited during the smoke start ({status})"))
     };
-    match support::wait_for_app(&client, &base, timeout, &mut exited)? {
-        support::Started::Up(_) => {}
-        support::Started::Gone { why, .. } => {
+    match comfyui::http::wait_for_app(&client, &base, timeout, &mut exited)? {
+        comfyui::http::Started::Up(_) => {}
+        comfyui::http::Started::Gone { why, .. } => {
             bail!("{why}; log {}:\n{}", log.display(), log_tail(log))
         }
-        support::Started::TimedOut { .. } => bail!(
+        comfyui::http::Started::TimedOut { .. } => bail!(
             "the app did not answer /system_stats within {}s; log {}:\n{}",
             timeout.as_secs(),
             log.display(),
             log_tail(log)
         ),
     }
-    let info = support::object_info(&client, &base)?;
+    let info = comfyui::http::object_info(&client, &base)?;
     let t_wf = Instant::now();
     for w in workflows {
         let wf =
-            support::workflow::parse(&w.prompt).with_context(|| format!("workflow {}", w.name))?;
-        let c = support::workflow::check(&wf, &info, false);
+            comfyui::workflow::parse(&w.prompt).with_context(|| format!("workflow {}", w.name))?;
+        let c = comfyui::workflow::check(&wf, &info, false);
         if !c.problems.is_empty() {
             bail!(
                 "workflow {} does not fit this release ({} problem(s)):\n  {}",
@@ -285,7 +286,7 @@ pub fn smoke(
             );
         }
         if w.run {
-            support::workflow::run(&client, &base, &wf, timeout).with_context(|| {
+            comfyui::workflow::run(&client, &base, &wf, timeout).with_context(|| {
                 format!(
                     "workflow {} failed when run on the CPU; log {}:\n{}",
                     w.name,

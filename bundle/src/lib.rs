@@ -25,9 +25,9 @@ pub use extract::{
 };
 pub use layout::{trusted_comment, MANIFEST_PATH, MAX_FRAME_RAW, SIGNATURE_PATH};
 pub use manifest::{
-    bundle_id, has_manager, model_paths_yaml, rfc3339, Check, Entry, Extension, GitSource, Kind,
-    Launch, Limits, Manifest, ModelFile, Provenance, StatePath, Workflow, FORMAT_VERSION,
-    LAUNCH_ENTRY, MANAGER_CONFIG, MANAGER_CONFIG_PATH, MAX_ENTRIES, MAX_MANIFEST_BYTES, STATE_DIR,
+    bundle_id, rfc3339, Check, Entry, Extension, GitSource, Kind, Launch, Limits, Manifest,
+    ModelFile, Provenance, StatePath, Workflow, FORMAT_VERSION, LAUNCH_ENTRY, MAX_ENTRIES,
+    MAX_MANIFEST_BYTES, STATE_DIR,
 };
 pub use reader::Bundle;
 pub use stream::{FileOut, NullSink, Sink};

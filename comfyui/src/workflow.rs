@@ -228,11 +228,11 @@ pub fn run(
         .send()
         .context("POST /prompt")?;
     let status = resp.status();
-    let answer: Value = crate::read_json(resp, "/prompt")?;
+    let answer: Value = crate::http::read_json(resp, "/prompt")?;
     if !status.is_success() {
         bail!(
             "ComfyUI refused the prompt ({status}): {}",
-            crate::term_safe(
+            support::term_safe(
                 &answer
                     .get("error")
                     .map_or_else(|| answer.to_string(), Value::to_string)
@@ -244,7 +244,7 @@ pub fn run(
         .context("/prompt gave no prompt_id")?
         .to_owned();
     loop {
-        let h: Value = crate::read_json(
+        let h: Value = crate::http::read_json(
             client
                 .get(format!("{base}/history/{id}"))
                 .send()?
@@ -273,7 +273,7 @@ pub fn run(
                 .unwrap_or_else(|| format!("status {}", st["status_str"]));
             // The app's own words (an exception message a node wrote) reach an operator's
             // terminal: escaped.
-            bail!("the prompt failed: {}", crate::term_safe(&err));
+            bail!("the prompt failed: {}", support::term_safe(&err));
         }
         if t0.elapsed() > timeout {
             bail!("the prompt did not finish within {}s", timeout.as_secs());
