@@ -128,16 +128,7 @@ pub fn check(
     let Some(obj) = info.as_object() else {
         bail!("/object_info is not an object")
     };
-    let mut missing = Vec::new();
-    for (dir, classes) in &m.expected_nodes {
-        for c in classes {
-            let ok = obj.get(c).and_then(|v| v["python_module"].as_str())
-                == Some(&format!("custom_nodes.{dir}"));
-            if !ok {
-                missing.push(format!("{dir}:{c}"));
-            }
-        }
-    }
+    let missing = comfyui::missing_classes(&info, &m.expected_nodes);
     if !missing.is_empty() {
         return Ok(unhealthy(
             missing_by_node(&m.expected_nodes, &missing),

@@ -317,24 +317,7 @@ pub fn smoke(
             );
         }
     }
-    let mut found: BTreeMap<String, Vec<String>> =
-        nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
-    if let Some(obj) = info.as_object() {
-        for (class, v) in obj {
-            if let Some(dir) = v
-                .get("python_module")
-                .and_then(|m| m.as_str())
-                .and_then(|m| m.strip_prefix("custom_nodes."))
-            {
-                if let Some(list) = found.get_mut(dir) {
-                    list.push(class.clone());
-                }
-            }
-        }
-    }
-    for v in found.values_mut() {
-        v.sort();
-    }
+    let found = comfyui::classes_by_node(&info, nodes);
     let (written, removed) = written(&before, &after);
     Ok(SmokeReport {
         nodes: found,

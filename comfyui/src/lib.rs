@@ -7,6 +7,7 @@ pub mod http;
 pub mod workflow;
 
 use bundle::Launch;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The arguments a release is started with, by the host's unit and by the build's smoke start
@@ -84,6 +85,51 @@ pub fn model_paths_yaml(models: &Path) -> String {
     )
 }
 
+/// The custom node folder that registered a class, from its `/object_info` entry's
+/// `python_module` (`custom_nodes.<folder>`); `None` for ComfyUI's own classes.
+pub fn node_of(class_info: &serde_json::Value) -> Option<&str> {
+    class_info
+        .get("python_module")?
+        .as_str()?
+        .strip_prefix("custom_nodes.")
+}
+
+/// The classes `/object_info` lists for each of `nodes` (by folder name), sorted: what the
+/// build's smoke start records in the manifest.
+pub fn classes_by_node(
+    info: &serde_json::Value,
+    nodes: &[String],
+) -> BTreeMap<String, Vec<String>> {
+    let mut found: BTreeMap<String, Vec<String>> =
+        nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
+    for (class, v) in info.as_object().into_iter().flatten() {
+        if let Some(list) = node_of(v).and_then(|dir| found.get_mut(dir)) {
+            list.push(class.clone());
+        }
+    }
+    for v in found.values_mut() {
+        v.sort();
+    }
+    found
+}
+
+/// Each expected class (`node:class`) that `/object_info` does not list as that node's: what
+/// the host's health check refuses a release for.
+pub fn missing_classes(
+    info: &serde_json::Value,
+    expected: &BTreeMap<String, Vec<String>>,
+) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (dir, classes) in expected {
+        for c in classes {
+            if info.get(c).and_then(node_of) != Some(dir.as_str()) {
+                missing.push(format!("{dir}:{c}"));
+            }
+        }
+    }
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     use bundle::Launch;
@@ -112,5 +158,32 @@ mod tests {
              --database-url sqlite:////d/db/x/c.db"
         );
         assert!(!a.iter().any(|x| x == "--base-directory"));
+    }
+
+    #[test]
+    fn classes_are_matched_to_the_node_folder_that_registered_them() {
+        let info = serde_json::json!({
+            "KSampler": {"python_module": "nodes"},
+            "Blur": {"python_module": "custom_nodes.blur-node"},
+            "Aaa": {"python_module": "custom_nodes.blur-node"},
+            "Other": {"python_module": "custom_nodes.other"},
+            "Odd": {"python_module": 7}
+        });
+        let found = super::classes_by_node(&info, &["blur-node".into(), "gone".into()]);
+        assert_eq!(found["blur-node"], ["Aaa", "Blur"]);
+        assert!(found["gone"].is_empty());
+        let expected = [
+            (
+                "blur-node".to_owned(),
+                vec!["Blur".to_owned(), "Other".to_owned()],
+            ),
+            ("gone".to_owned(), vec!["Odd".to_owned()]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            super::missing_classes(&info, &expected),
+            ["blur-node:Other", "gone:Odd"]
+        );
     }
 }
