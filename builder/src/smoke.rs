@@ -210,10 +210,7 @@ pub fn smoke(
         comfyui::model_paths_yaml(&data.join("models")),
     )?;
     // ComfyUI-Manager starts with the settings a host gives it (strong security, offline).
-    if nodes
-        .iter()
-        .any(|n| n.eq_ignore_ascii_case("ComfyUI-Manager"))
-    {
+    if nodes.iter().any(|n| comfyui::is_manager(n)) {
         let ini = data.join("user").join(comfyui::MANAGER_CONFIG_PATH);
         fs_err::create_dir_all(ini.parent().expect("below user/"))?;
         fs_err::write(ini, comfyui::MANAGER_CONFIG)?;

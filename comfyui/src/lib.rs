@@ -70,11 +70,14 @@ pub const MANAGER_CONFIG: &str = "# Written by comfyctl: releases are immutable,
 /// Where ComfyUI-Manager reads [`MANAGER_CONFIG`], relative to ComfyUI's user directory.
 pub const MANAGER_CONFIG_PATH: &str = "default/ComfyUI-Manager/config.ini";
 
-/// True when `m` ships ComfyUI-Manager enabled.
+/// Whether a custom node folder is ComfyUI-Manager's.
+pub fn is_manager(folder: &str) -> bool {
+    folder.eq_ignore_ascii_case("ComfyUI-Manager")
+}
+
+/// True when a release's custom nodes include ComfyUI-Manager, enabled.
 pub fn has_manager(nodes: &[bundle::GitSource]) -> bool {
-    nodes
-        .iter()
-        .any(|n| !n.disabled && n.name.eq_ignore_ascii_case("ComfyUI-Manager"))
+    nodes.iter().any(|n| !n.disabled && is_manager(&n.name))
 }
 
 /// The model-paths file a started release reads: every model folder below `models`.
