@@ -2,6 +2,7 @@
 //! (git, uv, the recipe's Python, gcc/g++ >= 9, nvcc under cuda_home and its version, the arch list
 //! spelling, free disk, RAM against MAX_JOBS, reachability of the torch index and git remotes).
 
+use crate::cache::Layout as _;
 use crate::recipe::Recipe;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -344,7 +345,7 @@ fn toolkit_checks(
         ),
     }
     // Once a build installed it: the compiler itself.
-    let homes: Vec<PathBuf> = fs_err::read_dir(cache.join("toolkit"))
+    let homes: Vec<PathBuf> = fs_err::read_dir(cache.toolkits())
         .map(|d| {
             d.filter_map(|e| Some(e.ok()?.path().join("cuda-home")))
                 .filter(|p| p.is_dir())

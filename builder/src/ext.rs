@@ -2,6 +2,7 @@
 //! wheels with `--no-build-isolation` against the release's own venv and the recipe's environment,
 //! cached by the digest of every input, so an unchanged extension is never compiled twice.
 
+use crate::cache::Layout as _;
 use crate::process;
 use crate::recipe::ExtensionSection;
 use anyhow::{bail, Context as _, Result};
@@ -17,16 +18,14 @@ pub fn wheel(
     cache: &Path,
     epoch: u64,
 ) -> Result<PathBuf> {
-    let dir = cache.join("wheels").join(digest);
+    let dir = cache.wheel_dir(digest);
     if let Some(w) = find_wheel(&dir)? {
         return Ok(w);
     }
-    let tmp = cache.join("tmp").join(format!("wheel-{digest}"));
+    let tmp = cache.scratch(&format!("wheel-{digest}"));
     let _ = fs_err::remove_dir_all(&tmp);
     fs_err::create_dir_all(&tmp)?;
-    let log = cache
-        .join("logs")
-        .join(format!("{}-{}.log", ext.name, support::short_id(digest)));
+    let log = cache.log(&format!("{}-{}.log", ext.name, support::short_id(digest)));
     let mut c = crate::uv::command(cache);
     c.args(["build", "--wheel", "--no-build-isolation", "--python"])
         .arg(venv_python)

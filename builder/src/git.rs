@@ -2,6 +2,7 @@
 //! there yet (a pinned full SHA already in the mirror needs no network), and export of a commit as a
 //! plain tree without `.git`.
 
+use crate::cache::Layout as _;
 use crate::process;
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
@@ -10,7 +11,7 @@ use std::process::Command;
 
 /// The mirror directory for a URL.
 pub fn mirror(cache: &Path, url: &str) -> PathBuf {
-    cache.join("git").join(format!(
+    cache.git_dir().join(format!(
         "{}.git",
         &hex::encode(Sha256::digest(url.as_bytes()))[..16]
     ))

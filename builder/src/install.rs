@@ -9,6 +9,7 @@
 //! the node it becomes part of the release (bytecode recompiled from source), a declared model
 //! is checked, anything else fails the build.
 
+use crate::cache::Layout as _;
 use crate::plan::{Checkout, Role};
 use crate::recipe::{InstallScript, ModelSection};
 use crate::smoke::{snapshot, written};
@@ -68,14 +69,14 @@ fn sha256_of(p: &Path) -> Result<String> {
 /// once and checked by size and SHA-256.
 pub fn fetch_model(m: &ModelSection, recipe_dir: &Path, cache: &Path) -> Result<PathBuf> {
     let sha = m.sha256.to_ascii_lowercase();
-    let dest = cache.join("models").join(&sha);
+    let dest = cache.model(&sha);
     if dest.is_file() {
         return Ok(dest);
     }
-    fs_err::create_dir_all(cache.join("models"))?;
-    let tmp = cache
-        .join("models")
-        .join(format!(".{sha}.part-{}", std::process::id()));
+    if let Some(p) = dest.parent() {
+        fs_err::create_dir_all(p)?;
+    }
+    let tmp = cache.model(&format!(".{sha}.part-{}", std::process::id()));
     if !m.mirror.is_empty() {
         fs_err::copy(recipe_dir.join(&m.mirror), &tmp)
             .with_context(|| format!("model {}: copying its mirror {}", m.path, m.mirror))?;
@@ -302,9 +303,7 @@ fn run_one(
         .context("the node's folder is outside the stage")?
         .to_string_lossy()
         .into_owned();
-    let log = cache
-        .join("logs")
-        .join(format!("install-{}.log", name.replace('/', "--")));
+    let log = cache.log(&format!("install-{}.log", name.replace('/', "--")));
     // What the script may write: its node's folder, the models, its home. Nothing else is its.
     for d in [dir, &models_dir, &home] {
         chown_tree(d, NOBODY)?;

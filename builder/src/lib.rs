@@ -1,6 +1,7 @@
 //! The builder: recipe -> plan -> stages -> bundle, plus the key and bundle verbs.
 
 pub mod build;
+mod cache;
 pub mod cli;
 mod commands;
 mod doctor;

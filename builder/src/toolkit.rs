@@ -8,6 +8,7 @@
 //! env and the pins. After a build, `cuobjdump --list-elf` names the SASS architectures of every
 //! extension module, and a release whose kernels lack the recipe's architecture is refused.
 
+use crate::cache::Layout as _;
 use crate::process;
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
@@ -80,11 +81,11 @@ fn link_cuda_home(dir: &Path, cu: &Path) -> Result<()> {
 /// The toolkit stage for the env at `env_dir` and the locked pins `locked` (hashed
 /// requirements), made once per `digest`; true when it was cached.
 pub fn ensure(env_dir: &Path, locked: &str, digest: &str, cache: &Path) -> Result<(Toolkit, bool)> {
-    let dir = cache.join("toolkit").join(digest);
+    let dir = cache.toolkit_dir(digest);
     if dir.join("cuda-home").is_dir() {
         return Ok((Toolkit { dir }, true));
     }
-    let tmp = cache.join("tmp").join(format!("toolkit-{digest}"));
+    let tmp = cache.scratch(&format!("toolkit-{digest}"));
     let _ = fs_err::remove_dir_all(&tmp);
     fs_err::create_dir_all(&tmp)?;
     // A hardlink farm of the env: uv adds the toolkit's files as new links and never writes into
@@ -98,7 +99,7 @@ pub fn ensure(env_dir: &Path, locked: &str, digest: &str, cache: &Path) -> Resul
     crate::ext::install_locked(locked, &tmp.join("venv/bin/python"), cache, "hardlink")
         .context("installing the [toolkit] wheels")?;
     link_cuda_home(&tmp, &cu13(&tmp.join("venv"))?)?;
-    fs_err::create_dir_all(cache.join("toolkit"))?;
+    fs_err::create_dir_all(cache.toolkits())?;
     fs_err::rename(&tmp, &dir)?;
     Ok((Toolkit { dir }, false))
 }

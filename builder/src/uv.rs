@@ -2,6 +2,7 @@
 //! that says how it is called (its cache under the build cache, no progress bars, no bytecode,
 //! never an inherited virtual environment).
 
+use crate::cache::Layout as _;
 use anyhow::{Context as _, Result};
 use std::path::Path;
 use std::process::Command;
@@ -9,7 +10,7 @@ use std::process::Command;
 /// `uv` with the build's settings; `cache` is the build cache (uv's own lives in `cache/uv`).
 pub fn command(cache: &Path) -> Command {
     let mut c = Command::new("uv");
-    c.env("UV_CACHE_DIR", cache.join("uv"))
+    c.env("UV_CACHE_DIR", cache.uv_cache())
         .env("UV_NO_PROGRESS", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("VIRTUAL_ENV");

@@ -1,5 +1,6 @@
 //! The digests stages are cached by, computed the same way by the build and its dry run.
 
+use crate::cache::Layout as _;
 use crate::env;
 use crate::env::Interpreter;
 use crate::plan::Plan;
@@ -103,7 +104,7 @@ pub(super) struct StageInputs<'a> {
 /// A wheel's cache key: its path below `<cache>/wheels`.
 pub(super) fn wheel_key(cache: &std::path::Path, wheel: &std::path::Path) -> String {
     wheel
-        .strip_prefix(cache.join("wheels"))
+        .strip_prefix(cache.wheels())
         .unwrap_or(wheel)
         .to_string_lossy()
         .into_owned()

@@ -5,6 +5,7 @@ use super::digest::{
     StageInputs,
 };
 use super::BuildOptions;
+use crate::cache::Layout as _;
 use crate::lock::Lock;
 use crate::plan::{Plan, Role, Source};
 use crate::{env, freeze};
@@ -102,7 +103,7 @@ fn stage_digest_if_known(
     let wheel_keys = ext_digests
         .iter()
         .map(|d| {
-            let w = crate::ext::find_wheel(&opts.cache.join("wheels").join(d.as_ref()?)).ok()??;
+            let w = crate::ext::find_wheel(&opts.cache.wheel_dir(d.as_ref()?)).ok()??;
             Some(wheel_key(&opts.cache, &w))
         })
         .collect::<Option<Vec<_>>>()?;
@@ -144,7 +145,7 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
             let commit = commit_of(s);
             let cached = commit
                 .as_ref()
-                .is_some_and(|c| opts.cache.join("src").join(c).exists());
+                .is_some_and(|c| opts.cache.src_dir(c).exists());
             PlannedSource {
                 role: s.role,
                 name: s.name.clone(),
@@ -187,7 +188,7 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
             lock.is_some()
                 && env_d
                     .as_ref()
-                    .is_some_and(|d| opts.cache.join("env").join(d).exists()),
+                    .is_some_and(|d| opts.cache.env_dir(d).exists()),
         ),
         digest: Some(env_d.clone()),
         required: None,
@@ -212,7 +213,7 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
             stage: "toolkit".into(),
             cached: Some(
                 tk_d.as_ref()
-                    .is_some_and(|d| opts.cache.join("toolkit").join(d).join("cuda-home").is_dir()),
+                    .is_some_and(|d| opts.cache.toolkit_dir(d).join("cuda-home").is_dir()),
             ),
             digest: Some(tk_d.clone()),
             required: None,
@@ -249,10 +250,7 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
         let envs: Vec<String> = e.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         stages.push(PlannedStage {
             stage: format!("extension {}", e.name),
-            cached: Some(
-                d.as_ref()
-                    .is_some_and(|d| opts.cache.join("wheels").join(d).is_dir()),
-            ),
+            cached: Some(d.as_ref().is_some_and(|d| opts.cache.wheel_dir(d).is_dir())),
             digest: Some(d),
             required: Some(e.required),
             enabled: None,
@@ -333,7 +331,7 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
         cached: Some(
             stage_d
                 .as_ref()
-                .is_some_and(|d| opts.cache.join("stage").join(d).exists()),
+                .is_some_and(|d| opts.cache.stage_dir(d).exists()),
         ),
         ..PlannedStage::plain(
             "stage",

@@ -14,6 +14,7 @@ mod sources;
 pub use dry_run::{dry_run, DryRun, PlannedSource, PlannedStage};
 pub use lock::lock;
 
+use crate::cache::Layout as _;
 use digest::{
     env_digest, ext_base, ext_digest, stage_digest, toolkit_digest, toolkit_part, wheel_key,
     StageInputs,
@@ -284,7 +285,7 @@ fn build_extensions(
     toolkit: Option<&(toolkit::Toolkit, String)>,
 ) -> Result<Vec<BuiltWheel>> {
     let r = &plan.recipe;
-    let env_dir = cache.join("env").join(env_d);
+    let env_dir = cache.env_dir(env_d);
     let ext_base = ext_base(env_d, toolkit.map(|(_, d)| d.as_str()));
     // What reads the kernels' architectures: the toolkit's cuobjdump, or the system toolkit's.
     let cuobjdump = |e: &crate::recipe::ExtensionSection| -> Option<PathBuf> {
@@ -303,7 +304,7 @@ fn build_extensions(
             .iter()
             .find(|t| t.source.role == Role::Extension && t.source.name == e.name)
             .map(|t| t.tree.clone());
-        let exists = cache.join("wheels").join(&d).is_dir();
+        let exists = cache.wheel_dir(&d).is_dir();
         p.step(
             "extension",
             format!(
@@ -376,9 +377,7 @@ fn build_extensions(
                 let found = toolkit::wheel_sass(
                     &wheel,
                     &dump,
-                    &cache
-                        .join("tmp")
-                        .join(format!("sass-{}", support::short_id(&d))),
+                    &cache.scratch(&format!("sass-{}", support::short_id(&d))),
                 )?;
                 for (m, arches) in &found {
                     p.step(
@@ -568,7 +567,7 @@ pub fn build(
     let interp = env::find_interpreter(r)?;
     let uv = crate::uv::version()?;
     let env_d = env_digest(plan, &interp, &lock.requirements, &uv);
-    let env_dir = cache.join("env").join(&env_d);
+    let env_dir = cache.env_dir(&env_d);
     if env_dir.exists() {
         p.step("env", format!("{} cached", support::short_id(&env_d)));
     } else {
@@ -580,11 +579,13 @@ pub fn build(
                 lock.requirements.matches("==").count()
             ),
         );
-        let tmp = cache.join("tmp").join(format!("env-{env_d}"));
+        let tmp = cache.scratch(&format!("env-{env_d}"));
         let _ = fs_err::remove_dir_all(&tmp);
         let scratch = Scratch(&tmp);
         env::build_env(r, &interp, &lock.requirements, &cache, &tmp)?;
-        fs_err::create_dir_all(cache.join("env"))?;
+        if let Some(p) = env_dir.parent() {
+            fs_err::create_dir_all(p)?;
+        }
         fs_err::rename(&tmp, &env_dir)?;
         drop(scratch);
     }
@@ -601,7 +602,7 @@ pub fn build(
                 );
             }
             let d = toolkit_digest(&env_d, &lock.toolkit);
-            let exists = cache.join("toolkit").join(&d).join("cuda-home").is_dir();
+            let exists = cache.toolkit_dir(&d).join("cuda-home").is_dir();
             p.step(
                 "toolkit",
                 format!(
@@ -638,8 +639,8 @@ pub fn build(
         workflows_json: &workflows,
         toolkit: r.toolkit.as_ref().map(|t| toolkit_part(t, &lock.toolkit)),
     });
-    let stage = cache.join("stage").join(&stage_d);
-    let smoke_file = cache.join("stage").join(format!("{stage_d}.nodes.json"));
+    let stage = cache.stage_dir(&stage_d);
+    let smoke_file = cache.stage_record(&stage_d);
     let stage_cached = stage.exists();
     let enabled: Vec<String> = trees
         .iter()
@@ -653,7 +654,7 @@ pub fn build(
             "stage",
             format!("{} assembling", support::short_id(&stage_d)),
         );
-        let tmp = cache.join("tmp").join(format!("stage-{stage_d}"));
+        let tmp = cache.scratch(&format!("stage-{stage_d}"));
         let _ = fs_err::remove_dir_all(&tmp);
         fs_err::create_dir_all(&tmp)?;
         let scratch = Scratch(&tmp);
@@ -701,9 +702,7 @@ pub fn build(
                 "smoke",
                 "starting the frozen app on loopback, as the host's unit does",
             );
-            let copy = cache
-                .join("tmp")
-                .join(format!("smoke-{}", support::short_id(&stage_d)));
+            let copy = cache.scratch(&format!("smoke-{}", support::short_id(&stage_d)));
             let _ = fs_err::remove_dir_all(&copy);
             // Another path proves the tree is relocatable; hardlinks keep the copy cheap, and the
             // app's own tree is a real copy, so what it writes there never reaches the cache.
@@ -715,9 +714,7 @@ pub fn build(
                     .arg(tmp.join("ComfyUI"))
                     .arg(copy.join("ComfyUI")),
             )?;
-            let log = cache
-                .join("logs")
-                .join(format!("smoke-{}.log", support::short_id(&stage_d)));
+            let log = cache.log(&format!("smoke-{}.log", support::short_id(&stage_d)));
             let res = smoke::smoke(
                 &copy,
                 &r.launch.args,
@@ -735,7 +732,9 @@ pub fn build(
         };
         let state = state::apply(&tmp, &state::paths(&trees, smoke.as_ref())?)?;
         let host_libs = hostlibs::host_libs(&tmp)?;
-        fs_err::create_dir_all(cache.join("stage"))?;
+        if let Some(p) = stage.parent() {
+            fs_err::create_dir_all(p)?;
+        }
         fs_err::write(
             &smoke_file,
             serde_json::to_vec(&StageRecord {
@@ -761,7 +760,7 @@ pub fn build(
         ".{}-{}.partial.bundle",
         r.bundle.name, r.bundle.version
     ));
-    let packs = PackCache(cache.join("pack"));
+    let packs = PackCache(cache.pack_cache());
     let pack_opts = bundle::PackOptions {
         jobs: opts.jobs,
         reuse: packs.load(),

@@ -1,5 +1,6 @@
 //! Sources: every git repository fetched into a bare mirror and exported at its commit.
 
+use crate::cache::Layout as _;
 use crate::git;
 use crate::lock::Lock;
 use crate::plan::{Checkout, Plan, Source};
@@ -53,9 +54,11 @@ pub(super) fn checkout(cache: &Path, source: Source, commit: String) -> Result<C
 }
 
 fn export(cache: &Path, s: &Source, commit: &str) -> Result<PathBuf> {
-    let dest = cache.join("src").join(commit);
+    let dest = cache.src_dir(commit);
     if !dest.exists() {
-        fs_err::create_dir_all(cache.join("src"))?;
+        if let Some(p) = dest.parent() {
+            fs_err::create_dir_all(p)?;
+        }
         git::export(cache, &s.fetch_url, commit, &dest)?;
     }
     Ok(dest)
