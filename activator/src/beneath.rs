@@ -366,20 +366,8 @@ impl Dir {
     /// Copies `src` (opened by [`Dir::open_file`], `size` bytes) into a new file `name` here for
     /// `owner` with `mode`. Holes stay holes (only the data a sparse file holds is written), and
     /// never more than `size` bytes are read: a file that grows while it is copied is cut there.
-    /// False when `name` is taken.
-    pub fn copy_new(
-        &self,
-        src: &std::fs::File,
-        size: u64,
-        name: &str,
-        owner: Owner,
-        mode: u32,
-    ) -> Result<bool> {
-        Ok(self.copy_new_file(src, size, name, owner, mode)?.is_some())
-    }
-
-    /// [`Dir::copy_new`], keeping the copy open: its descriptor says which file it is, whatever
-    /// later happens to its name.
+    /// `None` when `name` is taken; else the copy, kept open: its descriptor says which file it
+    /// is, whatever later happens to its name.
     pub fn copy_new_file(
         &self,
         src: &std::fs::File,
@@ -684,7 +672,10 @@ mod tests {
             path: t.path().to_owned(),
         };
         let (f, size) = d.open_file("src", 1 << 30, None).unwrap().unwrap();
-        assert!(d.copy_new(&f, size, "dst", me(), 0o640).unwrap());
+        assert!(d
+            .copy_new_file(&f, size, "dst", me(), 0o640)
+            .unwrap()
+            .is_some());
         let got = fs_err::read(t.path().join("dst")).unwrap();
         assert_eq!(got, fs_err::read(&src).unwrap());
         let meta = fs_err::metadata(t.path().join("dst")).unwrap();
@@ -695,7 +686,9 @@ mod tests {
         );
         assert_eq!(meta.mode() & 0o777, 0o640);
         assert!(
-            !d.copy_new(&f, size, "dst", me(), 0o640).unwrap(),
+            d.copy_new_file(&f, size, "dst", me(), 0o640)
+                .unwrap()
+                .is_none(),
             "never over a file"
         );
     }

@@ -225,7 +225,9 @@ fn copy_seed(
             Ok(true)
         }
         Some(Kind::File) => match from.open_file(seed, limit, None)? {
-            Some((f, size)) => dest.copy_new(&f, size, name, svc, SERVICE_FILE_MODE),
+            Some((f, size)) => Ok(dest
+                .copy_new_file(&f, size, name, svc, SERVICE_FILE_MODE)?
+                .is_some()),
             None => Ok(false),
         },
         _ => Ok(false),
@@ -374,7 +376,7 @@ pub fn make_database(host: &Host, plan: &DatabasePlan) -> Result<()> {
                 else {
                     continue;
                 };
-                new.copy_new(&file, size, f, svc, SERVICE_FILE_MODE)?;
+                new.copy_new_file(&file, size, f, svc, SERVICE_FILE_MODE)?;
             }
         }
     }
