@@ -752,7 +752,7 @@ fn a_host_tree_given_with_root_never_drives_this_machines_systemd() {
         .output()
         .unwrap()
         .into();
-    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
         out.stderr.contains("not running `systemctl"),
         "{}",

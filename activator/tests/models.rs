@@ -306,7 +306,7 @@ fn declared_models_are_checked_fetched_resumed_and_never_replace_a_file() {
     )
     .unwrap();
     let out = h.ctl(&["models", "--fetch"]);
-    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
     assert!(
         out.stderr.contains("without symbolic links"),
         "{}",
