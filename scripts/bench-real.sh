@@ -6,6 +6,8 @@
 # activation's pre-flight Python import is a child and not counted).
 #
 #   pack             comfy-build pack of release 1's tree      tar -c | zstd -3 -T0 of the same tree
+#   pack (cold)      the same, page cache dropped first; also   the same
+#                    the bytes read from disk (pgpgin)
 #   rebuild pack     release 2 (tree cached) after release 1   cp of release 1's bundle + sync
 #   first activate   comfyctl activate (--no-service)          zstd -dc BUNDLE | tar -x + sync
 #   second activate  release 2 after release 1
@@ -56,6 +58,8 @@ fresh() {
   cat "$@" >/dev/null
 }
 ratio() { echo "scale=2; $1 / $2" | bc; }
+pgin() { awk '/^pgpgin / {print $2}' /proc/vmstat; } # KiB read from block devices, machine-wide
+gb() { echo "scale=1; $1 * 1024 / 1000000000" | bc; }
 mib() { echo "$(( $1 / 1024 )) MiB"; }
 
 build() { # recipe -> JSON of the build
@@ -94,6 +98,20 @@ for run in $(seq 1 "$runs"); do
   stock=$(secs sh_c "tar -C '$stage1' -cf - . | zstd -q -3 -T0 -o '$w/stock.tar.zst'")
   rm -f "$w/stock.tar.zst"
   printf '%-18s %9.1fs %9.1fs %7sx %10s\n' pack "$ours" "$stock" "$(ratio "$ours" "$stock")" "$(mib "$rss")"
+  # Cold: nothing of the tree in the page cache; the bytes each side read from disk.
+  fresh /dev/null
+  p0=$(pgin)
+  read -r ours rss < <(both "$B" pack "$stage1" --name bench --version 1 --sequence 1 \
+    --target linux-x86_64-cpu --key "$w/release.key" --out "$w/packed.bundle")
+  ours_read=$(($(pgin) - p0))
+  rm -f "$w/packed.bundle"
+  fresh /dev/null
+  p0=$(pgin)
+  stock=$(secs sh_c "tar -C '$stage1' -cf - . | zstd -q -3 -T0 -o '$w/stock.tar.zst'")
+  stock_read=$(($(pgin) - p0))
+  rm -f "$w/stock.tar.zst"
+  printf '%-18s %9.1fs %9.1fs %7sx %10s  (read %s GB, stock %s GB, tree %s GB)\n' "pack (cold)" "$ours" "$stock" \
+    "$(ratio "$ours" "$stock")" "$(mib "$rss")" "$(gb "$ours_read")" "$(gb "$stock_read")" "$(echo "scale=1; $size / 1000000000" | bc)"
 
   # Rebuild: release 1 packed last (its frames recorded), then release 2 with its tree cached.
   rm -f "$w"/bundles/*

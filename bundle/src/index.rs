@@ -6,6 +6,8 @@ use crate::{Error, Result};
 
 /// Skippable-frame magic (any of 0x184D2A50..=0x184D2A5F is skipped by stock zstd).
 pub const SKIPPABLE_MAGIC: u32 = 0x184D_2A5C;
+/// Magic of the skippable frame that fills what frame 0 leaves of the room reserved for it.
+pub const PADDING_MAGIC: u32 = 0x184D_2A50;
 /// Last 8 bytes of every bundle.
 pub const FOOTER_MAGIC: &[u8; 8] = b"CMFYIDX1";
 const ENTRY_LEN: usize = 64;

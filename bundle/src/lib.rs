@@ -3,6 +3,7 @@
 //! that trusts nothing before the signature and nothing the signed manifest does not list.
 //! No processes, no network, no systemd here.
 
+mod digesting;
 mod error;
 mod extract;
 pub mod index;

@@ -2,7 +2,7 @@
 //! signature against the trusted keys, and only then parse the manifest. The file stays open: the
 //! payload is later read from this same handle, so nothing can be swapped between verify and extract.
 
-use crate::index::{self, Frame};
+use crate::index::{self, Frame, PADDING_MAGIC};
 use crate::layout::{is_first_frame, trusted_comment, MANIFEST_PATH, SIGNATURE_PATH};
 use crate::manifest::{bundle_id, Manifest, MAX_MANIFEST_BYTES};
 use crate::tarfmt::{checksum_ok, padding, BLOCK};
@@ -73,6 +73,7 @@ pub(crate) fn read_frame_into(
     comp.resize(f.comp_len as usize, 0);
     file.read_exact_at(comp, f.comp_offset)
         .map_err(|e| Error::Truncated(format!("frame {no} cannot be read: {e}")))?;
+    check_framing(no, comp)?;
     raw.clear();
     raw.reserve_exact(f.raw_len as usize);
     let n = dctx
@@ -85,6 +86,31 @@ pub(crate) fn read_frame_into(
         )));
     }
     Ok(())
+}
+
+/// Every byte of a frame's range is accounted for: it holds exactly one zstd frame, except frame 0,
+/// which may be followed by one skippable frame of zeros (the writer's unused room for it).
+fn check_framing(no: usize, comp: &[u8]) -> Result<()> {
+    let corrupt = |detail: &str| Error::CorruptFrame {
+        frame: no,
+        detail: detail.into(),
+    };
+    let one = zstd::zstd_safe::find_frame_compressed_size(comp)
+        .map_err(|_| corrupt("is not a zstd frame"))?;
+    let rest = comp.get(one..).unwrap_or_default();
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let padding = no == 0
+        && rest.len() >= 8
+        && rest[..4] == PADDING_MAGIC.to_le_bytes()
+        && u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize == rest.len() - 8
+        && rest[8..].iter().all(|&b| b == 0);
+    if padding {
+        Ok(())
+    } else {
+        Err(corrupt("holds bytes after its zstd frame"))
+    }
 }
 
 /// Reads one `.bundle/` file entry from the first frame.

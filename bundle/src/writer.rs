@@ -1,8 +1,12 @@
-//! Packs a directory tree into a bundle, reading every file once: the same pass hashes it for the
-//! manifest and feeds it into tar frames that worker threads compress in parallel. Payload frames are
-//! spooled, then the signed manifest frame is written in front of them and the index after.
+//! Packs a directory tree into a bundle, reading every file once: the thread that makes a frame
+//! reads the bytes it holds, hashes them for the manifest (in file order, across threads) and
+//! compresses them. The signed manifest can only be written once every file is hashed, yet it is
+//! the first frame: its place is reserved at the start of the file (its size is known from the
+//! scan to within a few bytes) and what it leaves unused is a zstd skippable frame that every
+//! reader, stock zstd included, passes over.
 
-use crate::index::{self, Frame, NO_ENTRY};
+use crate::digesting::InOrder;
+use crate::index::{self, Frame, NO_ENTRY, PADDING_MAGIC};
 use crate::layout::{first_frame, trusted_comment, MAX_FRAME_RAW};
 use crate::manifest::{bundle_id, Entry, Kind, Limits, Manifest};
 use crate::paths::{check_path, check_symlink_target};
@@ -12,10 +16,10 @@ use crate::{Error, Result};
 use keys::{SecretKey, Signature};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read as _, Seek as _, Write as _};
+use std::io::{Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
 
@@ -52,7 +56,7 @@ pub struct Packed {
     pub frames: usize,
     /// Payload frames copied from an earlier bundle instead of compressed.
     pub reused_frames: usize,
-    /// Bytes read to compute digests (files the digest cache did not know).
+    /// Bytes hashed (files the digest cache did not know), read once for their frames.
     pub hashed_bytes: u64,
     /// This pack's files' digests by identity: the next pack's digest cache.
     pub digests: DigestCache,
@@ -335,7 +339,7 @@ impl Layout {
     }
 
     /// The key of frame `f`'s raw bytes, from its headers and its files' digests: equal keys mean
-    /// equal raw bytes, compressed the same way.
+    /// equal raw bytes, compressed the same way. `None` while a digest it needs is not known.
     fn key(
         &self,
         f: &Planned,
@@ -343,7 +347,7 @@ impl Layout {
         digests: &[Option<[u8; 32]>],
         mtime: u64,
         level: i32,
-    ) -> Result<[u8; 32]> {
+    ) -> Option<[u8; 32]> {
         let mut h = Sha256::new();
         h.update(b"comfy-bundle frame key v1\0");
         h.update(level.to_le_bytes());
@@ -357,9 +361,7 @@ impl Layout {
                     h.update(b);
                 }
                 Piece::Content { rec, at, len } => {
-                    let d = digests[rec].ok_or_else(|| {
-                        Error::Io(std::io::Error::other("a file's digest is missing"))
-                    })?;
+                    let d = digests[rec].ok_or(Error::Truncated(String::new()))?;
                     h.update(b"C");
                     h.update(d);
                     h.update(at.to_le_bytes());
@@ -371,8 +373,9 @@ impl Layout {
                 }
             }
             Ok(())
-        })?;
-        Ok(h.finalize().into())
+        })
+        .ok()?;
+        Some(h.finalize().into())
     }
 }
 
@@ -412,8 +415,6 @@ fn check_unchanged(f: &fs_err::File, sc: &Scanned) -> Result<()> {
     Ok(())
 }
 
-/// SHA-256 of every file the cache does not know, on `jobs` threads. Returns one digest per
-/// scanned entry (files only) and the bytes read.
 /// The digests `cache` knows (one slot per scanned entry) and the files it does not know.
 fn known_digests(scanned: &[Scanned], cache: &DigestCache) -> (Vec<Option<[u8; 32]>>, Vec<usize>) {
     let mut digests = vec![None; scanned.len()];
@@ -429,65 +430,6 @@ fn known_digests(scanned: &[Scanned], cache: &DigestCache) -> (Vec<Option<[u8; 3
     (digests, todo)
 }
 
-/// Fills in the digests of the files `todo` lists, reading them on `jobs` threads. Returns the
-/// bytes read.
-fn digest_files(
-    root: &Path,
-    scanned: &[Scanned],
-    digests: &mut [Option<[u8; 32]>],
-    todo: &[usize],
-    jobs: usize,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<u64> {
-    let next = AtomicUsize::new(0);
-    let read = AtomicU64::new(0);
-    let found = Mutex::new(Vec::with_capacity(todo.len()));
-    std::thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..jobs)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    let mut buf = vec![0u8; 1 << 20];
-                    loop {
-                        let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                            return Ok(());
-                        };
-                        let sc = &scanned[i];
-                        let mut f = open_scanned(root, sc)?;
-                        let mut h = Sha256::new();
-                        loop {
-                            let n = f.read(&mut buf)?;
-                            if n == 0 {
-                                break;
-                            }
-                            h.update(&buf[..n]);
-                            progress(read.fetch_add(n as u64, Ordering::Relaxed) + n as u64);
-                        }
-                        check_unchanged(&f, sc)?;
-                        let mut found = found.lock().map_err(|_| poisoned())?;
-                        found.push((i, <[u8; 32]>::from(h.finalize())));
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().map_err(|_| panicked("a hashing thread"))??;
-        }
-        Ok(())
-    })?;
-    for (i, d) in found.into_inner().map_err(|_| poisoned())? {
-        digests[i] = Some(d);
-    }
-    Ok(read.into_inner())
-}
-
-fn poisoned() -> Error {
-    Error::Io(std::io::Error::other("a packing thread failed"))
-}
-
-fn panicked(what: &str) -> Error {
-    Error::Io(std::io::Error::other(format!("{what} panicked")))
-}
-
 /// A payload frame ready to write.
 struct Done {
     no: usize,
@@ -501,7 +443,10 @@ struct Frames<'a> {
     root: &'a Path,
     scanned: &'a [Scanned],
     layout: &'a Layout,
-    keys: &'a [[u8; 32]],
+    /// Keys of the frames whose files' digests were known before the pack: the frames it may copy.
+    keys: &'a [Option<[u8; 32]>],
+    /// The files read for their digests, hashed as their frames are made.
+    hashing: &'a InOrder,
     /// Earlier bundles' frames by key: (source, record).
     reusable: HashMap<[u8; 32], (usize, FrameRecord)>,
     sources: Vec<(PathBuf, std::fs::File)>,
@@ -560,6 +505,7 @@ impl Frames<'_> {
                     if at + len == file_size(sc) {
                         check_unchanged(&file, sc)?;
                     }
+                    self.hashing.feed(rec, at, &raw[start..])?;
                 }
             }
             Ok(())
@@ -575,9 +521,8 @@ impl Frames<'_> {
         no: usize,
     ) -> Result<Done> {
         let f = &self.layout.frames[no];
-        let copied = self
-            .reusable
-            .get(&self.keys[no])
+        let copied = self.keys[no]
+            .and_then(|k| self.reusable.get(&k))
             .filter(|(src, rec)| self.copy(*src, rec, &mut comp))
             .map(|(_, rec)| rec.comp_sha256);
         let comp_sha256 = match copied {
@@ -608,16 +553,15 @@ fn compress_one(raw: &[u8], level: i32) -> Result<Vec<u8>> {
 }
 
 /// Packs `root` into the bundle file `out`, using `template` for every manifest field except the file
-/// list and limits. `progress` receives the bytes done so far and the total: first the files read
-/// for their digests (those `opts.reuse` does not know), then every content byte as its frame is
-/// compressed or copied.
+/// list and limits. `progress` receives the content bytes done so far and their total, as each
+/// frame is compressed or copied.
 ///
-/// Two passes: the files' SHA-256 (on every core; files the digest cache knows by identity are not
-/// read), so the signed manifest and frame 0 are written first; then the payload frames, made on
-/// every core and written in order straight after it. A frame whose raw bytes an earlier bundle in
-/// `opts.reuse` holds (the same key) is copied from it, its recorded SHA-256 checked, instead of
-/// compressed: the bytes are what compressing would give, so reuse changes neither the bundle id
-/// nor the file.
+/// One pass over the tree: frames are made on every core and written in order after the place
+/// reserved for frame 0; each file the digest cache does not know (by identity) is hashed from the
+/// bytes read for its frames. Then the signed manifest is written in front. A frame whose raw bytes
+/// an earlier bundle in `opts.reuse` holds (the same key, known before the pack from cached
+/// digests) is copied from it, its recorded SHA-256 checked, instead of compressed: the bytes are
+/// what compressing would give, so reuse changes neither the bundle id nor the file.
 pub fn pack(
     root: &Path,
     template: Manifest,
@@ -629,8 +573,7 @@ pub fn pack(
     let scanned = scan(root)?;
     let content: u64 = scanned.iter().map(file_size).sum();
     let (mut digests, todo) = known_digests(&scanned, &opts.reuse.digests);
-    let to_hash: u64 = todo.iter().map(|&i| file_size(&scanned[i])).sum();
-    let total = to_hash + content;
+    let hashed_bytes: u64 = todo.iter().map(|&i| file_size(&scanned[i])).sum();
     let out_dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -638,81 +581,28 @@ pub fn pack(
     let mtime = template.source_date_epoch;
     let frame_size = opts.frame_size.clamp(64 << 10, 16 << 20) as u64;
     let jobs = opts.jobs.max(1);
+    let reserved = first_frame_reserve(&template, &scanned, key, opts.level)?;
 
-    let hashed_bytes = digest_files(root, &scanned, &mut digests, &todo, jobs, &|d| {
-        progress(d, total)
-    })?;
-    drop(todo);
-    let mut files = Vec::with_capacity(scanned.len());
-    let mut known = DigestCache::default();
-    for (sc, d) in scanned.iter().zip(&digests) {
-        let kind = match &sc.kind {
-            ScanKind::Dir => Kind::Dir,
-            ScanKind::Symlink { target } => Kind::Symlink {
-                target: target.clone(),
-            },
-            ScanKind::File {
-                executable,
-                size,
-                id,
-            } => {
-                let sha256 =
-                    d.ok_or_else(|| Error::Io(std::io::Error::other("a file was not hashed")))?;
-                if let Some(id) = id {
-                    known.insert(*id, sha256);
-                }
-                Kind::File {
-                    executable: *executable,
-                    size: *size,
-                    sha256,
-                }
-            }
-        };
-        files.push(Entry {
-            path: sc.path.clone(),
-            kind,
-        });
+    let hashing = InOrder::new(todo.iter().map(|&i| (i, file_size(&scanned[i]))));
+    for &i in &todo {
+        if file_size(&scanned[i]) == 0 {
+            open_scanned(root, &scanned[i])?;
+        }
     }
-    let mut manifest = template;
-    manifest.limits = Limits {
-        files: files.len() as u64,
-        bytes: content,
-    };
-    manifest.files = files;
-    manifest.validate()?;
-    let manifest_bytes = manifest.to_canonical_bytes()?;
-    let id = bundle_id(&manifest_bytes);
-    let sig = Signature::sign(
-        key,
-        &manifest_bytes,
-        "signature from comfy-build secret key",
-        &trusted_comment(&manifest, &id),
-    )
-    .map_err(Error::Key)?;
-    let sig_bytes = sig.to_file_string().into_bytes();
-    let raw0 = first_frame(&manifest_bytes, &sig_bytes, mtime);
-    drop(manifest_bytes);
-    let comp0 = compress_one(&raw0, opts.level)?;
-    let raw0_len = raw0.len() as u64;
-    drop(raw0);
-
+    drop(todo);
+    let layout = layout(&scanned, mtime, frame_size);
+    let early_keys: Vec<_> = layout
+        .frames
+        .iter()
+        .map(|f| layout.key(f, &scanned, &digests, mtime, opts.level))
+        .collect();
     let mut tmp = tempfile::NamedTempFile::new_in(&out_dir).map_err(|e| {
         Error::Io(std::io::Error::new(
             e.kind(),
             format!("creating a temporary bundle in {}: {e}", out_dir.display()),
         ))
     })?;
-    tmp.write_all(&comp0)?;
-    let comp0_len = comp0.len() as u64;
-    drop(comp0);
-
-    let layout = layout(&scanned, mtime, frame_size);
-    let keys = layout
-        .frames
-        .iter()
-        .map(|f| layout.key(f, &scanned, &digests, mtime, opts.level))
-        .collect::<Result<Vec<_>>>()?;
-    drop(digests);
+    tmp.as_file_mut().seek(SeekFrom::Start(reserved))?;
     let mut sources = Vec::new();
     let mut reusable = HashMap::new();
     for src in &opts.reuse.sources {
@@ -728,97 +618,43 @@ pub fn pack(
         root,
         scanned: &scanned,
         layout: &layout,
-        keys: &keys,
+        keys: &early_keys,
+        hashing: &hashing,
         reusable,
         sources,
         mtime,
         level: opts.level,
-        progress: &|d| progress(hashed_bytes + d, total),
+        progress: &|d| progress(d, content),
         packed: AtomicU64::new(0),
     };
-    // A pool of compressed-frame buffers: a worker takes one before it makes a frame and the
-    // writer gives it back once the frame is written, so at most this many frames are in flight
-    // whatever order the workers finish in, and no frame-sized allocation is made twice.
-    let in_flight = jobs + 2;
-    let (token_tx, token_rx) = sync_channel::<Vec<u8>>(in_flight);
-    for _ in 0..in_flight {
-        let _ = token_tx.send(Vec::new());
+    let (mut payload, mut records, reused) =
+        write_payload(&shared, tmp.as_file_mut(), reserved, jobs)?;
+    drop(shared);
+    hashing.finish(&mut digests)?;
+    for (rec, f) in records.iter_mut().zip(&layout.frames) {
+        rec.key = layout
+            .key(f, &scanned, &digests, mtime, opts.level)
+            .ok_or_else(|| Error::Io(std::io::Error::other("a file's digest is missing")))?;
     }
-    let token_rx = Mutex::new(token_rx);
-    let next = AtomicUsize::new(0);
-    let (done_tx, done_rx) = channel::<Result<Done>>();
-    let count = layout.frames.len();
-    let file = tmp.as_file_mut();
-    let (payload, records, reused) = std::thread::scope(|s| -> Result<_> {
-        for _ in 0..jobs {
-            let (shared, token_rx, next, done_tx) = (&shared, &token_rx, &next, done_tx.clone());
-            s.spawn(move || {
-                let mut cctx = match zstd::bulk::Compressor::new(shared.level)
-                    .and_then(|mut c| c.include_checksum(true).map(|()| c))
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = done_tx.send(Err(e.into()));
-                        return;
-                    }
-                };
-                let mut raw = Vec::new();
-                loop {
-                    let Ok(Ok(comp)) = token_rx.lock().map(|rx| rx.recv()) else {
-                        return;
-                    };
-                    let no = next.fetch_add(1, Ordering::Relaxed);
-                    if no >= count {
-                        return;
-                    }
-                    let r = shared.make(&mut cctx, &mut raw, comp, no);
-                    let failed = r.is_err();
-                    if done_tx.send(r).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        // Written in order as they arrive; each write frees a slot.
-        let mut pending = BTreeMap::new();
-        let mut frames = Vec::with_capacity(count);
-        let mut records = Vec::with_capacity(count);
-        let mut reused = 0usize;
-        let mut comp_off = comp0_len;
-        for r in done_rx {
-            let d = r?;
-            pending.insert(d.no, d);
-            while let Some(d) = pending.remove(&frames.len()) {
-                file.write_all(&d.comp)?;
-                let mut f = layout.index_entry(&layout.frames[d.no]);
-                f.comp_offset = comp_off;
-                f.comp_len = d.comp.len() as u64;
-                f.raw_offset += raw0_len;
-                records.push(FrameRecord {
-                    key: keys[d.no],
-                    comp_offset: comp_off,
-                    comp_len: f.comp_len,
-                    comp_sha256: d.comp_sha256,
-                });
-                reused += usize::from(d.reused);
-                comp_off += f.comp_len;
-                frames.push(f);
-                let _ = token_tx.send(d.comp);
-            }
-        }
-        drop(token_tx);
-        if frames.len() != count {
-            return Err(Error::Io(std::io::Error::other(
-                "a compression worker stopped early",
-            )));
-        }
-        Ok((frames, records, reused))
-    })?;
 
+    let (manifest, known) = manifest_of(template, &scanned, &digests)?;
+    drop(digests);
+    let (id, raw0) = first_frame_of(&manifest, key)?;
+    let comp0 = compress_one(&raw0, opts.level)?;
+    let raw0_len = raw0.len() as u64;
+    drop(raw0);
+    let (tmp, first_len) = put_first_frame(tmp, &comp0, reserved, &out_dir)?;
+    let moved = |off: u64| off - reserved + first_len;
+    for f in &mut payload {
+        f.comp_offset = moved(f.comp_offset);
+        f.raw_offset += raw0_len;
+    }
+    for r in &mut records {
+        r.comp_offset = moved(r.comp_offset);
+    }
     let mut frames = vec![Frame {
         comp_offset: 0,
-        comp_len: comp0_len,
+        comp_len: first_len,
         raw_offset: 0,
         raw_len: raw0_len,
         first_entry: 0,
@@ -827,6 +663,13 @@ pub fn pack(
         start_offset: 0,
     }];
     frames.extend(payload);
+    let mut tmp = tmp;
+    let end = tmp.as_file_mut().seek(SeekFrom::End(0))?;
+    if Some(end) != frames.last().map(|f| f.comp_offset + f.comp_len) {
+        return Err(Error::Io(std::io::Error::other(
+            "the payload does not end where its last frame does",
+        )));
+    }
     tmp.write_all(&index::encode(&frames))?;
     let compressed_bytes = tmp.as_file().stream_position()?;
     tmp.as_file().sync_all()?;
@@ -850,4 +693,280 @@ pub fn pack(
         digests: known,
         frame_records: records,
     })
+}
+
+/// The manifest of the scanned tree with these digests (one per entry; every file's known), and
+/// the digests by file identity (the next pack's cache).
+fn manifest_of(
+    template: Manifest,
+    scanned: &[Scanned],
+    digests: &[Option<[u8; 32]>],
+) -> Result<(Manifest, DigestCache)> {
+    let mut files = Vec::with_capacity(scanned.len());
+    let mut known = DigestCache::default();
+    let mut content = 0;
+    for (sc, d) in scanned.iter().zip(digests) {
+        let kind = match &sc.kind {
+            ScanKind::Dir => Kind::Dir,
+            ScanKind::Symlink { target } => Kind::Symlink {
+                target: target.clone(),
+            },
+            ScanKind::File {
+                executable,
+                size,
+                id,
+            } => {
+                let sha256 =
+                    d.ok_or_else(|| Error::Io(std::io::Error::other("a file was not hashed")))?;
+                if let Some(id) = id {
+                    known.insert(*id, sha256);
+                }
+                content += size;
+                Kind::File {
+                    executable: *executable,
+                    size: *size,
+                    sha256,
+                }
+            }
+        };
+        files.push(Entry {
+            path: sc.path.clone(),
+            kind,
+        });
+    }
+    let mut manifest = template;
+    manifest.limits = Limits {
+        files: files.len() as u64,
+        bytes: content,
+    };
+    manifest.files = files;
+    manifest.validate()?;
+    Ok((manifest, known))
+}
+
+/// The bundle id and frame 0's raw bytes: the canonical manifest and its signature.
+fn first_frame_of(manifest: &Manifest, key: &SecretKey) -> Result<(String, Vec<u8>)> {
+    let manifest_bytes = manifest.to_canonical_bytes()?;
+    let id = bundle_id(&manifest_bytes);
+    let sig = Signature::sign(
+        key,
+        &manifest_bytes,
+        "signature from comfy-build secret key",
+        &trusted_comment(manifest, &id),
+    )
+    .map_err(Error::Key)?;
+    let sig_bytes = sig.to_file_string().into_bytes();
+    let raw = first_frame(&manifest_bytes, &sig_bytes, manifest.source_date_epoch);
+    Ok((id, raw))
+}
+
+/// Bytes to reserve for frame 0 before the files are hashed: frame 0 of the same manifest with
+/// stand-in digests (as random as real ones, so it compresses alike), plus a margin and room for a
+/// skippable frame's header. It depends on the scan alone, so reuse does not change the file.
+fn first_frame_reserve(
+    template: &Manifest,
+    scanned: &[Scanned],
+    key: &SecretKey,
+    level: i32,
+) -> Result<u64> {
+    let stand_in: Vec<_> = scanned
+        .iter()
+        .map(|sc| Some(Sha256::digest(sc.path.as_bytes()).into()))
+        .collect();
+    let (manifest, _) = manifest_of(template.clone(), scanned, &stand_in)?;
+    let (_, raw) = first_frame_of(&manifest, key)?;
+    let comp = compress_one(&raw, level)?.len() as u64;
+    Ok(comp + comp / 64 + 4096 + 8)
+}
+
+/// Writes frame 0 in the `reserved` bytes at the start of `tmp`, the rest a skippable frame;
+/// returns the file and the length frame 0 takes in the index. Where it does not fit (the margin
+/// was not enough), the payload is copied behind it into a new file.
+fn put_first_frame(
+    tmp: tempfile::NamedTempFile,
+    comp0: &[u8],
+    reserved: u64,
+    out_dir: &Path,
+) -> Result<(tempfile::NamedTempFile, u64)> {
+    use std::os::unix::fs::FileExt as _;
+    let len = comp0.len() as u64;
+    if len == reserved || len + 8 <= reserved {
+        tmp.as_file().write_all_at(comp0, 0)?;
+        if len < reserved {
+            let gap = u32::try_from(reserved - len - 8)
+                .map_err(|_| Error::Io(std::io::Error::other("frame 0 reserve too large")))?;
+            let mut skip = Vec::with_capacity(8);
+            skip.extend_from_slice(&PADDING_MAGIC.to_le_bytes());
+            skip.extend_from_slice(&gap.to_le_bytes());
+            tmp.as_file().write_all_at(&skip, len)?;
+        }
+        return Ok((tmp, reserved));
+    }
+    tracing::debug!("frame 0 is {len} bytes, {reserved} were reserved: copying the payload");
+    let mut moved = tempfile::NamedTempFile::new_in(out_dir)?;
+    moved.write_all(comp0)?;
+    let mut from = tmp.as_file();
+    from.seek(SeekFrom::Start(reserved))?;
+    std::io::copy(&mut from, moved.as_file_mut())?;
+    Ok((moved, len))
+}
+
+/// Makes the payload frames on `jobs` threads and writes them in order from `start`; returns
+/// their index entries (content offsets of the payload alone), their records (keys filled in
+/// later) and how many were copied.
+fn write_payload(
+    shared: &Frames<'_>,
+    file: &mut std::fs::File,
+    start: u64,
+    jobs: usize,
+) -> Result<(Vec<Frame>, Vec<FrameRecord>, usize)> {
+    // A pool of compressed-frame buffers: a worker takes one before it makes a frame and the
+    // writer gives it back once the frame is written, so at most this many frames are in flight
+    // whatever order the workers finish in, and no frame-sized allocation is made twice.
+    let in_flight = jobs + 2;
+    let (token_tx, token_rx) = sync_channel::<Vec<u8>>(in_flight);
+    for _ in 0..in_flight {
+        let _ = token_tx.send(Vec::new());
+    }
+    let token_rx = Mutex::new(token_rx);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let (done_tx, done_rx) = channel::<Result<Done>>();
+    let layout = shared.layout;
+    let count = layout.frames.len();
+    std::thread::scope(|s| -> Result<_> {
+        for _ in 0..jobs {
+            let (token_rx, next, done_tx, failed) = (&token_rx, &next, done_tx.clone(), &failed);
+            s.spawn(move || {
+                let mut cctx = match zstd::bulk::Compressor::new(shared.level)
+                    .and_then(|mut c| c.include_checksum(true).map(|()| c))
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        shared.hashing.stop();
+                        let _ = done_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let mut raw = Vec::new();
+                loop {
+                    let Ok(Ok(comp)) = token_rx.lock().map(|rx| rx.recv()) else {
+                        return;
+                    };
+                    if failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let no = next.fetch_add(1, Ordering::Relaxed);
+                    if no >= count {
+                        return;
+                    }
+                    let r = shared.make(&mut cctx, &mut raw, comp, no);
+                    let bad = r.is_err();
+                    if bad {
+                        // Threads waiting to hash a piece this frame held would wait for ever.
+                        failed.store(true, Ordering::Relaxed);
+                        shared.hashing.stop();
+                    }
+                    if done_tx.send(r).is_err() || bad {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        // Written in order as they arrive; each write frees a slot.
+        let mut pending = BTreeMap::new();
+        let mut frames = Vec::with_capacity(count);
+        let mut records = Vec::with_capacity(count);
+        let mut reused = 0usize;
+        let mut comp_off = start;
+        let written = (|| -> Result<()> {
+            for r in &done_rx {
+                let d = r?;
+                pending.insert(d.no, d);
+                while let Some(d) = pending.remove(&frames.len()) {
+                    file.write_all(&d.comp)?;
+                    let mut f = layout.index_entry(&layout.frames[d.no]);
+                    f.comp_offset = comp_off;
+                    f.comp_len = d.comp.len() as u64;
+                    records.push(FrameRecord {
+                        key: [0; 32],
+                        comp_offset: comp_off,
+                        comp_len: f.comp_len,
+                        comp_sha256: d.comp_sha256,
+                    });
+                    reused += usize::from(d.reused);
+                    comp_off += f.comp_len;
+                    frames.push(f);
+                    let _ = token_tx.send(d.comp);
+                }
+            }
+            Ok(())
+        })();
+        if written.is_err() {
+            failed.store(true, Ordering::Relaxed);
+            shared.hashing.stop();
+        }
+        drop(token_tx);
+        written?;
+        if frames.len() != count {
+            return Err(Error::Io(std::io::Error::other(
+                "a compression worker stopped early",
+            )));
+        }
+        Ok((frames, records, reused))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file as `pack` leaves it before frame 0: `reserved` bytes of room, then the payload.
+    fn with_room(dir: &Path, reserved: u64, payload: &[u8]) -> tempfile::NamedTempFile {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).unwrap();
+        tmp.as_file_mut().seek(SeekFrom::Start(reserved)).unwrap();
+        tmp.write_all(payload).unwrap();
+        tmp
+    }
+
+    fn frame(raw: &[u8]) -> Vec<u8> {
+        compress_one(raw, 3).unwrap()
+    }
+
+    #[test]
+    fn frame_0_fills_its_room_with_a_skippable_frame_that_decompresses_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let comp0 = frame(b"manifest and signature");
+        let reserved = comp0.len() as u64 + 100;
+        let tmp = with_room(dir.path(), reserved, b"PAYLOAD");
+        let (tmp, len) = put_first_frame(tmp, &comp0, reserved, dir.path()).unwrap();
+        assert_eq!(len, reserved);
+        let bytes = fs_err::read(tmp.path()).unwrap();
+        assert_eq!(&bytes[..comp0.len()], &comp0[..]);
+        assert_eq!(&bytes[reserved as usize..], b"PAYLOAD");
+        // The whole room decompresses to frame 0's raw bytes alone, as every reader reads it.
+        let raw = zstd::bulk::Decompressor::new()
+            .unwrap()
+            .decompress(&bytes[..reserved as usize], 1 << 10)
+            .unwrap();
+        assert_eq!(raw, b"manifest and signature");
+    }
+
+    #[test]
+    fn frame_0_larger_than_its_room_moves_the_payload_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let comp0 = frame(b"a manifest that grew");
+        for reserved in [comp0.len() as u64 - 5, comp0.len() as u64 + 3] {
+            let tmp = with_room(dir.path(), reserved, b"PAYLOAD");
+            let (tmp, len) = put_first_frame(tmp, &comp0, reserved, dir.path()).unwrap();
+            assert_eq!(len, comp0.len() as u64, "room {reserved}");
+            let mut want = comp0.clone();
+            want.extend_from_slice(b"PAYLOAD");
+            assert_eq!(fs_err::read(tmp.path()).unwrap(), want);
+        }
+        let tmp = with_room(dir.path(), comp0.len() as u64, b"P");
+        let (_, len) = put_first_frame(tmp, &comp0, comp0.len() as u64, dir.path()).unwrap();
+        assert_eq!(len, comp0.len() as u64, "an exact fit needs no padding");
+    }
 }

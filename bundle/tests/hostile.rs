@@ -465,6 +465,56 @@ fn one_payload_byte_flipped() {
 }
 
 #[test]
+fn bytes_beside_the_zstd_frames_are_refused_too() {
+    // Frame 0's unused room is a skippable frame of zeros: one byte set there is refused.
+    let c = Case::new();
+    let path = honest(&c);
+    let good = fs_err::read(&path).unwrap();
+    let b = Bundle::open(&path, &c.trusted).unwrap();
+    let f0 = b.frames[0];
+    let zstd0 = zstd::zstd_safe::find_frame_compressed_size(&good[..f0.comp_len as usize]).unwrap();
+    assert!(
+        (zstd0 as u64) + 8 < f0.comp_len,
+        "the writer left no padding to test"
+    );
+    let p = c.tmp.path().join("padding.bundle");
+    let mut bad = good.clone();
+    bad[f0.comp_len as usize - 1] = 1;
+    fs_err::write(&p, &bad).unwrap();
+    let err = c.refuse(&p);
+    assert!(
+        matches!(err, Error::CorruptFrame { frame: 0, .. }),
+        "{err:?}"
+    );
+    // A payload frame's range made longer by a skippable frame of its own, the index moved to
+    // match: it decompresses the same, and is still refused.
+    let n = 2;
+    let f = b.frames[n];
+    let at = (f.comp_offset + f.comp_len) as usize;
+    let extra = [
+        &bundle::index::PADDING_MAGIC.to_le_bytes()[..],
+        &[4, 0, 0, 0, 9, 9, 9, 9],
+    ]
+    .concat();
+    let mut frames = b.frames.clone();
+    frames[n].comp_len += extra.len() as u64;
+    for g in &mut frames[n + 1..] {
+        g.comp_offset += extra.len() as u64;
+    }
+    let last = frames.last().unwrap();
+    let mut bad = good[..at].to_vec();
+    bad.extend_from_slice(&extra);
+    bad.extend_from_slice(&good[at..(last.comp_offset + last.comp_len) as usize - extra.len()]);
+    bad.extend_from_slice(&bundle::index::encode(&frames));
+    fs_err::write(&p, &bad).unwrap();
+    let err = c.refuse(&p);
+    assert!(
+        matches!(err, Error::CorruptFrame { frame, .. } if frame == n),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn manifest_edited_after_signing() {
     let c = Case::new();
     let e = file("f", b"x");

@@ -25,7 +25,7 @@ use sources::{checkout, fetch};
 use crate::env;
 use crate::lock::Lock;
 use crate::plan::{Checkout, Plan, Role};
-use crate::{ext, freeze, hostlibs, install, launch, process, smoke, state, toolkit};
+use crate::{ext, freeze, hostlibs, install, launch, smoke, state, toolkit};
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -267,7 +267,7 @@ pub struct Built {
     /// Frames in the bundle, and how many were copied from an earlier bundle (not compressed).
     pub frames: usize,
     pub frames_copied: usize,
-    /// Bytes read to compute file digests (files an earlier pack had not read).
+    /// Bytes hashed for file digests (files an earlier pack had not read), read once with their frames.
     pub digest_bytes_read: u64,
 }
 
@@ -782,7 +782,7 @@ pub fn build(
     p.note(
         "packed",
         format!(
-            "{} frames, {} copied from an earlier bundle; {} read for digests",
+            "{} frames, {} copied from an earlier bundle; {} hashed (files not known by identity)",
             packed.frames,
             packed.reused_frames,
             support::diff::human_bytes(packed.hashed_bytes)
