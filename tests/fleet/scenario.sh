@@ -79,10 +79,12 @@ sparks:
     nfs_input_path: /srv/nfs/input
     nfs_output_path: /srv/nfs/output
     nfs_require_mount: false
+    comfyui_drain_timeout: 120
 INV
 for i in 1 2 3; do
   # Stand-ins for the NFS shares (the seed's playbook mounts them); a model already there.
-  on "$i" 'mkdir -p /srv/nfs/models /srv/nfs/input /srv/nfs/output && echo weights >/srv/nfs/models/model.safetensors'
+  # The output share takes anyone's files (sticky), as a share the service user may write to.
+  on "$i" 'mkdir -p /srv/nfs/models /srv/nfs/input /srv/nfs/output && chmod 1777 /srv/nfs/output && echo weights >/srv/nfs/models/model.safetensors'
 done
 
 say "syntax check"
@@ -148,6 +150,18 @@ assert rows['$idbad']['status'] == 'failed', rows['$idbad']" || fail "spark1 doe
 ! grep -E "^(${addrs[1]}|${addrs[2]}) \"GET /bad.bundle" "$work/access.log" || fail "spark2/spark3 fetched the bad bundle"
 [ "$(current 2)" = "$id1" ] && [ "$(current 3)" = "$id1" ] || fail "spark2/spark3 left release 1"
 
+say "jobs queued on spark2 before release 2: spark2 drains them, then switches"
+queue() { # HOST_INDEX SECONDS: queues a job on spark<i>'s ComfyUI, prints its prompt_id
+  python3 - "http://${addrs[$(($1 - 1))]}:8188/prompt" "$2" <<'PY'
+import json, sys, urllib.request
+body = json.dumps({"prompt": {"1": {"class_type": "Wait", "inputs": {"seconds": float(sys.argv[2])}}}}).encode()
+req = urllib.request.Request(sys.argv[1], data=body, headers={"Content-Type": "application/json"})
+print(json.load(urllib.request.urlopen(req, timeout=5))["prompt_id"])
+PY
+}
+job_a=$(queue 2 25)
+job_b=$(queue 2 5)
+queued_at=$(date +%s)
 say "roll out release 2 (one custom node changed): only the frames each host lacks are fetched"
 size=$(stat -c %s "$work/www/r2.bundle")
 play rollout2.log site.yml -e "comfyui_bundle_url=$url/r2.bundle" -e '{"comfyui_rollout_batches": [1, "100%"]}' \
@@ -166,6 +180,18 @@ for i in 1 2 3; do
   python3 -c "import sys; sys.exit(0 if $served <= 0.05 * $size else 1)" || fail "spark$i fetched more than 5% of release 2"
   [ "$served" -ge "$got" ] || fail "nginx sent less than comfyctl counted"
 done
+
+# spark2's jobs finished on release 1 (each wrote its output) before its service stopped.
+grep -Eq "spark2: comfyui-demo 0.1.2 .*waited [0-9.]+ s for 1 running and 1 pending job\(s\) before the stop" "$log" \
+  || fail "spark2 did not report the jobs it waited for"
+! grep -Eq "spark[13]: comfyui-demo 0.1.2 .*waited" "$log" || fail "a host with an empty queue reported a wait"
+started=$(on 2 'date -d "$(systemctl show -p ExecMainStartTimestamp --value comfyui)" +%s')
+for job in "$job_a" "$job_b"; do
+  done_at=$(on 2 "find /srv/nfs/output /opt/comfyui/data -name 'fixture-$job.txt' -printf '%T@\n' 2>/dev/null | head -1 | cut -d. -f1")
+  [ -n "$done_at" ] || fail "spark2's job $job left no output: it was cut off"
+  [ "$done_at" -le "$started" ] || fail "spark2's job $job finished after release 2 started"
+done
+echo "spark2: jobs queued at $queued_at, finished by $done_at, release 2 started at $started" >&2
 
 say "rollback playbook: every host back to release 1"
 play rollback.log rollback.yml || fail "rollback playbook failed"
@@ -188,4 +214,4 @@ grep -q "spark1: comfyui-demo 0.1.0 (${id1:0:12}) sequence 1" "$log" || fail "st
 grep -q "spark2: comfyui-demo 0.1.2 (${id2:0:12}) sequence 3" "$log" || fail "status.yml does not show spark2 on release 2"
 [ "$(count spark2 changed "$log")" = 0 ] || fail "status.yml changed something"
 grep -E '"msg": "spark.: ' "$log" >&2
-say "ok: rollout, re-run without change, canary stop with rollback, delta rollout, rollback playbook (all, and --limit), status"
+say "ok: rollout, re-run without change, canary stop with rollback, drain of queued jobs, delta rollout, rollback playbook (all, and --limit), status"
