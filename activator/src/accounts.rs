@@ -8,19 +8,9 @@ use crate::beneath::Owner;
 use crate::host::{refuse, Host};
 use anyhow::Result;
 
-/// What a host tree without account databases knows.
-const ROOT_ONLY_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
-const ROOT_ONLY_GROUP: &str = "root:x:0:\n";
-
-/// The text of the host's `etc/<name>`.
+/// The text of the host's `etc/<name>`, from its machine ([`crate::host::System`]).
 fn database(host: &Host, name: &str) -> Option<String> {
-    let path = host.layout.root.join("etc").join(name);
-    match fs_err::read_to_string(&path) {
-        Ok(text) => Some(text),
-        Err(_) if host.is_real_root() => None,
-        Err(_) if name == "passwd" => Some(ROOT_ONLY_PASSWD.to_owned()),
-        Err(_) => Some(ROOT_ONLY_GROUP.to_owned()),
-    }
+    host.system.accounts_db(name)
 }
 
 /// The fields of `name`'s line in the host's `name:x:id:...` database `db`.

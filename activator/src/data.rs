@@ -19,10 +19,11 @@ use std::path::{Path, PathBuf};
 
 /// The directories that may be mapped, with their configured target ("" = local).
 pub fn mapped(cfg: &DataConfig) -> [(&'static str, &str); 3] {
+    let [models, input, output] = comfyui::SHARED_DATA_DIRS;
     [
-        ("models", cfg.models.as_str()),
-        ("input", cfg.input.as_str()),
-        ("output", cfg.output.as_str()),
+        (models, cfg.models.as_str()),
+        (input, cfg.input.as_str()),
+        (output, cfg.output.as_str()),
     ]
 }
 
@@ -30,7 +31,7 @@ pub fn mapped(cfg: &DataConfig) -> [(&'static str, &str); 3] {
 const ROOT_DIRS: [&str; 2] = ["db", bundle::STATE_DIR];
 /// ComfyUI's own local directories: the service's alone (a group member who could rename
 /// `user/default` could make root's Manager config refuse, and so block upgrades).
-const SERVICE_DIRS: [&str; 2] = ["user", "temp"];
+const SERVICE_DIRS: [&str; 2] = comfyui::LOCAL_DATA_DIRS;
 /// A shared directory: group-writable, setgid so new files keep the group.
 const GROUP_MODE: u32 = 0o2775;
 /// What the service alone writes (its database folders, node state).

@@ -137,61 +137,40 @@ pub fn check(
             missing,
         ));
     }
-    let t_wf = Instant::now();
-    let mut checked = 0;
-    let mut ran = 0;
-    let mut missing_models = Vec::new();
-    for w in &m.workflows {
-        let fail = |why: String, checked: usize, ran: usize| {
+    let models = if models_fail {
+        comfyui::workflow::Models::Fail
+    } else {
+        comfyui::workflow::Models::Warn
+    };
+    let left = || {
+        timeout
+            .saturating_sub(t0.elapsed())
+            .max(Duration::from_secs(30))
+    };
+    let ran = match comfyui::workflow::check_and_run(&base, &m.workflows, &info, models, &left) {
+        Ok(ran) => ran,
+        Err(f) => {
+            use comfyui::workflow::Why;
+            let why = match f.why {
+                Why::Unreadable(e) | Why::Run(e) => format!("{e:#}"),
+                Why::DoesNotFit(p) => format!("does not fit the running app: {}", p.join("; ")),
+                Why::MissingModels(m) => {
+                    format!("names model files this host lacks: {}", m.join(", "))
+                }
+            };
             let mut h = unhealthy(
-                format!("workflow {}: {why}", w.name),
-                device.clone(),
+                format!("workflow {}: {why}", f.workflow),
+                device,
                 obj.len(),
                 vec![],
             );
-            h.workflows_checked = checked;
-            h.workflows_run = ran;
-            h
-        };
-        let wf = match comfyui::workflow::parse(&w.prompt) {
-            Ok(wf) => wf,
-            Err(e) => return Ok(fail(format!("{e:#}"), checked, ran)),
-        };
-        let c = comfyui::workflow::check(&wf, &info, true);
-        if !c.problems.is_empty() {
-            return Ok(fail(
-                format!("does not fit the running app: {}", c.problems.join("; ")),
-                checked,
-                ran,
-            ));
+            h.workflows_checked = f.done.checked;
+            h.workflows_run = f.done.ran;
+            h.workflow_seconds = f.done.seconds;
+            return Ok(h);
         }
-        checked += 1;
-        if !c.missing_models.is_empty() {
-            missing_models.extend(c.missing_models.iter().map(|x| format!("{}: {x}", w.name)));
-            if models_fail {
-                return Ok(fail(
-                    format!(
-                        "names model files this host lacks: {}",
-                        c.missing_models.join(", ")
-                    ),
-                    checked,
-                    ran,
-                ));
-            }
-            continue;
-        }
-        if w.run {
-            let left = timeout
-                .saturating_sub(t0.elapsed())
-                .max(Duration::from_secs(30));
-            let run_client = reqwest::blocking::Client::builder().timeout(left).build()?;
-            if let Err(e) = comfyui::workflow::run(&run_client, &base, &wf, left) {
-                return Ok(fail(format!("{e:#}"), checked, ran));
-            }
-            ran += 1;
-        }
-    }
-    for x in &missing_models {
+    };
+    for x in &ran.missing_models {
         tracing::warn!("workflow {x}: model file not found on this host");
     }
     Ok(Health {
@@ -199,10 +178,10 @@ pub fn check(
         device_type: device,
         node_classes: obj.len(),
         missing_nodes: vec![],
-        workflows_checked: checked,
-        workflows_run: ran,
-        missing_models,
-        workflow_seconds: t_wf.elapsed().as_secs_f64(),
+        workflows_checked: ran.checked,
+        workflows_run: ran.ran,
+        missing_models: ran.missing_models,
+        workflow_seconds: ran.seconds,
         reason: None,
         seconds: t0.elapsed().as_secs_f64(),
         downtime_seconds: 0.0,

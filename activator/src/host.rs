@@ -1,13 +1,146 @@
-//! A host as comfyctl sees it: its config, its layout, and the few facts every verb reads
-//! (where `current` points, the installed releases).
+//! A host as comfyctl sees it: its config, its layout, the machine it runs on ([`System`]), and
+//! the few facts every verb reads (where `current` points, the installed releases).
 
+use crate::cmd;
 use crate::config::{HostConfig, Layout, CONFIG_PATH};
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 pub struct Host {
     pub cfg: HostConfig,
     pub layout: Layout,
+    /// The machine: this one for `/`, none for a `--root` tree.
+    pub system: Box<dyn System>,
+}
+
+/// What comfyctl asks of the machine a host tree runs on, the one seam between the two: its
+/// service manager, its journal and its account databases. [`Machine`] is this machine (the host
+/// is `/`); [`Tree`] a tree given with `--root`, which is not this machine: it never drives this
+/// machine's systemd, never reads or changes this machine's accounts, and has no journal.
+pub trait System: Send + Sync {
+    /// `systemctl ARGS`; a non-zero exit is an error.
+    fn systemctl(&self, args: &[&str]) -> Result<cmd::Output>;
+    /// The unit's state and its last `lines` journal lines.
+    fn journal(&self, unit: &str, lines: usize) -> String;
+    /// The text of the account database `etc/<name>` (`passwd` or `group`); `None` where it
+    /// cannot be read.
+    fn accounts_db(&self, name: &str) -> Option<String>;
+    /// Runs a tool that changes users and groups (`groupadd`, `useradd`, `usermod`, ...).
+    fn change_accounts(&self, cmdline: &mut Command) -> Result<()>;
+    /// True for this machine: units can be driven and accounts created.
+    fn is_this_machine(&self) -> bool;
+}
+
+/// This machine, for a host whose tree is `/`.
+pub struct Machine;
+
+impl System for Machine {
+    fn systemctl(&self, args: &[&str]) -> Result<cmd::Output> {
+        let o = cmd::output(
+            Command::new("systemctl").args(args),
+            Duration::from_secs(120),
+        )?;
+        if !o.status.success() {
+            bail!(
+                "systemctl {} failed ({}): {}",
+                args.join(" "),
+                o.status,
+                cmd::last_kib(&format!("{}{}", o.stdout, o.stderr))
+            );
+        }
+        Ok(o)
+    }
+
+    fn journal(&self, unit: &str, lines: usize) -> String {
+        let n = lines.to_string();
+        let run = |c: &mut Command| match cmd::output(c, Duration::from_secs(30)) {
+            Ok(o) => o.stdout,
+            Err(e) => format!("({e:#})\n"),
+        };
+        let state = run(Command::new("systemctl").args([
+            "show",
+            "-p",
+            "ActiveState,SubState,Result,ExecMainStatus",
+            unit,
+        ]));
+        let log =
+            run(Command::new("journalctl").args(["-u", unit, "-n", &n, "--no-pager", "--all"]));
+        format!("{state}{log}")
+    }
+
+    fn accounts_db(&self, name: &str) -> Option<String> {
+        fs_err::read_to_string(Path::new("/etc").join(name)).ok()
+    }
+
+    fn change_accounts(&self, cmdline: &mut Command) -> Result<()> {
+        let o = cmd::output(cmdline, Duration::from_secs(60))?;
+        if !o.status.success() {
+            bail!(
+                "{:?} failed: {}",
+                cmdline.get_program(),
+                cmd::last_kib(&o.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn is_this_machine(&self) -> bool {
+        true
+    }
+}
+
+/// A host tree given with `--root` (a test, a chroot being prepared): not this machine.
+pub struct Tree {
+    pub root: PathBuf,
+}
+
+/// What a tree without account databases knows.
+const ROOT_ONLY_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
+const ROOT_ONLY_GROUP: &str = "root:x:0:\n";
+
+impl System for Tree {
+    fn systemctl(&self, args: &[&str]) -> Result<cmd::Output> {
+        bail!(
+            "not running `systemctl {}`: the host tree is {} (--root), not this machine; use \
+             --no-service there",
+            args.join(" "),
+            self.root.display()
+        )
+    }
+
+    fn journal(&self, _unit: &str, _lines: usize) -> String {
+        "(no journal: the host tree is given with --root)\n".into()
+    }
+
+    /// The tree's own database; where it has none, root alone (never this machine's ids).
+    fn accounts_db(&self, name: &str) -> Option<String> {
+        match fs_err::read_to_string(self.root.join("etc").join(name)) {
+            Ok(text) => Some(text),
+            Err(_) if name == "passwd" => Some(ROOT_ONLY_PASSWD.to_owned()),
+            Err(_) => Some(ROOT_ONLY_GROUP.to_owned()),
+        }
+    }
+
+    fn change_accounts(&self, cmdline: &mut Command) -> Result<()> {
+        let args: Vec<String> = cmdline
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        bail!(
+            "not running `{} {}`: the host tree is {} (--root), and users and groups are this \
+             machine's; create them where the tree will run, or point [service] and [access] at \
+             existing ones",
+            cmdline.get_program().to_string_lossy(),
+            args.join(" "),
+            self.root.display()
+        )
+    }
+
+    fn is_this_machine(&self) -> bool {
+        false
+    }
 }
 
 /// An error that means the input or the request was refused (exit code 2), not that something broke.
@@ -38,14 +171,25 @@ impl Host {
 
     /// True when the host tree is this machine's own `/` (no `--root`).
     pub fn is_real_root(&self) -> bool {
-        self.layout.root == std::path::Path::new("/")
+        self.system.is_this_machine()
     }
 
     pub fn open(root: &Path, config: Option<&Path>) -> Result<Self> {
         let path = config.map_or_else(|| root.join(CONFIG_PATH), Path::to_owned);
         let cfg = HostConfig::load(&path)?;
         let layout = Layout::new(root, &cfg);
-        Ok(Self { cfg, layout })
+        let system: Box<dyn System> = if root == Path::new("/") {
+            Box::new(Machine)
+        } else {
+            Box::new(Tree {
+                root: root.to_owned(),
+            })
+        };
+        Ok(Self {
+            cfg,
+            layout,
+            system,
+        })
     }
 
     /// Takes the activation lock (creating the layout first), waiting as long as the config says.

@@ -3,12 +3,11 @@
 //! did; `nuke` keeps every data directory and NFS target, removing only links.
 
 use crate::host::{refuse, Host};
-use crate::{accounts, cmd, data, service};
+use crate::{accounts, data, service};
 use anyhow::{Context as _, Result};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 /// What a verb did, line by line.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -24,37 +23,11 @@ impl Done {
     }
 }
 
-/// Changes this machine's users and groups (`groupadd`, `useradd`, `usermod`, `groupdel`, ...),
-/// which only a host that is this machine's own `/` may do: a `--root` tree (a test, a chroot
-/// being prepared) gets a refusal naming what it would have changed, never a real user.
+/// Changes the host's users and groups (`groupadd`, `useradd`, `usermod`, `groupdel`, ...),
+/// which only this machine's own `/` may do: a `--root` tree (a test, a chroot being prepared)
+/// gets a refusal naming what it would have changed, never a real user.
 fn change_accounts(host: &Host, cmdline: &mut Command) -> Result<()> {
-    if !host.is_real_root() {
-        let args: Vec<String> = cmdline
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        anyhow::bail!(
-            "not running `{} {}`: the host tree is {} (--root), and users and groups are this \
-             machine's; create them where the tree will run, or point [service] and [access] at \
-             existing ones",
-            cmdline.get_program().to_string_lossy(),
-            args.join(" "),
-            host.layout.root.display()
-        );
-    }
-    run(cmdline)
-}
-
-fn run(cmdline: &mut Command) -> Result<()> {
-    let o = cmd::output(cmdline, Duration::from_secs(60))?;
-    if !o.status.success() {
-        anyhow::bail!(
-            "{:?} failed: {}",
-            cmdline.get_program(),
-            cmd::last_kib(&o.stderr)
-        );
-    }
-    Ok(())
+    host.system.change_accounts(cmdline)
 }
 
 /// Writes a host config naming `target` at `path` when there is none yet (`setup --target`).

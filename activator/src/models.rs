@@ -60,8 +60,8 @@ fn store(host: &Host) -> Result<Option<Dir>> {
     let Some(data) = Dir::open_root_owned(&host.layout.install)?.open_dir("data")? else {
         return Ok(None);
     };
-    match data.kind("models")? {
-        Some(Kind::Dir) => data.open_dir("models"),
+    match data.kind(comfyui::MODELS_DIR)? {
+        Some(Kind::Dir) => data.open_dir(comfyui::MODELS_DIR),
         Some(Kind::Symlink) if !host.cfg.data.models.is_empty() => Ok(Some(Dir::open_configured(
             std::path::Path::new(&host.cfg.data.models),
         )?)),

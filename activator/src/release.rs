@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const MANIFEST: &str = ".bundle/manifest.toml";
 pub const SIGNATURE: &str = ".bundle/manifest.toml.minisig";
@@ -56,30 +56,31 @@ pub fn changed_files(dir: &Path) -> Result<Vec<String>> {
 fn unlisted(dir: &Path, m: &Manifest) -> Result<Vec<(String, String)>> {
     let listed: HashSet<&str> = m.files.iter().map(|e| e.path.as_str()).collect();
     let mut out = Vec::new();
-    let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for ent in fs_err::read_dir(&d)? {
-            let ent = ent?;
-            let p = ent.path();
-            let rel = p
-                .strip_prefix(dir)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .into_owned();
-            if rel == ".bundle" {
-                continue;
+    let mut walk = walkdir::WalkDir::new(dir).min_depth(1).into_iter();
+    while let Some(ent) = walk.next() {
+        let ent = ent?;
+        let p = ent.path();
+        let rel = p
+            .strip_prefix(dir)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned();
+        let is_dir = ent.file_type().is_dir();
+        let skip = if rel == ".bundle" {
+            true
+        } else if rel == bundle::STATE_DIR && !m.state.is_empty() {
+            if fs_err::read_link(p).ok().as_deref() != Some(Path::new(STATE_LINK)) {
+                out.push((rel, format!("should be a symlink to {STATE_LINK}")));
             }
-            if rel == bundle::STATE_DIR && !m.state.is_empty() {
-                if fs_err::read_link(&p).ok().as_deref() != Some(Path::new(STATE_LINK)) {
-                    out.push((rel, format!("should be a symlink to {STATE_LINK}")));
-                }
-                continue;
-            }
-            if !listed.contains(rel.as_str()) {
-                out.push((rel, "not listed in the manifest".into()));
-            } else if ent.file_type()?.is_dir() {
-                stack.push(p);
-            }
+            true
+        } else if !listed.contains(rel.as_str()) {
+            out.push((rel, "not listed in the manifest".into()));
+            true
+        } else {
+            false
+        };
+        if skip && is_dir {
+            walk.skip_current_dir();
         }
     }
     out.sort();

@@ -8,8 +8,6 @@ use crate::host::Host;
 use anyhow::{bail, Result};
 use bundle::Manifest;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 /// The unit's inputs, in [`crate::config::Layout::unit_inputs`]: the environment file the unit
 /// reads (which release, and its full argument list) and the model-paths file ComfyUI reads.
@@ -127,7 +125,7 @@ pub fn stage_inputs(host: &Host, m: &Manifest, id: &str, db: &Path) -> Result<()
         }
     }
     let owner = crate::accounts::root_for_service(host)?;
-    let models = host.layout.data().join("models");
+    let models = host.layout.data().join(comfyui::MODELS_DIR);
     let text = format!(
         "COMFYUI_RELEASE={id}\nCOMFYUI_ARGS={}\n",
         args(host, m, db)?
@@ -156,31 +154,10 @@ pub fn commit_inputs(host: &Host) -> Result<()> {
     Ok(())
 }
 
-/// The one way comfyctl drives systemd. A host tree given with `--root` is not this machine's:
-/// its units are never started, stopped or reloaded through this machine's systemd (a test or a
-/// chroot preparation can never touch the real `comfyui.service`).
+/// The one way comfyctl drives systemd: through the host's [`crate::host::System`], so a
+/// `--root` tree never starts, stops or reloads this machine's units.
 pub fn systemctl(host: &Host, args: &[&str]) -> Result<cmd::Output> {
-    if !host.is_real_root() {
-        bail!(
-            "not running `systemctl {}`: the host tree is {} (--root), not this machine; use \
-             --no-service there",
-            args.join(" "),
-            host.layout.root.display()
-        );
-    }
-    let o = cmd::output(
-        Command::new("systemctl").args(args),
-        Duration::from_secs(120),
-    )?;
-    if !o.status.success() {
-        bail!(
-            "systemctl {} failed ({}): {}",
-            args.join(" "),
-            o.status,
-            cmd::last_kib(&format!("{}{}", o.stdout, o.stderr))
-        );
-    }
-    Ok(o)
+    host.system.systemctl(args)
 }
 
 /// Installs the unit; `daemon-reload` only if its text changed. Returns whether it changed.
@@ -209,23 +186,7 @@ pub fn journal_note(host: &Host) -> String {
 }
 
 pub fn journal_tail(host: &Host, lines: usize) -> String {
-    if !host.is_real_root() {
-        return "(no journal: the host tree is given with --root)\n".into();
-    }
-    let unit = format!("{}.service", host.cfg.service.name);
-    let n = lines.to_string();
-    let run = |c: &mut Command| match cmd::output(c, Duration::from_secs(30)) {
-        Ok(o) => o.stdout,
-        Err(e) => format!("({e:#})\n"),
-    };
-    let state = run(Command::new("systemctl").args([
-        "show",
-        "-p",
-        "ActiveState,SubState,Result,ExecMainStatus",
-        &unit,
-    ]));
-    let log = run(Command::new("journalctl").args(["-u", &unit, "-n", &n, "--no-pager", "--all"]));
-    format!("{state}{log}")
+    host.system.journal(&unit_name(host), lines)
 }
 
 pub fn unit_name(host: &Host) -> String {

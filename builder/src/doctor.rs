@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::doctor::{gib, Report};
 
 fn version_of(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = crate::process::stdout(Command::new(cmd).args(args)).ok()?;
+    let out = support::cmd::stdout(Command::new(cmd).args(args)).ok()?;
     Some(out.lines().next().unwrap_or("").trim().to_owned())
 }
 
@@ -134,7 +134,7 @@ pub fn doctor(recipe: Option<(&Recipe, &Path)>, cache: &Path) -> Report {
     if let Some(t) = &recipe.toolkit {
         toolkit_checks(&mut r, recipe, t, path, cache);
     } else if needs_cuda {
-        let release_line = crate::process::stdout(Command::new(&nvcc).arg("--version"))
+        let release_line = support::cmd::stdout(Command::new(&nvcc).arg("--version"))
             .ok()
             .map(|o| {
                 o.lines()

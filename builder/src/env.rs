@@ -2,11 +2,11 @@
 //! (`python/`, `venv/`) under `env/<digest>`, where the digest covers the interpreter, the locked
 //! requirements and the uv version.
 
-use crate::process;
 use crate::recipe::{PythonMode, Recipe};
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::cmd as process;
 
 /// The build host's interpreter as the recipe names it.
 #[derive(Clone, Debug)]
@@ -245,18 +245,12 @@ fn embed(interp: &Interpreter, dest: &Path) -> Result<()> {
 
 /// Removes every `__pycache__` below `dir` (freeze writes reproducible ones).
 pub fn remove_pycache(dir: &Path) -> Result<()> {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs_err::read_dir(&d)? {
-            let e = e?;
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                if e.file_name() == "__pycache__" {
-                    fs_err::remove_dir_all(e.path())?;
-                } else {
-                    stack.push(e.path());
-                }
-            }
+    let mut walk = walkdir::WalkDir::new(dir).min_depth(1).into_iter();
+    while let Some(e) = walk.next() {
+        let e = e?;
+        if e.file_type().is_dir() && e.file_name() == "__pycache__" {
+            walk.skip_current_dir();
+            fs_err::remove_dir_all(e.path())?;
         }
     }
     Ok(())

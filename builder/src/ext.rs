@@ -3,10 +3,10 @@
 //! cached by the digest of every input, so an unchanged extension is never compiled twice.
 
 use crate::cache::Layout as _;
-use crate::process;
 use crate::recipe::ExtensionSection;
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
+use support::cmd as process;
 
 /// Builds (or finds in the cache) the wheel for one extension. `src` is its exported source tree.
 pub fn wheel(

@@ -2,27 +2,23 @@
 //! source paths rewritten to the install path), no `direct_url.json`, then the relocation lint: no
 //! file may mention the staging directory.
 
-use crate::process;
 use anyhow::{bail, Result};
 use std::path::Path;
 use std::process::Command;
+use support::cmd as process;
 
 /// Where `co_filename` points in shipped bytecode (tracebacks on a host show real paths).
 pub const INSTALL_PREFIX: &str = "/opt/comfyui/current";
 
 pub fn freeze(stage: &Path) -> Result<()> {
-    let mut stack = vec![stage.join("venv")];
-    while let Some(d) = stack.pop() {
-        for e in fs_err::read_dir(&d)? {
-            let e = e?;
-            let p = e.path();
-            if e.file_type()?.is_dir() {
-                if p.extension().is_some_and(|x| x == "dist-info") {
-                    normalise_dist_info(&p)?;
-                } else {
-                    stack.push(p);
-                }
-            }
+    let mut walk = walkdir::WalkDir::new(stage.join("venv"))
+        .min_depth(1)
+        .into_iter();
+    while let Some(e) = walk.next() {
+        let e = e?;
+        if e.file_type().is_dir() && e.path().extension().is_some_and(|x| x == "dist-info") {
+            walk.skip_current_dir();
+            normalise_dist_info(e.path())?;
         }
     }
     let _ = fs_err::remove_file(stage.join("venv/.lock"));
@@ -144,30 +140,24 @@ pub fn lint(stage: &Path, needles: &[String], only_unshared: bool) -> Result<()>
         .map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned())
         .collect();
     let mut bad = Vec::new();
-    let mut stack = vec![stage.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs_err::read_dir(&d)? {
-            let e = e?;
-            let p = e.path();
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                stack.push(p);
-            } else if ft.is_symlink() {
-                let t = fs_err::read_link(&p)?;
-                if needles
-                    .iter()
-                    .any(|n| t.to_string_lossy().contains(n.as_str()))
-                {
-                    bad.push(p);
-                }
-            } else if ft.is_file() {
-                if only_unshared && e.metadata()?.nlink() > 1 {
-                    continue;
-                }
-                let bytes = fs_err::read(&p)?;
-                if finders.iter().any(|f| f.find(&bytes).is_some()) {
-                    bad.push(p);
-                }
+    for e in walkdir::WalkDir::new(stage).min_depth(1) {
+        let e = e?;
+        let ft = e.file_type();
+        if ft.is_symlink() {
+            let t = fs_err::read_link(e.path())?;
+            if needles
+                .iter()
+                .any(|n| t.to_string_lossy().contains(n.as_str()))
+            {
+                bad.push(e.into_path());
+            }
+        } else if ft.is_file() {
+            if only_unshared && e.metadata()?.nlink() > 1 {
+                continue;
+            }
+            let bytes = fs_err::read(e.path())?;
+            if finders.iter().any(|f| f.find(&bytes).is_some()) {
+                bad.push(e.into_path());
             }
         }
     }

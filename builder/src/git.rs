@@ -3,11 +3,11 @@
 //! plain tree without `.git`.
 
 use crate::cache::Layout as _;
-use crate::process;
 use anyhow::{bail, Context as _, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::cmd as process;
 
 /// The mirror directory for a URL.
 pub fn mirror(cache: &Path, url: &str) -> PathBuf {
@@ -21,10 +21,18 @@ fn is_full_sha(rev: &str) -> bool {
     rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn git(dir: &Path) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new("git");
+fn git(dir: &Path) -> Command {
+    let mut c = Command::new("git");
     c.arg("--git-dir").arg(dir).env("GIT_TERMINAL_PROMPT", "0");
     c
+}
+
+/// [`process::stdout`] on a blocking thread, so fetches of several repositories overlap.
+async fn run_async(mut c: Command, what: &str) -> Result<String> {
+    tokio::task::spawn_blocking(move || process::stdout(&mut c))
+        .await
+        .context("a git thread panicked")?
+        .with_context(|| what.to_owned())
 }
 
 /// Makes sure the mirror of `url` holds `rev`; returns the commit it names.
@@ -35,18 +43,18 @@ pub async fn resolve(cache: &Path, name: &str, url: &str, rev: &str) -> Result<S
         let tmp = m.with_extension(format!("tmp-{}", std::process::id()));
         let _ = fs_err::remove_dir_all(&tmp);
         fs_err::create_dir_all(m.parent().context("mirror has no parent")?)?;
-        let mut c = tokio::process::Command::new("git");
+        let mut c = Command::new("git");
         c.args(["clone", "--mirror", "--quiet"])
             .arg(url)
             .arg(&tmp)
             .env("GIT_TERMINAL_PROMPT", "0");
-        process::run_async(c, &what).await?;
+        run_async(c, &what).await?;
         fs_err::rename(&tmp, &m)?;
     }
     let spec = format!("{rev}^{{commit}}");
     let mut c = git(&m);
     c.args(["rev-parse", "--verify", "--quiet", &spec]);
-    if let Ok(commit) = process::run_async(c, &what).await {
+    if let Ok(commit) = run_async(c, &what).await {
         // A branch or tag may have moved: refresh unless the rev is a commit id.
         if is_full_sha(rev) {
             return Ok(commit);
@@ -54,10 +62,10 @@ pub async fn resolve(cache: &Path, name: &str, url: &str, rev: &str) -> Result<S
     }
     let mut c = git(&m);
     c.args(["fetch", "--quiet", "--prune", "origin", "+refs/*:refs/*"]);
-    process::run_async(c, &what).await?;
+    run_async(c, &what).await?;
     let mut c = git(&m);
     c.args(["rev-parse", "--verify", "--quiet", &spec]);
-    process::run_async(c, &format!("{name}: no commit {rev:?} in {url}")).await
+    run_async(c, &format!("{name}: no commit {rev:?} in {url}")).await
 }
 
 /// Writes the tree of `commit` into `dest` (which must not exist), without `.git`.

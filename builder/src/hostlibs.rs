@@ -7,12 +7,12 @@
 //! and that load only on demand (the real release's torch and NVIDIA wheels name libmpi, libfabric,
 //! libibverbs, libucp, libtbb...), and the NVIDIA driver is checked by doctor on its own.
 
-use crate::process;
 use anyhow::{Context as _, Result};
 use std::collections::{BTreeSet, HashSet};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::cmd as process;
 
 /// The release's interpreter prefix (embedded mode); absent in system mode.
 pub const PREFIX: &str = "python";
@@ -24,20 +24,15 @@ pub fn host_libs(root: &Path) -> Result<Vec<String>> {
     let mut names: HashSet<String> = HashSet::new();
     let mut elfs: Vec<PathBuf> = Vec::new();
     let prefix = root.join(PREFIX);
-    let mut stack = vec![root.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs_err::read_dir(&d)? {
-            let e = e?;
-            let ft = e.file_type()?;
-            let p = e.path();
-            if ft.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            names.insert(e.file_name().to_string_lossy().into_owned());
-            if ft.is_file() && p.starts_with(&prefix) && is_elf(&p)? {
-                elfs.push(p);
-            }
+    for e in walkdir::WalkDir::new(root).min_depth(1) {
+        let e = e?;
+        let ft = e.file_type();
+        if ft.is_dir() {
+            continue;
+        }
+        names.insert(e.file_name().to_string_lossy().into_owned());
+        if ft.is_file() && e.path().starts_with(&prefix) && is_elf(e.path())? {
+            elfs.push(e.into_path());
         }
     }
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));

@@ -51,7 +51,7 @@ pub fn place_nested(stage: &Path, trees: &[Checkout]) -> Result<()> {
         if let Some(p) = dest.parent() {
             fs_err::create_dir_all(p)?;
         }
-        crate::process::run(
+        support::cmd::run(
             Command::new("cp")
                 .arg("-a")
                 .arg(format!("{}/.", c.tree.display()))
@@ -219,7 +219,7 @@ exec setpriv --reuid "$4" --regid "$4" --clear-groups --no-new-privs --inh-caps=
 "#;
 
 fn chown_tree(dir: &Path, owner: u32) -> Result<()> {
-    crate::process::run(
+    support::cmd::run(
         Command::new("chown")
             .args(["-R", "-h", "-P"])
             .arg(format!("{owner}:{owner}"))
@@ -231,19 +231,16 @@ fn chown_tree(dir: &Path, owner: u32) -> Result<()> {
 /// Bytecode in a folder an install script could write: removed, so the freeze step compiles it
 /// from the sources that ship (a planted `.pyc` could otherwise run other code).
 fn remove_bytecode(dir: &Path) -> Result<()> {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs_err::read_dir(&d)? {
-            let e = e?;
-            let p = e.path();
-            let t = e.file_type()?;
-            if t.is_dir() && p.file_name().is_some_and(|n| n == "__pycache__") {
-                fs_err::remove_dir_all(&p)?;
-            } else if t.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "pyc") {
-                fs_err::remove_file(&p)?;
-            }
+    let mut walk = walkdir::WalkDir::new(dir).min_depth(1).into_iter();
+    while let Some(e) = walk.next() {
+        let e = e?;
+        let p = e.path();
+        let t = e.file_type();
+        if t.is_dir() && e.file_name() == "__pycache__" {
+            walk.skip_current_dir();
+            fs_err::remove_dir_all(p)?;
+        } else if !t.is_dir() && p.extension().is_some_and(|x| x == "pyc") {
+            fs_err::remove_file(p)?;
         }
     }
     Ok(())
@@ -331,7 +328,7 @@ fn run_one(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         );
-    let ran = crate::process::run_logged(&mut cmd, &log);
+    let ran = support::cmd::run_logged(&mut cmd, &log);
     chown_tree(dir, 0)?;
     remove_bytecode(dir)?;
     let requested = fs_err::read_to_string(home.join(".requested")).unwrap_or_default();

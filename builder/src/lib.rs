@@ -14,7 +14,6 @@ mod install;
 mod launch;
 pub mod lock;
 pub mod plan;
-mod process;
 pub mod recipe;
 mod reqs;
 mod smoke;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Flags that need a GPU (or a GPU-only package) and so are left out of a CPU smoke start.
 const GPU_ONLY: &[&str] = &["--gpu-only", "--highvram", "--cpu", "--disable-cuda-malloc"];
@@ -75,35 +75,29 @@ pub(crate) struct Stamp {
 /// Every path below `root` (not following links), with what identifies its content.
 pub(crate) fn snapshot(root: &Path) -> Result<HashMap<String, Stamp>> {
     let mut out = HashMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs_err::read_dir(&d)? {
-            let e = e?;
-            let p = e.path();
-            let m = fs_err::symlink_metadata(&p)?;
-            let rel = p
-                .strip_prefix(root)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .into_owned();
-            let dir = m.is_dir();
-            out.insert(
-                rel,
-                Stamp {
-                    dir,
-                    size: if dir { 0 } else { m.len() },
-                    mtime: if dir {
-                        (0, 0)
-                    } else {
-                        (m.mtime(), m.mtime_nsec())
-                    },
-                    ino: if dir { 0 } else { m.ino() },
+    for e in walkdir::WalkDir::new(root).min_depth(1) {
+        let e = e?;
+        let p = e.path();
+        let m = e.metadata()?;
+        let rel = p
+            .strip_prefix(root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned();
+        let dir = m.is_dir();
+        out.insert(
+            rel,
+            Stamp {
+                dir,
+                size: if dir { 0 } else { m.len() },
+                mtime: if dir {
+                    (0, 0)
+                } else {
+                    (m.mtime(), m.mtime_nsec())
                 },
-            );
-            if dir {
-                stack.push(p);
-            }
-        }
+                ino: if dir { 0 } else { m.ino() },
+            },
+        );
     }
     Ok(out)
 }
@@ -202,12 +196,12 @@ pub fn smoke(
 ) -> Result<SmokeReport> {
     let scratch = tempfile::tempdir()?;
     let data = scratch.path().join("data");
-    for d in ["input", "output", "user", "temp", "models"] {
+    for d in comfyui::data_dirs() {
         fs_err::create_dir_all(data.join(d))?;
     }
     fs_err::write(
         data.join("extra_model_paths.yaml"),
-        comfyui::model_paths_yaml(&data.join("models")),
+        comfyui::model_paths_yaml(&data.join(comfyui::MODELS_DIR)),
     )?;
     // ComfyUI-Manager starts with the settings a host gives it (strong security, offline).
     if nodes.iter().any(|n| comfyui::is_manager(n)) {
@@ -269,31 +263,33 @@ pub fn smoke(
         ),
     }
     let info = comfyui::http::object_info(&client, &base)?;
-    let t_wf = Instant::now();
-    for w in workflows {
-        let wf =
-            comfyui::workflow::parse(&w.prompt).with_context(|| format!("workflow {}", w.name))?;
-        let c = comfyui::workflow::check(&wf, &info, false);
-        if !c.problems.is_empty() {
-            bail!(
-                "workflow {} does not fit this release ({} problem(s)):\n  {}",
-                w.name,
-                c.problems.len(),
-                c.problems.join("\n  ")
-            );
+    let ran = comfyui::workflow::check_and_run(
+        &base,
+        workflows,
+        &info,
+        comfyui::workflow::Models::Ignore,
+        &|| timeout,
+    )
+    .map_err(|f| {
+        use comfyui::workflow::Why;
+        let f = *f;
+        let name = &f.workflow;
+        match f.why {
+            Why::DoesNotFit(p) => anyhow::anyhow!(
+                "workflow {name} does not fit this release ({} problem(s)):\n  {}",
+                p.len(),
+                p.join("\n  ")
+            ),
+            Why::Run(e) => anyhow::anyhow!(
+                "workflow {name} failed when run on the CPU: {e:#}; log {}:\n{}",
+                log.display(),
+                log_tail(log)
+            ),
+            Why::Unreadable(e) => e.context(format!("workflow {name}")),
+            Why::MissingModels(m) => anyhow::anyhow!("workflow {name}: {}", m.join(", ")),
         }
-        if w.run {
-            comfyui::workflow::run(&client, &base, &wf, timeout).with_context(|| {
-                format!(
-                    "workflow {} failed when run on the CPU; log {}:\n{}",
-                    w.name,
-                    log.display(),
-                    log_tail(log)
-                )
-            })?;
-        }
-    }
-    let workflow_seconds = t_wf.elapsed().as_secs_f64();
+    })?;
+    let workflow_seconds = ran.seconds;
     drop(guard);
     let after = snapshot(release)?;
     let text = fs_err::read_to_string(log).unwrap_or_default();

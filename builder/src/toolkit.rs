@@ -9,10 +9,10 @@
 //! extension module, and a release whose kernels lack the recipe's architecture is refused.
 
 use crate::cache::Layout as _;
-use crate::process;
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::cmd as process;
 
 /// A toolkit stage in the build cache.
 pub struct Toolkit {
@@ -155,36 +155,29 @@ pub fn wheel_sass(
     )
     .with_context(|| format!("unpacking {}", wheel.display()))?;
     let mut out = Vec::new();
-    let mut stack = vec![scratch.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs_err::read_dir(&d)? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().contains(".so"))
-            {
-                // A module without device code makes cuobjdump exit non-zero: no kernels.
-                let o = support::cmd::output(
-                    Command::new(cuobjdump).arg("--list-elf").arg(&p),
-                    std::time::Duration::from_secs(120),
-                )?;
-                let mut arches: Vec<String> = o
-                    .stdout
-                    .split_whitespace()
-                    .filter_map(|w| w.split('.').find(|part| part.starts_with("sm_")))
-                    .map(str::to_owned)
-                    .collect();
-                arches.sort();
-                arches.dedup();
-                let rel = p
-                    .strip_prefix(scratch)
-                    .unwrap_or(&p)
-                    .to_string_lossy()
-                    .into_owned();
-                out.push((rel, arches));
-            }
+    for e in walkdir::WalkDir::new(scratch) {
+        let e = e?;
+        let p = e.path();
+        if !e.file_type().is_dir() && e.file_name().to_string_lossy().contains(".so") {
+            // A module without device code makes cuobjdump exit non-zero: no kernels.
+            let o = support::cmd::output(
+                Command::new(cuobjdump).arg("--list-elf").arg(p),
+                std::time::Duration::from_secs(120),
+            )?;
+            let mut arches: Vec<String> = o
+                .stdout
+                .split_whitespace()
+                .filter_map(|w| w.split('.').find(|part| part.starts_with("sm_")))
+                .map(str::to_owned)
+                .collect();
+            arches.sort();
+            arches.dedup();
+            let rel = p
+                .strip_prefix(scratch)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned();
+            out.push((rel, arches));
         }
     }
     out.sort();

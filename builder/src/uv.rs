@@ -19,6 +19,6 @@ pub fn command(cache: &Path) -> Command {
 
 /// `uv --version`: part of the env stage's digest.
 pub fn version() -> Result<String> {
-    crate::process::stdout(Command::new("uv").arg("--version"))
+    support::cmd::stdout(Command::new("uv").arg("--version"))
         .context("uv is needed to install packages (scripts/install-deps.sh installs it)")
 }

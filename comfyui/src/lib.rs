@@ -10,6 +10,20 @@ use bundle::Launch;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Folders below a release's data directory that a host may map to shared storage (NFS):
+/// models, and the inputs and outputs of jobs.
+pub const SHARED_DATA_DIRS: [&str; 3] = [MODELS_DIR, "input", "output"];
+/// The models folder below the data directory, named in the model-paths file.
+pub const MODELS_DIR: &str = "models";
+/// ComfyUI's own local folders below the data directory: its user settings and its temp folder.
+pub const LOCAL_DATA_DIRS: [&str; 2] = ["user", "temp"];
+
+/// Every folder of the data layout [`run_args`] names, shared first: what the builder's smoke
+/// start creates in its scratch directory and the host in `data/`.
+pub fn data_dirs() -> impl Iterator<Item = &'static str> {
+    SHARED_DATA_DIRS.into_iter().chain(LOCAL_DATA_DIRS)
+}
+
 /// The arguments a release is started with, by the host's unit and by the build's smoke start
 /// alike: the release's own flags without `--listen`/`--port`, then `listen` and `port`, and
 /// the host's data layout: `data/{input,output,user}`, `data/temp` (ComfyUI appends `temp` to
@@ -39,17 +53,21 @@ pub fn run_args(
         out.push(a.clone());
     }
     let d = |s: &str| data.join(s).display().to_string();
+    let [_, input, output] = SHARED_DATA_DIRS;
+    let [user, temp] = LOCAL_DATA_DIRS;
+    // ComfyUI appends its own `temp` to --temp-directory.
+    debug_assert_eq!(temp, "temp");
     out.extend([
         "--listen".into(),
         listen.to_owned(),
         "--port".into(),
         port.to_string(),
         "--input-directory".into(),
-        d("input"),
+        d(input),
         "--output-directory".into(),
-        d("output"),
+        d(output),
         "--user-directory".into(),
-        d("user"),
+        d(user),
         "--temp-directory".into(),
         data.display().to_string(),
         "--extra-model-paths-config".into(),

@@ -211,6 +211,104 @@ pub fn check(wf: &serde_json::Map<String, Value>, info: &Value, models_here: boo
     out
 }
 
+/// How [`check_and_run`] treats model files a workflow names that the app does not list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Models {
+    /// Not checked: the builder's smoke start has no models.
+    Ignore,
+    /// Recorded; the workflow is checked but not run.
+    Warn,
+    /// The workflow fails.
+    Fail,
+}
+
+/// What a release's workflows did against a live app.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Ran {
+    pub checked: usize,
+    pub ran: usize,
+    /// `workflow: file (node, input)` for each model file the app does not list ([`Models::Warn`]).
+    pub missing_models: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Why a workflow failed.
+#[derive(Debug)]
+pub enum Why {
+    /// Not a workflow in ComfyUI's API format.
+    Unreadable(anyhow::Error),
+    /// It does not fit the app: one message per problem.
+    DoesNotFit(Vec<String>),
+    /// It names model files the app does not list ([`Models::Fail`]).
+    MissingModels(Vec<String>),
+    /// Queued, it failed or did not finish in time.
+    Run(anyhow::Error),
+}
+
+/// The first workflow that failed, and what was done before it.
+#[derive(Debug)]
+pub struct Failed {
+    pub workflow: String,
+    pub why: Why,
+    pub done: Ran,
+}
+
+/// Checks each of a release's workflows against `info` (the live app's `/object_info`) and runs
+/// those marked to run, in order, stopping at the first that fails; each run gets the time
+/// `run_timeout` gives when it starts. The builder's smoke start and the host's health check both
+/// go through here.
+pub fn check_and_run(
+    base: &str,
+    workflows: &[bundle::Workflow],
+    info: &Value,
+    models: Models,
+    run_timeout: &dyn Fn() -> Duration,
+) -> std::result::Result<Ran, Box<Failed>> {
+    let t0 = Instant::now();
+    let mut done = Ran::default();
+    for w in workflows {
+        let fail = |why: Why, mut done: Ran| {
+            done.seconds = t0.elapsed().as_secs_f64();
+            Box::new(Failed {
+                workflow: w.name.clone(),
+                why,
+                done,
+            })
+        };
+        let wf = match parse(&w.prompt) {
+            Ok(wf) => wf,
+            Err(e) => return Err(fail(Why::Unreadable(e), done)),
+        };
+        let c = check(&wf, info, models != Models::Ignore);
+        if !c.problems.is_empty() {
+            return Err(fail(Why::DoesNotFit(c.problems), done));
+        }
+        done.checked += 1;
+        if !c.missing_models.is_empty() {
+            if models == Models::Fail {
+                return Err(fail(Why::MissingModels(c.missing_models), done));
+            }
+            done.missing_models
+                .extend(c.missing_models.iter().map(|x| format!("{}: {x}", w.name)));
+            continue;
+        }
+        if w.run {
+            let left = run_timeout();
+            let run = reqwest::blocking::Client::builder()
+                .timeout(left)
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|client| run(&client, base, &wf, left));
+            if let Err(e) = run {
+                return Err(fail(Why::Run(e), done));
+            }
+            done.ran += 1;
+        }
+    }
+    done.seconds = t0.elapsed().as_secs_f64();
+    Ok(done)
+}
+
 /// Queues `wf` through `POST /prompt` and waits for `/history` to report it finished; an error
 /// names the node and the exception ComfyUI reported.
 pub fn run(
@@ -356,5 +454,121 @@ mod tests {
         assert!(err.to_string().contains("Export (API)"), "{err}");
         assert!(parse(r#"{"1": {"inputs": {}}}"#).is_err());
         assert!(parse("[]").is_err());
+    }
+
+    /// A stand-in app for runs: answers `POST /prompt` with a prompt id and `/history/<id>` with
+    /// success, counting the prompts it was given.
+    fn app() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let prompts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = prompts.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let answer = if line.starts_with("POST /prompt") {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    r#"{"prompt_id": "p1", "number": 0}"#
+                } else {
+                    r#"{"p1": {"status": {"status_str": "success", "completed": true}}}"#
+                };
+                write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .unwrap();
+            }
+        });
+        (base, prompts)
+    }
+
+    fn workflow(name: &str, prompt: &str, run: bool) -> bundle::Workflow {
+        bundle::Workflow {
+            name: name.into(),
+            prompt: prompt.into(),
+            run,
+        }
+    }
+
+    #[test]
+    fn workflows_are_checked_and_run_in_order_and_missing_models_follow_the_policy() {
+        let (base, prompts) = app();
+        let fits = r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}}}"#;
+        let needs_model = r#"{"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl.safetensors"}}}"#;
+        let wfs = [
+            workflow("a", fits, true),
+            workflow("b", needs_model, true),
+            workflow("c", fits, false),
+        ];
+        let timeout = || Duration::from_secs(10);
+        // The builder: models not checked, every workflow marked to run runs.
+        let ran = check_and_run(&base, &wfs, &info(), Models::Ignore, &timeout).unwrap();
+        assert_eq!(
+            (
+                ran.checked,
+                ran.ran,
+                prompts.swap(0, std::sync::atomic::Ordering::SeqCst)
+            ),
+            (3, 2, 2)
+        );
+        // A host that warns: the workflow without its model is checked, named, and not run.
+        let ran = check_and_run(&base, &wfs, &info(), Models::Warn, &timeout).unwrap();
+        assert_eq!((ran.checked, ran.ran), (3, 1));
+        assert_eq!(
+            ran.missing_models,
+            ["b: sdxl.safetensors (node 1 (CheckpointLoaderSimple), ckpt_name)"]
+        );
+        // A host that fails: stops at b (checked: it fits, but lacks its model), after a ran.
+        let f = check_and_run(&base, &wfs, &info(), Models::Fail, &timeout).unwrap_err();
+        assert_eq!(
+            (f.workflow.as_str(), f.done.checked, f.done.ran),
+            ("b", 2, 1)
+        );
+        assert!(
+            matches!(&f.why, Why::MissingModels(m) if m.len() == 1),
+            "{:?}",
+            f.why
+        );
+        // A workflow that does not fit stops the loop before anything after it runs.
+        prompts.store(0, std::sync::atomic::Ordering::SeqCst);
+        let misfit = [
+            workflow(
+                "x",
+                r#"{"1": {"class_type": "NewerSwitch", "inputs": {}}}"#,
+                true,
+            ),
+            workflow("a", fits, true),
+        ];
+        let f = check_and_run(&base, &misfit, &info(), Models::Ignore, &timeout).unwrap_err();
+        assert!(
+            matches!(&f.why, Why::DoesNotFit(p) if p.len() == 1),
+            "{:?}",
+            f.why
+        );
+        assert_eq!(
+            (
+                f.done.checked,
+                prompts.load(std::sync::atomic::Ordering::SeqCst)
+            ),
+            (0, 0)
+        );
     }
 }

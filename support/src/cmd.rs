@@ -1,7 +1,9 @@
-//! Child processes with a deadline, for both programs: stdin null, argv logged at debug, a time
-//! limit, output collected whatever the exit status; [`last_kib`] for error messages.
+//! Every child process of both programs goes through here: stdin null, argv logged at debug,
+//! output collected (to a bound) or kept in a log file, a time limit where one is given, and on
+//! failure an error naming the command with the last KiB of its output ([`last_kib`]).
 
 use anyhow::{bail, Context as _, Result};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,7 +47,7 @@ fn drain_capped(mut r: impl std::io::Read) -> Vec<u8> {
 /// the child exits and its streams close, within the same limit: a grandchild that keeps them
 /// open (a daemon a check started) does not hold the caller past it.
 pub fn output(cmd: &mut Command, limit: Duration) -> Result<Output> {
-    tracing::debug!(?cmd, "running");
+    tracing::debug!(cmd = %describe(cmd), "running");
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -94,6 +96,63 @@ pub fn output(cmd: &mut Command, limit: Duration) -> Result<Output> {
     })
 }
 
+/// The command line, for logs and errors.
+pub fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs to completion, without a time limit; a non-zero exit is an error naming the command,
+/// with the tails of its output.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = output(cmd, Duration::MAX)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}):\n{}{}",
+            describe(cmd),
+            out.status,
+            tail(&out.stdout),
+            tail(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Standard output of [`run`], trimmed.
+pub fn stdout(cmd: &mut Command) -> Result<String> {
+    Ok(run(cmd)?.stdout.trim().to_owned())
+}
+
+/// Runs with stdout and stderr written to `log`, without a time limit; a failure carries the
+/// log's tail and its path.
+pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
+    tracing::debug!(cmd = %describe(cmd), log = %log.display(), "running");
+    if let Some(p) = log.parent() {
+        fs_err::create_dir_all(p)?;
+    }
+    let f = fs_err::File::create(log)?.into_parts().0;
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .status()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        let text = fs_err::read(log).unwrap_or_default();
+        bail!(
+            "`{}` failed ({status}); full log: {}\n{}",
+            describe(cmd),
+            log.display(),
+            tail(&String::from_utf8_lossy(&text))
+        );
+    }
+    Ok(())
+}
+
 /// The last KiB of a text, for error messages.
 pub fn last_kib(s: &str) -> &str {
     tail(s)
@@ -124,5 +183,27 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e:#}"));
         assert!(o.status.success());
         assert_eq!(o.stdout.len(), MAX_OUTPUT);
+    }
+
+    #[test]
+    fn a_failure_names_the_command_and_its_output() {
+        let e = run(Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("`sh -c echo out; echo err >&2; exit 3` failed"),
+            "{e}"
+        );
+        assert!(e.contains("out\nerr"), "{e}");
+        assert_eq!(stdout(Command::new("echo").arg(" hi ")).unwrap(), "hi");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("logs/x.log");
+        let e = run_logged(Command::new("sh").args(["-c", "echo logged; exit 1"]), &log)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("full log: ") && e.ends_with("logged\n"), "{e}");
+        assert_eq!(fs_err::read_to_string(&log).unwrap(), "logged\n");
     }
 }

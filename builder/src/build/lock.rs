@@ -5,9 +5,10 @@ use super::sources::{checkout, fetch};
 use super::{Progress, Steps};
 use crate::lock::{Lock, LockedGit};
 use crate::plan::{Checkout, Plan, Role};
-use crate::{env, git, process, reqs};
+use crate::{env, git, reqs};
 use anyhow::{Context as _, Result};
 use std::path::Path;
+use support::cmd as process;
 
 /// Every requirement of the release, filtered and checked against the torch pins.
 fn requirements(plan: &Plan, trees: &[Checkout]) -> Result<String> {

@@ -33,6 +33,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::cmd as process;
 
 /// How to run a build.
 #[derive(Clone, Debug)]
