@@ -333,6 +333,31 @@ pub fn build_env(
     Ok(())
 }
 
+/// What the env stage runs, for `build --dry-run`.
+pub fn commands(r: &Recipe) -> Vec<String> {
+    let interpreter = match r.python.mode {
+        crate::recipe::PythonMode::Embedded => format!(
+            "cp -a $(prefix of {}) python/ ; patchelf --set-rpath '$ORIGIN/../lib' python/bin/python{}",
+            if r.python.path.is_empty() {
+                format!("$(uv python find --managed-python {})", r.python.version)
+            } else {
+                r.python.path.clone()
+            },
+            r.python.version
+        ),
+        crate::recipe::PythonMode::System => format!("link venv/bin/python to {}", r.python.path),
+    };
+    vec![
+        interpreter,
+        "uv venv --relocatable venv ; drop `home` ; bin/python -> ../../python/bin/python"
+            .to_owned(),
+        format!(
+            "uv pip install --require-hashes --no-deps {} -r <locked requirements>",
+            index_args(r).join(" ")
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod prefix_tests {
     use super::*;

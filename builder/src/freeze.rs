@@ -192,3 +192,14 @@ pub fn frozen_packages(stage: &Path, cache: &Path) -> Result<Vec<String>> {
     v.sort();
     Ok(v)
 }
+
+/// What the freeze stage runs, for `build --dry-run`.
+pub fn commands() -> Vec<String> {
+    vec![
+        format!(
+            "PYTHONHASHSEED=0 python -m compileall --invalidation-mode unchecked-hash -s <stage> -p {INSTALL_PREFIX}"
+        ),
+        "remove direct_url.json".to_owned(),
+        "relocation lint".to_owned(),
+    ]
+}

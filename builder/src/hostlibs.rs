@@ -86,6 +86,11 @@ fn needed_by(files: &[PathBuf]) -> Result<BTreeSet<String>> {
     Ok(out)
 }
 
+/// What the host-libs step runs, for `build --dry-run`.
+pub fn commands() -> Vec<String> {
+    vec!["patchelf --print-needed python/**: what the interpreter needs from the host".to_owned()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

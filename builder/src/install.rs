@@ -426,3 +426,49 @@ fn run_one(
         .filter(|p| p != &node_rel)
         .collect())
 }
+
+/// What the install step runs inside the stage, for `build --dry-run`: nested sources placed,
+/// models checked, each node's install script run or named.
+pub fn commands(plan: &crate::plan::Plan) -> Vec<String> {
+    use crate::plan::Role;
+    let r = &plan.recipe;
+    let mut install = Vec::new();
+    for src in plan.sources.iter().filter(|x| x.role == Role::Nested) {
+        if let Some((node, path)) = &src.nested_in {
+            install.push(format!(
+                "place {} @ {} in custom_nodes/{node}/{path}",
+                src.url, src.rev
+            ));
+        }
+    }
+    for m in &r.models {
+        install.push(format!(
+            "model models/{} ({} bytes, sha256 {}) from {}: checked, not in the bundle",
+            m.path,
+            m.size,
+            support::short_id(&m.sha256),
+            if m.mirror.is_empty() {
+                &m.url
+            } else {
+                &m.mirror
+            }
+        ));
+    }
+    for src in plan
+        .sources
+        .iter()
+        .filter(|x| matches!(x.role, Role::Node | Role::Nested) && !x.disabled)
+    {
+        install.push(match src.install_script {
+            crate::recipe::InstallScript::Run => format!(
+                "run {}/install.py ({}network, env behind an overlay; writes outside the node fail)",
+                src.name,
+                if src.install_network { "" } else { "no " }
+            ),
+            crate::recipe::InstallScript::Skip => {
+                format!("{}/install.py, if any: named, not run", src.name)
+            }
+        });
+    }
+    install
+}

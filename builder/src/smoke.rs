@@ -357,6 +357,21 @@ pub fn unaccepted_broken(
     out
 }
 
+/// What the smoke start runs, for `build --dry-run`.
+pub fn commands(plan: &crate::plan::Plan) -> Vec<String> {
+    let mut smoke = vec![
+        "launch.sh --cpu --listen 127.0.0.1 --port <free> (GPU-only flags dropped); GET /system_stats, /object_info".to_owned(),
+    ];
+    if !plan.workflows.is_empty() {
+        smoke.push(format!(
+            "check {} workflow(s) against /object_info; run {} through /prompt",
+            plan.workflows.len(),
+            plan.workflows.iter().filter(|w| w.run).count()
+        ));
+    }
+    smoke
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,6 +230,26 @@ pub fn module_names(modules: &[(String, Vec<String>)]) -> Vec<String> {
         .collect()
 }
 
+/// What the toolkit stage runs, for `build --dry-run`.
+pub fn commands(t: &crate::recipe::ToolkitSection, arch_list: &str) -> Vec<String> {
+    vec![
+        "cp -al env/<digest> toolkit/<digest>".to_owned(),
+        format!(
+            "uv pip install --require-hashes --no-deps <locked: {}>",
+            t.packages.join(" ")
+        ),
+        "cuda-home/{bin,include,nvvm} -> venv/.../nvidia/cu13/*, lib64/* -> lib/*, libcudart.so -> libcudart.so.13".to_owned(),
+        format!(
+            "nvcc --version; nvcc --list-gpu-arch must know {}",
+            wanted_sms(arch_list)
+                .iter()
+                .map(|s| s.replacen("sm_", "compute_", 1))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

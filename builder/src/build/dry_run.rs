@@ -4,11 +4,12 @@ use super::digest::{
     env_digest, ext_base, ext_digest, stage_digest, toolkit_digest, toolkit_part, wheel_key,
     StageInputs,
 };
+use super::stages::Stage;
 use super::BuildOptions;
 use crate::cache::Layout as _;
+use crate::env;
 use crate::lock::Lock;
 use crate::plan::{Plan, Role, Source};
-use crate::{env, freeze};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -57,33 +58,17 @@ pub struct PlannedStage {
 }
 
 impl PlannedStage {
-    fn plain(stage: &str, commands: Vec<String>) -> Self {
+    /// The dry run's view of a stage: the same value the build names and looks up its stages by.
+    fn of(stage: &Stage<'_>, cache: &std::path::Path) -> Self {
         PlannedStage {
-            stage: stage.to_owned(),
-            digest: None,
-            cached: None,
-            required: None,
-            enabled: None,
-            commands,
+            stage: stage.name(),
+            digest: stage.digest().map(|d| d.map(str::to_owned)),
+            cached: stage.cached(cache),
+            required: stage.required(),
+            enabled: stage.enabled(),
+            commands: stage.commands(),
         }
     }
-}
-
-/// What compiling an extension costs, where it was measured (or estimated) for a 12.1 build.
-fn compile_cost(e: &crate::recipe::ExtensionSection) -> Option<String> {
-    let n = e.name.to_ascii_lowercase();
-    Some(
-        if n.contains("sage") {
-            "cost: measured for 12.1 on a 2-core x86_64 machine with MAX_JOBS=2: 8 min 22 s and 9 min 11 s in two builds, 3.2 GiB per compiler job at peak (5.0 GiB in all); the Spark's 20 cores take less"
-        } else if n.contains("flash") {
-            "cost: estimated, FLASH_ATTN_CUDA_ARCHS=120: tens of minutes with MAX_JOBS=4 on the Spark, several hours on 2 cores (hundreds of kernel instantiations, about 4 GB per job)"
-        } else if n.contains("torchao") {
-            "cost: estimated, a few minutes (a handful of CUDA sources); PyPI's wheel, where one is built for the recipe's torch, needs no compile"
-        } else {
-            return None;
-        }
-        .to_owned(),
-    )
 }
 
 /// The stage's digest as the build would compute it: known when the lock is fresh and every
@@ -170,154 +155,25 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
         (Ok(interp), Ok(uv)) => Some(env_digest(plan, &interp, reqs, &uv)),
         _ => None,
     };
-    let interpreter = match r.python.mode {
-        crate::recipe::PythonMode::Embedded => format!(
-            "cp -a $(prefix of {}) python/ ; patchelf --set-rpath '$ORIGIN/../lib' python/bin/python{}",
-            if r.python.path.is_empty() {
-                format!("$(uv python find --managed-python {})", r.python.version)
-            } else {
-                r.python.path.clone()
-            },
-            r.python.version
-        ),
-        crate::recipe::PythonMode::System => format!("link venv/bin/python to {}", r.python.path),
-    };
-    let mut stages = vec![PlannedStage {
-        stage: "env".into(),
-        cached: Some(
-            lock.is_some()
-                && env_d
-                    .as_ref()
-                    .is_some_and(|d| opts.cache.env_dir(d).exists()),
-        ),
-        digest: Some(env_d.clone()),
-        required: None,
-        enabled: None,
-        commands: vec![
-            interpreter,
-            "uv venv --relocatable venv ; drop `home` ; bin/python -> ../../python/bin/python"
-                .to_owned(),
-            format!(
-                "uv pip install --require-hashes --no-deps {} -r <locked requirements>",
-                env::index_args(r).join(" ")
-            ),
-        ],
-    }];
     let tk_locked = lock.as_ref().map_or("", |l| l.toolkit.as_str());
     let tk_d = match (&r.toolkit, &env_d) {
         (Some(_), Some(env_d)) if !tk_locked.is_empty() => Some(toolkit_digest(env_d, tk_locked)),
         _ => None,
     };
-    if let Some(t) = &r.toolkit {
-        stages.push(PlannedStage {
-            stage: "toolkit".into(),
-            cached: Some(
-                tk_d.as_ref()
-                    .is_some_and(|d| opts.cache.toolkit_dir(d).join("cuda-home").is_dir()),
-            ),
-            digest: Some(tk_d.clone()),
-            required: None,
-            enabled: None,
-            commands: vec![
-                "cp -al env/<digest> toolkit/<digest>".to_owned(),
-                format!(
-                    "uv pip install --require-hashes --no-deps <locked: {}>",
-                    t.packages.join(" ")
-                ),
-                "cuda-home/{bin,include,nvvm} -> venv/.../nvidia/cu13/*, lib64/* -> lib/*, libcudart.so -> libcudart.so.13".to_owned(),
-                format!(
-                    "nvcc --version; nvcc --list-gpu-arch must know {}",
-                    crate::toolkit::wanted_sms(&r.target.arch_list)
-                        .iter()
-                        .map(|s| s.replacen("sm_", "compute_", 1))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ),
-            ],
-        });
-    }
     let base = env_d
         .as_deref()
         .map(|env_d| ext_base(env_d, tk_d.as_deref()));
-    let mut ext_digests = Vec::new();
-    for e in &r.extensions {
-        let commit = lock
-            .as_ref()
-            .and_then(|l| l.commit(Role::Extension, &e.name))
-            .unwrap_or("");
-        let d = base.as_deref().map(|base| ext_digest(e, commit, base));
-        ext_digests.push(d.clone());
-        let envs: Vec<String> = e.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        stages.push(PlannedStage {
-            stage: format!("extension {}", e.name),
-            cached: Some(d.as_ref().is_some_and(|d| opts.cache.wheel_dir(d).is_dir())),
-            digest: Some(d),
-            required: Some(e.required),
-            enabled: None,
-            commands: {
-                let mut c = vec![format!(
-                    "{}{} uv build --wheel --no-build-isolation {}",
-                    if r.toolkit.is_some() {
-                        "CUDA_HOME=toolkit/<digest>/cuda-home PATH=$CUDA_HOME/bin:$PATH "
-                    } else {
-                        ""
-                    },
-                    envs.join(" "),
-                    e.git.as_deref().or(e.pypi.as_deref()).unwrap_or("")
-                )];
-                if !r.target.arch_list.is_empty() {
-                    c.push(format!(
-                        "cuobjdump --list-elf <each module>: refused without {}",
-                        crate::toolkit::wanted_sms(&r.target.arch_list).join(" ")
-                    ));
-                }
-                if let Some(cost) = compile_cost(e) {
-                    c.push(cost);
-                }
-                c
-            },
-        });
-    }
-    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
-    let mut install = Vec::new();
-    for src in plan.sources.iter().filter(|x| x.role == Role::Nested) {
-        if let Some((node, path)) = &src.nested_in {
-            install.push(format!(
-                "place {} @ {} in custom_nodes/{node}/{path}",
-                src.url, src.rev
-            ));
-        }
-    }
-    for m in &r.models {
-        install.push(format!(
-            "model models/{} ({} bytes, sha256 {}) from {}: checked, not in the bundle",
-            m.path,
-            m.size,
-            support::short_id(&m.sha256),
-            if m.mirror.is_empty() {
-                &m.url
-            } else {
-                &m.mirror
-            }
-        ));
-    }
-    for src in plan
-        .sources
+    let ext_digests: Vec<Option<String>> = r
+        .extensions
         .iter()
-        .filter(|x| matches!(x.role, Role::Node | Role::Nested) && !x.disabled)
-    {
-        install.push(match src.install_script {
-            crate::recipe::InstallScript::Run => format!(
-                "run {}/install.py ({}network, env behind an overlay; writes outside the node fail)",
-                src.name,
-                if src.install_network { "" } else { "no " }
-            ),
-            crate::recipe::InstallScript::Skip => {
-                format!("{}/install.py, if any: named, not run", src.name)
-            }
-        });
-    }
-    stages.push(PlannedStage::plain("install", install));
+        .map(|e| {
+            let commit = lock
+                .as_ref()
+                .and_then(|l| l.commit(Role::Extension, &e.name))
+                .unwrap_or("");
+            base.as_deref().map(|base| ext_digest(e, commit, base))
+        })
+        .collect();
     let stage_d = stage_digest_if_known(
         plan,
         opts,
@@ -326,61 +182,46 @@ pub fn dry_run(plan: &Plan, opts: &BuildOptions) -> Result<DryRun> {
         env_d.as_deref(),
         &ext_digests,
     );
-    stages.push(PlannedStage {
-        digest: Some(stage_d.clone()),
-        cached: Some(
-            stage_d
-                .as_ref()
-                .is_some_and(|d| opts.cache.stage_dir(d).exists()),
-        ),
-        ..PlannedStage::plain(
-            "stage",
-            s(&[
-                "cp -al env/<digest> stage (hardlinks; nothing below writes a file in place)",
-                "uv pip install <wheels>",
-                "ComfyUI + custom_nodes from git",
-                bundle::LAUNCH_ENTRY,
-            ]),
-        )
-    });
-    stages.push(PlannedStage::plain(
-        "freeze",
-        vec![
-            format!(
-                "PYTHONHASHSEED=0 python -m compileall --invalidation-mode unchecked-hash -s <stage> -p {}",
-                freeze::INSTALL_PREFIX
-            ),
-            "remove direct_url.json".to_owned(),
-            "relocation lint".to_owned(),
-        ],
-    ));
-    let mut smoke = vec![
-        "launch.sh --cpu --listen 127.0.0.1 --port <free> (GPU-only flags dropped); GET /system_stats, /object_info".to_owned(),
-    ];
-    if !plan.workflows.is_empty() {
-        smoke.push(format!(
-            "check {} workflow(s) against /object_info; run {} through /prompt",
-            plan.workflows.len(),
-            plan.workflows.iter().filter(|w| w.run).count()
-        ));
+    let mut planned = vec![Stage::Env {
+        recipe: r,
+        digest: env_d,
+    }];
+    if let Some(t) = &r.toolkit {
+        planned.push(Stage::Toolkit {
+            recipe: r,
+            toolkit: t,
+            digest: tk_d,
+        });
     }
-    stages.push(PlannedStage {
-        enabled: Some(opts.smoke),
-        ..PlannedStage::plain("smoke", smoke)
-    });
-    stages.push(PlannedStage::plain(
-        "host libs",
-        s(&["patchelf --print-needed python/**: what the interpreter needs from the host"]),
-    ));
-    stages.push(PlannedStage::plain(
-        "pack",
-        vec![format!(
-            "sign and write {}/{}-{}-<id>.bundle",
-            opts.out.display(),
-            r.bundle.name,
-            r.bundle.version
-        )],
-    ));
+    for (e, d) in r.extensions.iter().zip(ext_digests) {
+        planned.push(Stage::Extension {
+            recipe: r,
+            ext: e,
+            digest: d,
+        });
+    }
+    planned.extend([
+        Stage::Install { plan },
+        Stage::Assemble { digest: stage_d },
+        Stage::Freeze,
+        Stage::Smoke {
+            plan,
+            enabled: opts.smoke,
+        },
+        Stage::HostLibs,
+        Stage::Pack {
+            recipe: r,
+            out: &opts.out,
+        },
+    ]);
+    let mut stages: Vec<PlannedStage> = planned
+        .iter()
+        .map(|s| PlannedStage::of(s, &opts.cache))
+        .collect();
+    // Without a lock the env's packages are not known yet: not cached, whatever its digest.
+    if lock.is_none() {
+        stages[0].cached = Some(false);
+    }
     Ok(DryRun {
         recipe: plan.recipe_path.clone(),
         recipe_sha256: plan.recipe_sha256.clone(),

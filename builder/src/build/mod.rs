@@ -10,6 +10,7 @@ mod dry_run;
 mod lock;
 mod manifest;
 mod sources;
+mod stages;
 
 pub use dry_run::{dry_run, DryRun, PlannedSource, PlannedStage};
 pub use lock::lock;
@@ -21,6 +22,7 @@ use digest::{
 };
 use manifest::manifest;
 use sources::{checkout, fetch};
+use stages::Stage;
 
 use crate::env;
 use crate::lock::Lock;
@@ -135,7 +137,7 @@ fn report_stage_checks(p: &Steps, plan: &Plan, record: &StageRecord, cached: boo
         ""
     };
     for l in &record.install {
-        p.step("install", format!("{l}{when}"));
+        p.step(Stage::Install { plan }.label(), format!("{l}{when}"));
     }
     if !record.imports.is_empty() {
         p.step(
@@ -184,7 +186,7 @@ fn report_stage_checks(p: &Steps, plan: &Plan, record: &StageRecord, cached: boo
         );
     }
     p.step(
-        "host libs",
+        Stage::HostLibs.label(),
         format!(
             "{} shared libraries of the interpreter come from the host: {}",
             record.host_libs.len(),
@@ -305,9 +307,14 @@ fn build_extensions(
             .iter()
             .find(|t| t.source.role == Role::Extension && t.source.name == e.name)
             .map(|t| t.tree.clone());
-        let exists = cache.wheel_dir(&d).is_dir();
+        let stage = Stage::Extension {
+            recipe: r,
+            ext: e,
+            digest: Some(d.clone()),
+        };
+        let exists = stage.cached(cache) == Some(true);
         p.step(
-            "extension",
+            stage.label(),
             format!(
                 "{} {} {}",
                 e.name,
@@ -357,7 +364,7 @@ fn build_extensions(
             );
             if w.is_ok() {
                 p.step(
-                    "extension",
+                    stage.label(),
                     format!("{} compiled in {:.0}s", e.name, t.elapsed().as_secs_f64()),
                 );
             }
@@ -412,6 +419,92 @@ fn build_extensions(
         }
     }
     Ok(wheels)
+}
+
+/// The env stage: reused from the cache, or built in scratch and renamed into place.
+fn ensure_env(
+    p: &Steps,
+    r: &crate::recipe::Recipe,
+    lock: &Lock,
+    interp: &env::Interpreter,
+    env_d: &str,
+    cache: &Path,
+) -> Result<PathBuf> {
+    let stage = Stage::Env {
+        recipe: r,
+        digest: Some(env_d.to_owned()),
+    };
+    let env_dir = cache.env_dir(env_d);
+    if stage.cached(cache) == Some(true) {
+        p.step(
+            stage.label(),
+            format!("{} cached", support::short_id(env_d)),
+        );
+        return Ok(env_dir);
+    }
+    p.step(
+        stage.label(),
+        format!(
+            "{} building: interpreter, venv, {} locked packages",
+            support::short_id(env_d),
+            lock.requirements.matches("==").count()
+        ),
+    );
+    let tmp = cache.scratch(&format!("env-{env_d}"));
+    let _ = fs_err::remove_dir_all(&tmp);
+    let scratch = Scratch(&tmp);
+    env::build_env(r, interp, &lock.requirements, cache, &tmp)?;
+    if let Some(p) = env_dir.parent() {
+        fs_err::create_dir_all(p)?;
+    }
+    fs_err::rename(&tmp, &env_dir)?;
+    drop(scratch);
+    Ok(env_dir)
+}
+
+/// The toolkit stage, where the recipe has one: the env with the CUDA toolkit wheels beside it,
+/// whose nvcc must know the recipe's architectures. Returns it with its digest.
+fn ensure_toolkit(
+    p: &Steps,
+    plan: &Plan,
+    lock: &Lock,
+    env_d: &str,
+    env_dir: &Path,
+    cache: &Path,
+) -> Result<Option<(toolkit::Toolkit, String)>> {
+    let r = &plan.recipe;
+    let Some(t) = &r.toolkit else {
+        return Ok(None);
+    };
+    if lock.toolkit.is_empty() {
+        bail!(
+            "{} has no [toolkit] pins; run `comfy-build lock {}`",
+            plan.lock_path().display(),
+            plan.recipe_path.display()
+        );
+    }
+    let d = toolkit_digest(env_d, &lock.toolkit);
+    let stage = Stage::Toolkit {
+        recipe: r,
+        toolkit: t,
+        digest: Some(d.clone()),
+    };
+    let what = if stage.cached(cache) == Some(true) {
+        "cached"
+    } else {
+        "installing the CUDA toolkit wheels beside the env"
+    };
+    p.step(stage.label(), format!("{} {what}", support::short_id(&d)));
+    let (tk, _) = toolkit::ensure(env_dir, &lock.toolkit, &d, cache)?;
+    let (release, missing) = toolkit::nvcc_report(&tk.cuda_home(), &r.target.arch_list)?;
+    if !missing.is_empty() {
+        bail!(
+            "the toolkit's nvcc ({release}) does not know {}; pin a newer nvidia-cuda-nvcc",
+            missing.join(", ")
+        );
+    }
+    p.step(stage.label(), format!("nvcc: {release}"));
+    Ok(Some((tk, d)))
 }
 
 /// The lock the build uses: the recipe's, if it is fresh; otherwise refreshed and saved, or with
@@ -568,66 +661,9 @@ pub fn build(
     let interp = env::find_interpreter(r)?;
     let uv = crate::uv::version()?;
     let env_d = env_digest(plan, &interp, &lock.requirements, &uv);
-    let env_dir = cache.env_dir(&env_d);
-    if env_dir.exists() {
-        p.step("env", format!("{} cached", support::short_id(&env_d)));
-    } else {
-        p.step(
-            "env",
-            format!(
-                "{} building: interpreter, venv, {} locked packages",
-                support::short_id(&env_d),
-                lock.requirements.matches("==").count()
-            ),
-        );
-        let tmp = cache.scratch(&format!("env-{env_d}"));
-        let _ = fs_err::remove_dir_all(&tmp);
-        let scratch = Scratch(&tmp);
-        env::build_env(r, &interp, &lock.requirements, &cache, &tmp)?;
-        if let Some(p) = env_dir.parent() {
-            fs_err::create_dir_all(p)?;
-        }
-        fs_err::rename(&tmp, &env_dir)?;
-        drop(scratch);
-    }
-
+    let env_dir = ensure_env(&p, r, &lock, &interp, &env_d, &cache)?;
     // A CUDA toolkit from wheels: the env with the compiler beside it, in the cache only.
-    let toolkit = match &r.toolkit {
-        None => None,
-        Some(_) => {
-            if lock.toolkit.is_empty() {
-                bail!(
-                    "{} has no [toolkit] pins; run `comfy-build lock {}`",
-                    lock_path.display(),
-                    plan.recipe_path.display()
-                );
-            }
-            let d = toolkit_digest(&env_d, &lock.toolkit);
-            let exists = cache.toolkit_dir(&d).join("cuda-home").is_dir();
-            p.step(
-                "toolkit",
-                format!(
-                    "{} {}",
-                    support::short_id(&d),
-                    if exists {
-                        "cached"
-                    } else {
-                        "installing the CUDA toolkit wheels beside the env"
-                    }
-                ),
-            );
-            let (tk, _) = toolkit::ensure(&env_dir, &lock.toolkit, &d, &cache)?;
-            let (release, missing) = toolkit::nvcc_report(&tk.cuda_home(), &r.target.arch_list)?;
-            if !missing.is_empty() {
-                bail!(
-                    "the toolkit's nvcc ({release}) does not know {}; pin a newer nvidia-cuda-nvcc",
-                    missing.join(", ")
-                );
-            }
-            p.step("toolkit", format!("nvcc: {release}"));
-            Some((tk, d))
-        }
-    };
+    let toolkit = ensure_toolkit(&p, plan, &lock, &env_d, &env_dir, &cache)?;
     let wheels = build_extensions(&p, plan, &lock, &trees, &cache, &env_d, toolkit.as_ref())?;
 
     let workflows = serde_json::to_string(&plan.workflows)?;
@@ -640,19 +676,25 @@ pub fn build(
         workflows_json: &workflows,
         toolkit: r.toolkit.as_ref().map(|t| toolkit_part(t, &lock.toolkit)),
     });
+    let stage_value = Stage::Assemble {
+        digest: Some(stage_d.clone()),
+    };
     let stage = cache.stage_dir(&stage_d);
     let smoke_file = cache.stage_record(&stage_d);
-    let stage_cached = stage.exists();
+    let stage_cached = stage_value.cached(&cache) == Some(true);
     let enabled: Vec<String> = trees
         .iter()
         .filter(|t| t.source.role == Role::Node && !t.source.disabled)
         .map(|t| t.source.name.clone())
         .collect();
     if stage_cached {
-        p.step("stage", format!("{} cached", support::short_id(&stage_d)));
+        p.step(
+            stage_value.label(),
+            format!("{} cached", support::short_id(&stage_d)),
+        );
     } else {
         p.step(
-            "stage",
+            stage_value.label(),
             format!("{} assembling", support::short_id(&stage_d)),
         );
         let tmp = cache.scratch(&format!("stage-{stage_d}"));
@@ -669,7 +711,7 @@ pub fn build(
             &cache,
             &tmp,
         )?;
-        p.step("freeze", "bytecode, metadata, relocation lint");
+        p.step(Stage::Freeze.label(), "bytecode, metadata, relocation lint");
         freeze::freeze(&tmp)?;
         freeze::lint(
             &tmp,
@@ -700,7 +742,11 @@ pub fn build(
         }
         let smoke = if opts.smoke {
             p.step(
-                "smoke",
+                Stage::Smoke {
+                    plan,
+                    enabled: true,
+                }
+                .label(),
                 "starting the frozen app on loopback, as the host's unit does",
             );
             let copy = cache.scratch(&format!("smoke-{}", support::short_id(&stage_d)));
@@ -752,7 +798,14 @@ pub fn build(
     let record: StageRecord = serde_json::from_slice(&fs_err::read(&smoke_file)?)?;
     report_stage_checks(&p, plan, &record, stage_cached);
 
-    p.step("pack", "signing the bundle");
+    p.step(
+        Stage::Pack {
+            recipe: r,
+            out: &opts.out,
+        }
+        .label(),
+        "signing the bundle",
+    );
     let manifest = manifest(
         plan, &lock, &lock_sha, &trees, &wheels, record, &stage, &cache,
     )?;
