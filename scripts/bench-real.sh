@@ -6,8 +6,10 @@
 # activation's pre-flight Python import is a child and not counted).
 #
 #   pack             comfy-build pack of release 1's tree      tar -c | zstd -3 -T0 of the same tree
-#   pack (cold)      the same, page cache dropped first; also   the same
-#                    the bytes read from disk (pgpgin)
+#   pack (cold)      the same, page cache dropped first, in a   the same, in the same cgroup
+#                    memory cgroup of 2 GiB (a builder whose
+#                    page cache cannot hold the tree); also the
+#                    bytes read from disk (pgpgin)
 #   rebuild pack     release 2 (tree cached) after release 1   cp of release 1's bundle + sync
 #   first activate   comfyctl activate (--no-service)          zstd -dc BUNDLE | tar -x + sync
 #   second activate  release 2 after release 1
@@ -60,6 +62,20 @@ fresh() {
 ratio() { echo "scale=2; $1 / $2" | bc; }
 pgin() { awk '/^pgpgin / {print $2}' /proc/vmstat; } # KiB read from block devices, machine-wide
 gb() { echo "scale=1; $1 * 1024 / 1000000000" | bc; }
+# A memory cgroup of 2 GiB (v2 or v1) for the cold pack, or none where this machine has neither.
+cg=""
+for base in /sys/fs/cgroup /sys/fs/cgroup/memory; do
+  if [ -w "$base" ] && mkdir "$base/comfy-bench-$$" 2>/dev/null; then
+    cg=$base/comfy-bench-$$
+    if [ -f "$cg/memory.max" ]; then echo $((2 << 30)) >"$cg/memory.max"; else echo $((2 << 30)) >"$cg/memory.limit_in_bytes"; fi
+    break
+  fi
+done
+trap 'rm -rf "$w"; [ -n "$cg" ] && rmdir "$cg" 2>/dev/null || true' EXIT
+# A prefix that runs a command in it (the command keeps the prefix's pid, so its peak RSS is read).
+in_cg=()
+[ -n "$cg" ] && in_cg=(sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cg")
+[ -n "$cg" ] || echo "(no memory cgroup here: the cold pack runs with all of this machine's page cache)"
 mib() { echo "$(( $1 / 1024 )) MiB"; }
 
 build() { # recipe -> JSON of the build
@@ -101,13 +117,13 @@ for run in $(seq 1 "$runs"); do
   # Cold: nothing of the tree in the page cache; the bytes each side read from disk.
   fresh /dev/null
   p0=$(pgin)
-  read -r ours rss < <(both "$B" pack "$stage1" --name bench --version 1 --sequence 1 \
+  read -r ours rss < <(both "${in_cg[@]}" "$B" pack "$stage1" --name bench --version 1 --sequence 1 \
     --target linux-x86_64-cpu --key "$w/release.key" --out "$w/packed.bundle")
   ours_read=$(($(pgin) - p0))
   rm -f "$w/packed.bundle"
   fresh /dev/null
   p0=$(pgin)
-  stock=$(secs sh_c "tar -C '$stage1' -cf - . | zstd -q -3 -T0 -o '$w/stock.tar.zst'")
+  stock=$(secs "${in_cg[@]}" sh -c "tar -C '$stage1' -cf - . | zstd -q -3 -T0 -o '$w/stock.tar.zst'")
   stock_read=$(($(pgin) - p0))
   rm -f "$w/stock.tar.zst"
   printf '%-18s %9.1fs %9.1fs %7sx %10s  (read %s GB, stock %s GB, tree %s GB)\n' "pack (cold)" "$ours" "$stock" \

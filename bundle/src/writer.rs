@@ -430,6 +430,62 @@ fn known_digests(scanned: &[Scanned], cache: &DigestCache) -> (Vec<Option<[u8; 3
     (digests, todo)
 }
 
+/// Digests found by one hashing thread: (scan number, SHA-256).
+type Found = Vec<(usize, [u8; 32])>;
+
+/// Hashes the files `todo` lists, each read whole, on `jobs` threads.
+fn hash_first(
+    root: &Path,
+    scanned: &[Scanned],
+    digests: &mut [Option<[u8; 32]>],
+    todo: &[usize],
+    jobs: usize,
+) -> Result<()> {
+    use std::io::Read as _;
+    let next = AtomicUsize::new(0);
+    let found: Vec<Result<Found>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..jobs)
+            .map(|_| {
+                s.spawn(|| -> Result<Found> {
+                    let mut out = Vec::new();
+                    let mut buf = vec![0u8; 1 << 20];
+                    while let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let sc = &scanned[i];
+                        let mut f = open_scanned(root, sc)?;
+                        let mut h = Sha256::new();
+                        loop {
+                            let n = f.read(&mut buf)?;
+                            if n == 0 {
+                                break;
+                            }
+                            h.update(&buf[..n]);
+                        }
+                        check_unchanged(&f, sc)?;
+                        out.push((i, h.finalize().into()));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(Error::Io(std::io::Error::other(
+                        "a hashing thread panicked",
+                    )))
+                })
+            })
+            .collect()
+    });
+    for r in found {
+        for (i, d) in r? {
+            digests[i] = Some(d);
+        }
+    }
+    Ok(())
+}
+
 /// A payload frame ready to write.
 struct Done {
     no: usize,
@@ -558,7 +614,9 @@ fn compress_one(raw: &[u8], level: i32) -> Result<Vec<u8>> {
 ///
 /// One pass over the tree: frames are made on every core and written in order after the place
 /// reserved for frame 0; each file the digest cache does not know (by identity) is hashed from the
-/// bytes read for its frames. Then the signed manifest is written in front. A frame whose raw bytes
+/// bytes read for its frames. Then the signed manifest is written in front. (When earlier bundles
+/// are given and the unknown files are at most an eighth of the content, as in a rebuild, those
+/// files are hashed first instead, so the frames holding them can be copied too.) A frame whose raw bytes
 /// an earlier bundle in `opts.reuse` holds (the same key, known before the pack from cached
 /// digests) is copied from it, its recorded SHA-256 checked, instead of compressed: the bytes are
 /// what compressing would give, so reuse changes neither the bundle id nor the file.
@@ -572,8 +630,15 @@ pub fn pack(
 ) -> Result<Packed> {
     let scanned = scan(root)?;
     let content: u64 = scanned.iter().map(file_size).sum();
-    let (mut digests, todo) = known_digests(&scanned, &opts.reuse.digests);
+    let (mut digests, mut todo) = known_digests(&scanned, &opts.reuse.digests);
     let hashed_bytes: u64 = todo.iter().map(|&i| file_size(&scanned[i])).sum();
+    // A rebuild's changed files are few and just written: hashed first, so the frames around them
+    // can still be copied from an earlier bundle. A tree the cache does not know is hashed as it
+    // is packed: read once.
+    if !opts.reuse.sources.is_empty() && hashed_bytes <= content / 8 {
+        hash_first(root, &scanned, &mut digests, &todo, opts.jobs.max(1))?;
+        todo.clear();
+    }
     let out_dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),

@@ -382,6 +382,45 @@ fn a_repack_copies_unchanged_frames_and_writes_the_same_bytes() {
 }
 
 #[test]
+fn a_rebuilt_file_with_the_same_content_still_lets_its_frame_be_copied() {
+    // A rebuild writes some files anew (new inodes, the same bytes): the digest cache does not know
+    // them, so they are hashed before the frames are made, and their frames are copied too.
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    sample_tree(&tree);
+    let key = keys::generate();
+    let opts = PackOptions {
+        frame_size: 64 << 10,
+        jobs: 2,
+        ..Default::default()
+    };
+    let a = tmp.path().join("a.bundle");
+    let first = bundle::pack(&tree, template(), &key, &a, &opts, &|_, _| {}).unwrap();
+    let same = fs_err::read(tree.join("venv/lib/m150.py")).unwrap();
+    fs_err::remove_file(tree.join("venv/lib/m150.py")).unwrap();
+    fs_err::write(tree.join("venv/lib/m150.py"), &same).unwrap();
+    let with = PackOptions {
+        reuse: bundle::reuse::Reuse {
+            digests: first.digests.clone(),
+            sources: vec![
+                bundle::reuse::FrameSource::new(&a, first.frame_records.clone()).unwrap(),
+            ],
+        },
+        ..opts
+    };
+    let b = tmp.path().join("b.bundle");
+    let second = bundle::pack(&tree, template(), &key, &b, &with, &|_, _| {}).unwrap();
+    assert_eq!(second.hashed_bytes, same.len() as u64);
+    assert_eq!(
+        second.reused_frames,
+        second.frames - 1,
+        "every payload frame copied"
+    );
+    assert_eq!(second.id, first.id);
+    assert_eq!(fs_err::read(&a).unwrap(), fs_err::read(&b).unwrap());
+}
+
+#[test]
 fn a_file_changed_after_its_digest_was_cached_under_the_same_identity_is_not_trusted_blindly() {
     // Rewriting a file in place changes its modification time, so its identity: it is read again.
     let tmp = tempfile::tempdir().unwrap();
