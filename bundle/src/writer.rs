@@ -396,8 +396,8 @@ fn open_scanned(root: &Path, sc: &Scanned) -> Result<fs_err::File> {
     Ok(f)
 }
 
-/// The open file is still what the scan saw: same size, same identity (checked again after
-/// reading it to its end: it neither grew, shrank nor changed meanwhile).
+/// The open file is still what the scan saw: same size, same identity (checked again after each
+/// piece of it is read: it neither grew, shrank nor changed meanwhile).
 fn check_unchanged(f: &fs_err::File, sc: &Scanned) -> Result<()> {
     let ScanKind::File { size, id, .. } = &sc.kind else {
         return Ok(());
@@ -558,9 +558,9 @@ impl Frames<'_> {
                             std::io::ErrorKind::UnexpectedEof => changed(file.path(), "shrank"),
                             _ => Error::Io(e),
                         })?;
-                    if at + len == file_size(sc) {
-                        check_unchanged(&file, sc)?;
-                    }
+                    // After every piece: a large file's pieces are read on several threads in
+                    // any order, so the last one read is not always the last piece.
+                    check_unchanged(&file, sc)?;
                     self.hashing.feed(rec, at, &raw[start..])?;
                 }
             }
@@ -876,6 +876,19 @@ fn put_first_frame(
     Ok((moved, len))
 }
 
+/// Stops every wait of the pack when a frame thread panics: threads waiting to hash a piece
+/// its frame held would otherwise wait for ever, and the pack never end.
+struct StopOnPanic<'a>(&'a InOrder, &'a AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.1.store(true, Ordering::Relaxed);
+            self.0.stop();
+        }
+    }
+}
+
 /// Makes the payload frames on `jobs` threads and writes them in order from `start`; returns
 /// their index entries (content offsets of the payload alone), their records (keys filled in
 /// later) and how many were copied.
@@ -903,6 +916,7 @@ fn write_payload(
         for _ in 0..jobs {
             let (token_rx, next, done_tx, failed) = (&token_rx, &next, done_tx.clone(), &failed);
             s.spawn(move || {
+                let _stop = StopOnPanic(shared.hashing, failed);
                 let mut cctx = match zstd::bulk::Compressor::new(shared.level)
                     .and_then(|mut c| c.include_checksum(true).map(|()| c))
                 {
