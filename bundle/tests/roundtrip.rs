@@ -309,6 +309,19 @@ fn store_reuse_skips_frames_of_unchanged_files() {
     }
 }
 
+/// `opts` with `first`'s digests and the frames of its bundle at `path` to copy from.
+fn reusing(first: &bundle::Packed, path: &std::path::Path, opts: &PackOptions) -> PackOptions {
+    PackOptions {
+        reuse: bundle::reuse::Reuse {
+            digests: first.digests.clone(),
+            sources: vec![
+                bundle::reuse::FrameSource::new(path, first.frame_records.clone()).unwrap(),
+            ],
+        },
+        ..opts.clone()
+    }
+}
+
 #[test]
 fn a_repack_copies_unchanged_frames_and_writes_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -330,14 +343,7 @@ fn a_repack_copies_unchanged_frames_and_writes_the_same_bytes() {
     // One small file changes (a new inode, as a rebuilt stage has); the next pack knows the rest.
     fs_err::remove_file(tree.join("venv/lib/m150.py")).unwrap();
     fs_err::write(tree.join("venv/lib/m150.py"), "changed\n").unwrap();
-    let reuse = bundle::reuse::Reuse {
-        digests: first.digests.clone(),
-        sources: vec![bundle::reuse::FrameSource::new(&a, first.frame_records.clone()).unwrap()],
-    };
-    let with = PackOptions {
-        reuse,
-        ..opts.clone()
-    };
+    let with = reusing(&first, &a, &opts);
     let b = tmp.path().join("b.bundle");
     let second = bundle::pack(&tree, template(), &key, &b, &with, &|_, _| {}).unwrap();
     assert_eq!(
@@ -399,15 +405,7 @@ fn a_rebuilt_file_with_the_same_content_still_lets_its_frame_be_copied() {
     let same = fs_err::read(tree.join("venv/lib/m150.py")).unwrap();
     fs_err::remove_file(tree.join("venv/lib/m150.py")).unwrap();
     fs_err::write(tree.join("venv/lib/m150.py"), &same).unwrap();
-    let with = PackOptions {
-        reuse: bundle::reuse::Reuse {
-            digests: first.digests.clone(),
-            sources: vec![
-                bundle::reuse::FrameSource::new(&a, first.frame_records.clone()).unwrap(),
-            ],
-        },
-        ..opts
-    };
+    let with = reusing(&first, &a, &opts);
     let b = tmp.path().join("b.bundle");
     let second = bundle::pack(&tree, template(), &key, &b, &with, &|_, _| {}).unwrap();
     assert_eq!(second.hashed_bytes, same.len() as u64);
