@@ -8,14 +8,9 @@ use crate::beneath::Owner;
 use crate::host::{refuse, Host};
 use anyhow::Result;
 
-/// The text of the host's `etc/<name>`, from its machine ([`crate::host::System`]).
-fn database(host: &Host, name: &str) -> Option<String> {
-    host.system.accounts_db(name)
-}
-
 /// The fields of `name`'s line in the host's `name:x:id:...` database `db`.
 fn line_of(host: &Host, db: &str, name: &str) -> Option<Vec<String>> {
-    let text = database(host, db)?;
+    let text = host.system.accounts_db(db)?;
     text.lines().find_map(|l| {
         let f: Vec<String> = l.split(':').map(str::to_owned).collect();
         (f.first().map(String::as_str) == Some(name)).then_some(f)

@@ -23,13 +23,6 @@ impl Done {
     }
 }
 
-/// Changes the host's users and groups (`groupadd`, `useradd`, `usermod`, `groupdel`, ...),
-/// which only this machine's own `/` may do: a `--root` tree (a test, a chroot being prepared)
-/// gets a refusal naming what it would have changed, never a real user.
-fn change_accounts(host: &Host, cmdline: &mut Command) -> Result<()> {
-    host.system.change_accounts(cmdline)
-}
-
 /// Writes a host config naming `target` at `path` when there is none yet (`setup --target`).
 pub fn write_initial_config(path: &Path, target: &str) -> Result<()> {
     if path.exists() {
@@ -47,7 +40,8 @@ pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
     host.layout.ensure()?;
     let group = &host.cfg.access.group;
     if !accounts::group_exists(host, group) {
-        change_accounts(host, Command::new("groupadd").args(["--system", group]))?;
+        host.system
+            .change_accounts(Command::new("groupadd").args(["--system", group]))?;
         done.did(format!("created group {group}"));
     }
     let svc = &host.cfg.service;
@@ -65,8 +59,7 @@ pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
                 ));
                 continue;
             }
-            change_accounts(
-                host,
+            host.system.change_accounts(
                 Command::new("useradd")
                     .args([
                         "--system",
@@ -92,7 +85,8 @@ pub fn setup(host: &Host, key: Option<&Path>) -> Result<Done> {
             continue;
         }
         if !accounts::is_member(host, &u, group) {
-            change_accounts(host, Command::new("usermod").args(["-aG", group, &u]))?;
+            host.system
+                .change_accounts(Command::new("usermod").args(["-aG", group, &u]))?;
             done.did(format!("added {u} to {group}"));
         }
     }
@@ -230,7 +224,8 @@ pub fn nuke(host: &Host, drain: &crate::drain::Options) -> Result<Done> {
     }
     let group = &host.cfg.access.group;
     if accounts::group_exists(host, group) {
-        change_accounts(host, Command::new("groupdel").arg(group))?;
+        host.system
+            .change_accounts(Command::new("groupdel").arg(group))?;
         done.did(format!("removed group {group}"));
     }
     done.actions
